@@ -1,0 +1,126 @@
+"""The contract a domain plugin fulfils. Subclass :class:`Domain` and register an instance through
+the ``diffkit_register_domains`` hook.
+
+Data flow, the same for every domain:
+
+* the dataset yields items ``{"x": state, "cond": ..., "mask": ..., "extra": {...}}``; only ``x``
+  is required. ``cond`` is the condition for classifier-free guidance (e.g. a class label),
+  ``mask`` marks the entries of ``x`` that count in the loss (1) and padding (0), ``extra`` holds
+  tensors the model and the noise need besides ``x`` (e.g. a node mask). Items are batched with
+  ``torch.utils.data.default_collate``.
+* the model is called as ``model(x_t, t, cond=cond, **extra)`` with ``t`` of shape ``(B,)`` in
+  [0, 1] and returns a state shaped like ``x_t`` (the prediction the config names).
+* sampling starts from :meth:`Domain.prepare_sampling`, whose result has the same keys as a batch,
+  and ends in :meth:`Domain.write_samples`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .tree import State, gaussian_like
+
+Batch = dict[str, Any]
+
+
+class Domain:
+    """Base class of a domain: override what your domain needs; the defaults suit dense tensors."""
+
+    #: Short unique name used on the command line: ``diffkit train --domain NAME``.
+    name: str = ""
+    #: One line shown by ``diffkit plugins``.
+    description: str = ""
+
+    def default_config(self) -> dict:
+        """The full default configuration, a nested dict of plain values with the sections
+        ``data``, ``model``, ``diffusion``, ``train`` and ``sample``. Every key a user may set must
+        be present here: unknown keys in user configs are refused against it."""
+        raise NotImplementedError
+
+    def presets(self) -> dict[str, dict]:
+        """Named partial configs merged over the default, at least ``cpu`` and ``gpu``."""
+        return {"cpu": {}, "gpu": {}}
+
+    def build_dataset(self, config: dict, data: str | None = None) -> Dataset:
+        """The training data: the user's files at ``data``, or the embedded default when ``None``."""
+        raise NotImplementedError
+
+    def build_model(self, config: dict) -> nn.Module:
+        """The denoiser, ``model(x_t, t, cond=None, **extra) -> prediction``."""
+        raise NotImplementedError
+
+    def fit_data(self, model: nn.Module, dataset: Dataset, config: dict) -> None:
+        """Record in the model what sampling needs to know about the data (e.g. the distribution
+        of sizes) as buffers, so that it travels with the checkpoint. Called once before training."""
+
+    def noise(self, like: State, generator: torch.Generator | None = None, **extra: Tensor) -> State:
+        """Standard noise for a state; override for structure (symmetric edges, zero padding)."""
+        return gaussian_like(like, generator)
+
+    def null_cond(self, cond: Any) -> Any:
+        """The unconditional value matching ``cond``, for classifier-free guidance; ``None``
+        when the domain is unconditional."""
+        return None
+
+    def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,
+                         generator: torch.Generator | None = None) -> Batch:
+        """A batch describing ``n`` new samples: ``x`` an example state (only its structure,
+        dtype and device matter), and ``cond``/``extra`` as in training. ``cond`` is what the
+        user asked for on the command line (a string) or ``None``."""
+        raise NotImplementedError
+
+    def load_known(self, init: str, mask: str | None, n: int, config: dict) -> Batch:
+        """For editing: a batch whose ``x`` is the known state read from ``init`` (a file or a
+        domain-specific string), with ``mask`` (1 = keep) parsed from ``mask`` when given."""
+        raise NotImplementedError(f"the {self.name} domain does not support editing")
+
+    def decode(self, x: State, batch: Batch) -> State:
+        """Turn a sampled state into the domain's values (e.g. clamp pixels); identity by default."""
+        return x
+
+    def write_samples(self, samples: Batch, out: Path, config: dict) -> list[Path]:
+        """Write a batch of samples (on the CPU) to ``out`` and return the files written. ``out``
+        is a folder, or a file whose suffix picks the format where the domain supports it."""
+        raise NotImplementedError
+
+    def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
+        """Scores for samples written by :meth:`write_samples` against ``reference`` (the
+        default data when ``None``)."""
+        raise NotImplementedError(f"the {self.name} domain has no evaluation")
+
+    def pretrained(self) -> Path | None:
+        """A checkpoint shipped with the plugin, used when ``sample`` gets no ``--checkpoint``."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def merge_config(base: Mapping, override: Mapping, *, where: str = "") -> dict:
+    """``base`` updated by ``override`` recursively; a key absent from ``base`` is an error that
+    names it and suggests the closest known key."""
+    merged = dict(base)
+    for key, value in override.items():
+        path = f"{where}.{key}" if where else key
+        if key not in base:
+            raise KeyError(unknown_key_message(path, key, base))
+        if isinstance(base[key], Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_config(base[key], value, where=path)
+        elif isinstance(base[key], Mapping):
+            raise ValueError(f"config key {path!r} is a section; expected a table, got {value!r}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def unknown_key_message(path: str, key: str, known: Mapping) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys here: {', '.join(sorted(known))}"
+    return f"unknown config key {path!r}{hint}"

@@ -1,0 +1,138 @@
+"""Plugin discovery with pluggy: built-in plugins and those of the ``diffkit`` entry-point group
+load through the same hooks. A plugin that fails to load is recorded with its reason, never fatal.
+
+Environment variables:
+
+* ``DIFFKIT_DISABLE_PLUGINS=1`` loads the built-in plugins only (no entry points).
+* ``DIFFKIT_TRACE_HOOKS=1`` prints every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .domain import Domain
+from .samplers import register_sampler
+from .schedules import register_schedule
+
+hookimpl = pluggy.HookimplMarker("diffkit")
+
+ENTRY_POINT_GROUP = "diffkit"
+BUILTIN_PLUGINS = ("diffkit_image.plugin", "diffkit_audio.plugin", "diffkit_molecule.plugin")
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    status: str = "loaded"  # "loaded" or "failed"
+    error: str = ""
+    domains: list[str] = field(default_factory=list)
+    builtin: bool = False
+
+
+class PluginLoadError(Exception):
+    pass
+
+
+@dataclass
+class Registry:
+    """What the loaded plugins provide."""
+
+    manager: pluggy.PluginManager
+    plugins: list[PluginInfo]
+    domains: dict[str, Domain]
+
+    def domain(self, name: str) -> Domain:
+        """The domain called ``name``; an unknown name is a ValueError listing the known ones."""
+        if name in self.domains:
+            return self.domains[name]
+        failed = [p for p in self.plugins if p.status == "failed"]
+        hint = "".join(f"\n  plugin {p.name} failed to load: {p.error}" for p in failed)
+        available = ", ".join(sorted(self.domains)) or "none"
+        raise ValueError(f"unknown domain {name!r}; available: {available}{hint}")
+
+
+def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_points: bool | None = None,
+                        extra: Iterable[Any] = ()) -> Registry:
+    """Load plugins and collect what they register: a fresh manager per call (no global state).
+
+    ``builtins`` are module names of built-in plugins; ``entry_points`` loads the ``diffkit``
+    entry-point group (default: unless ``DIFFKIT_DISABLE_PLUGINS`` is set); ``extra`` are plugin
+    objects or modules to register as well (tests use this).
+    """
+    manager = pluggy.PluginManager("diffkit")
+    manager.add_hookspecs(hookspecs)
+    if os.environ.get("DIFFKIT_TRACE_HOOKS"):
+        manager.trace.root.setwriter(lambda message: sys.stderr.write(message))
+        manager.enable_tracing()
+    infos: list[PluginInfo] = []
+    for module_name in builtins:
+        infos.append(_register(manager, module_name, lambda m=module_name: importlib.import_module(m),
+                               version=_version(), builtin=True))
+    if entry_points is None:
+        entry_points = not os.environ.get("DIFFKIT_DISABLE_PLUGINS")
+    if entry_points:
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            version = entry_point.dist.version if entry_point.dist else "unknown"
+            infos.append(_register(manager, entry_point.name, entry_point.load, version=version))
+    for plugin in extra:
+        name = getattr(plugin, "__name__", type(plugin).__name__)
+        infos.append(_register(manager, name, lambda p=plugin: p, version="unknown"))
+    domains = _collect_domains(manager, infos)
+    _collect(manager.hook.diffkit_register_samplers, register_sampler)
+    _collect(manager.hook.diffkit_register_schedules, register_schedule)
+    return Registry(manager, infos, domains)
+
+
+def _register(manager: pluggy.PluginManager, name: str, load, *, version: str, builtin: bool = False) -> PluginInfo:
+    info = PluginInfo(name=name, version=version, builtin=builtin)
+    try:
+        manager.register(load(), name=name)
+    except Exception as error:  # a broken plugin is reported, the others still load
+        info.status, info.error = "failed", f"{type(error).__name__}: {error}"
+    return info
+
+
+def _collect_domains(manager: pluggy.PluginManager, infos: list[PluginInfo]) -> dict[str, Domain]:
+    domains: dict[str, Domain] = {}
+    by_name = {info.name: info for info in infos}
+    for impl in manager.hook.diffkit_register_domains.get_hookimpls():
+        info = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "unknown")
+        found: list[Domain] = []
+        try:
+            impl.function(register=found.append)
+            for domain in found:
+                _check_domain(domain, domains)
+                domains[domain.name] = domain
+                info.domains.append(domain.name)
+        except Exception as error:
+            info.status, info.error = "failed", f"{type(error).__name__}: {error}"
+    return domains
+
+
+def _check_domain(domain: Any, domains: dict[str, Domain]) -> None:
+    if not isinstance(domain, Domain):
+        raise PluginLoadError(f"registered {domain!r}, which is not a diffkit.Domain")
+    if not domain.name:
+        raise PluginLoadError(f"{type(domain).__name__} has no name")
+    if domain.name in domains:
+        raise PluginLoadError(f"domain {domain.name!r} is already registered by another plugin")
+
+
+def _collect(hook, register) -> None:
+    hook(register=register)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

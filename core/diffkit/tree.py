@@ -1,0 +1,99 @@
+"""Helpers for sample states: a Tensor, or a dict of Tensors, batch dimension first.
+
+The core never looks inside a state. Every operation maps over its leaves, and per-sample
+coefficients are broadcast with :func:`append_dims`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Union
+
+import torch
+from torch import Tensor
+
+State = Union[Tensor, Mapping[str, Any]]
+
+
+def append_dims(x: Tensor, target_ndim: int) -> Tensor:
+    """Append trailing singleton dimensions to ``x`` until it has ``target_ndim`` dimensions."""
+    missing = target_ndim - x.ndim
+    if missing < 0:
+        raise ValueError(f"input has {x.ndim} dims but target_ndim is {target_ndim}, which is less")
+    return x[(...,) + (None,) * missing]
+
+
+def tree_map(fn: Callable[..., Tensor], tree: State, *others: State) -> State:
+    """Apply ``fn`` leaf by leaf to one or more states of the same structure."""
+    if isinstance(tree, Tensor):
+        return fn(tree, *others)
+    if isinstance(tree, Mapping):
+        for other in others:
+            if not isinstance(other, Mapping) or other.keys() != tree.keys():
+                raise ValueError(
+                    f"states differ in structure: keys {sorted(tree)} vs "
+                    f"{sorted(other) if isinstance(other, Mapping) else type(other).__name__}"
+                )
+        return {key: tree_map(fn, tree[key], *(other[key] for other in others)) for key in tree}
+    raise TypeError(f"a state is a Tensor or a dict of Tensors, got {type(tree).__name__}")
+
+
+def leaves(tree: State) -> list[Tensor]:
+    """The tensors of a state, in key order."""
+    if isinstance(tree, Tensor):
+        return [tree]
+    return [leaf for key in tree for leaf in leaves(tree[key])]
+
+
+def batch_size(tree: State) -> int:
+    return leaves(tree)[0].shape[0]
+
+
+def first_leaf(tree: State) -> Tensor:
+    return leaves(tree)[0]
+
+
+def scale(coef: Tensor | float, tree: State) -> State:
+    """Multiply every leaf by a per-sample coefficient (shape ``(B,)``) or a scalar."""
+    if isinstance(coef, Tensor) and coef.ndim == 1:
+        return tree_map(lambda leaf: append_dims(coef.to(leaf.dtype), leaf.ndim) * leaf, tree)
+    return tree_map(lambda leaf: coef * leaf, tree)
+
+
+def combine(*terms: tuple[Tensor | float, State]) -> State:
+    """The linear combination ``sum(coef * state)`` of ``(coef, state)`` pairs.
+
+    Coefficients are scalars or per-sample tensors of shape ``(B,)``.
+    """
+    total = scale(*terms[0])
+    for coef, tree in terms[1:]:
+        total = tree_map(torch.add, total, scale(coef, tree))
+    return total
+
+
+def gaussian_like(like: State, generator: torch.Generator | None = None, **_: Any) -> State:
+    """Standard normal noise with the structure, dtype and device of ``like``."""
+    return tree_map(
+        lambda leaf: torch.randn(
+            leaf.shape, generator=generator, dtype=leaf.dtype, device=leaf.device
+        ),
+        like,
+    )
+
+
+def concat(trees: list[State]) -> State:
+    """Concatenate states along the batch dimension."""
+    return tree_map(lambda *parts: torch.cat(parts), trees[0], *trees[1:])
+
+
+def split(tree: State, size: int) -> tuple[State, State]:
+    """Split a state into its first ``size`` samples and the rest."""
+    return tree_map(lambda leaf: leaf[:size], tree), tree_map(lambda leaf: leaf[size:], tree)
+
+
+def to_device(tree: Any, device: torch.device | str) -> Any:
+    """Move every tensor in a (possibly nested) dict to ``device``; other values pass through."""
+    if isinstance(tree, Tensor):
+        return tree.to(device)
+    if isinstance(tree, Mapping):
+        return {key: to_device(value, device) for key, value in tree.items()}
+    return tree

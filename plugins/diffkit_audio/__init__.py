@@ -1,0 +1,1 @@
+"""The built-in audio domain of diffkit."""

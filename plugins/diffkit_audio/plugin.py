@@ -1,0 +1,1 @@
+"""Registers the audio domain with diffkit (placeholder until the domain lands)."""

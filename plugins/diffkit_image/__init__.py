@@ -1,0 +1,1 @@
+"""The built-in image domain of diffkit."""

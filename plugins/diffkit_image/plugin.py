@@ -1,0 +1,1 @@
+"""Registers the image domain with diffkit (placeholder until the domain lands)."""

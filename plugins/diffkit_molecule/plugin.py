@@ -1,0 +1,1 @@
+"""Registers the molecule domain with diffkit (placeholder until the domain lands)."""
