@@ -58,6 +58,10 @@ class Domain:
         """Record in the model what sampling needs to know about the data (e.g. the distribution
         of sizes) as buffers, so that it travels with the checkpoint. Called once before training."""
 
+    def leaf_weights(self, config: dict) -> dict[str, float] | None:
+        """Relative loss weights of the leaves of a dict state (e.g. ``{"edges": 5.0}``)."""
+        return None
+
     def noise(self, like: State, generator: torch.Generator | None = None, **extra: Tensor) -> State:
         """Standard noise for a state; override for structure (symmetric edges, zero padding)."""
         return gaussian_like(like, generator)
@@ -75,8 +79,11 @@ class Domain:
         raise NotImplementedError
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict) -> Batch:
-        """For editing: a batch whose ``x`` is the known state read from ``init`` (a file or a
-        domain-specific string), with ``mask`` (1 = keep) parsed from ``mask`` when given."""
+        """For editing (``diffkit sample --init ... [--mask ...]``): a batch of ``n`` samples whose
+        ``x`` is the known state read from ``init`` (a file or a domain-specific string, e.g. a
+        scaffold SMILES), with ``keep`` (a state or a mask broadcastable to each leaf, 1 = keep,
+        0 = generate) parsed from ``mask`` when given, plus ``cond``/``extra`` as in
+        :meth:`prepare_sampling`. Without ``keep`` the core edits the whole state (SDEdit)."""
         raise NotImplementedError(f"the {self.name} domain does not support editing")
 
     def decode(self, x: State, batch: Batch) -> State:
