@@ -1,0 +1,5 @@
+"""``python -m diffkit`` (also what ``torchrun -m diffkit`` runs)."""
+
+from .cli import main
+
+main()

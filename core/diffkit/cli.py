@@ -1,0 +1,262 @@
+"""The ``diffkit`` command line: ``plugins``, ``train``, ``sample``, ``evaluate`` and the
+commands plugins add."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .plugins import Registry, make_plugin_manager
+
+BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate")
+
+
+class DiffkitGroup(click.Group):
+    """Adds the commands of plugins (``diffkit_cli_commands`` hook) on first use."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self, ctx: click.Context) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        registry = _registry(ctx)
+        before = set(self.commands)
+        registry.manager.hook.diffkit_cli_commands(cli=self)
+        for name in set(self.commands) - before:
+            if name in BUILTIN_COMMANDS:
+                raise click.ClickException(f"a plugin tried to replace the built-in command {name!r}")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name not in self.commands:
+            self._load_plugin_commands(ctx)
+        return super().get_command(ctx, name)
+
+
+def _registry(ctx: click.Context) -> Registry:
+    root = ctx.find_root()
+    root.meta.setdefault("diffkit.registry", None)
+    if root.meta["diffkit.registry"] is None:
+        root.meta["diffkit.registry"] = make_plugin_manager()
+    return root.meta["diffkit.registry"]
+
+
+def _domain(ctx: click.Context, name: str):
+    try:
+        return _registry(ctx).domain(name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--domain") from None
+
+
+def _plugin_of(ctx: click.Context, domain_name: str) -> tuple[str, str]:
+    for info in _registry(ctx).plugins:
+        if domain_name in info.domains:
+            return info.name, info.version
+    return "", ""
+
+
+@click.group(cls=DiffkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffkit")
+def cli() -> None:
+    """diffkit: train and sample diffusion models on images, audio, molecules and your own domains.
+
+    \b
+    Quick start:
+      diffkit plugins                                  # what is installed
+      diffkit train --domain image                     # train on the bundled digits
+      diffkit sample --domain image -n 64 --out samples/
+    """
+
+
+@cli.command()
+@click.pass_context
+def plugins(ctx: click.Context) -> None:
+    """List every plugin with its version, its domains and whether it loaded."""
+    registry = _registry(ctx)
+    rows = [(info.name, info.version, ", ".join(info.domains) or "-",
+             "loaded" if info.status == "loaded" else f"FAILED: {info.error}") for info in registry.plugins]
+    header = ("plugin", "version", "domains", "status")
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(3)]
+    for row in [header] + rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+    if registry.domains:
+        click.echo("")
+    for name, domain in sorted(registry.domains.items()):
+        click.echo(f"{name}: {domain.description}")
+
+
+def _training_overrides(steps, batch_size, seed) -> dict:
+    train = {key: value for key, value in (("steps", steps), ("batch_size", batch_size), ("seed", seed))
+             if value is not None}
+    return {"train": train} if train else {}
+
+
+@cli.command()
+@click.option("--domain", required=True, help="The domain to train (see `diffkit plugins`).")
+@click.option("--data", default=None, help="Your data (a folder or file, as the domain reads it); the domain's bundled data when omitted.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings (sections data, model, diffusion, train, sample).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set train.lr=1e-3 (repeatable).")
+@click.option("--preset", default=None, help="A named preset of the domain, e.g. cpu or gpu (default: cpu without a GPU, gpu with one).")
+@click.option("--steps", type=int, default=None, help="Number of optimizer steps (train.steps).")
+@click.option("--batch-size", type=int, default=None, help="Global batch size, split across processes (train.batch_size).")
+@click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoints, logs and previews (default: runs/<domain>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.pass_context
+def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, no_progress):
+    """Train a diffusion model for a domain; works with no options on the bundled data.
+
+    Checkpoints, metrics.jsonl, loss.png and sample previews go to the run folder. Run it
+    under `torchrun --nproc_per_node N -m diffkit train ...` to train on N processes.
+    """
+    from . import checkpoint as ckpt
+    from .config import resolve_config
+    from .runner import TrainingError
+    from .runner import train as run_training
+
+    plugin_domain = _domain(ctx, domain)
+    overrides = _training_overrides(steps, batch_size, seed)
+    run_dir = Path(out) if out else _default_run_dir(domain, resume)
+    try:
+        if resume:
+            config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, preset)
+        else:
+            preset = preset or _default_preset(plugin_domain)
+            config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets), overrides=overrides)
+        result = run_training(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
+                              progress=not no_progress, plugin=_plugin_of(ctx, domain))
+    except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
+        raise click.ClickException(_message(error)) from None
+    loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
+    click.echo(f"trained {result.step} steps{loss}; run folder: {result.run_dir}")
+
+
+def _default_run_dir(domain: str, resume: bool) -> Path:
+    base = Path("runs") / domain
+    if resume or not base.exists():
+        return base
+    index = 2
+    while (base.parent / f"{domain}-{index}").exists():
+        index += 1
+    return base.parent / f"{domain}-{index}"
+
+
+def _default_preset(domain) -> str | None:
+    import torch
+
+    presets = domain.presets()
+    wanted = "gpu" if torch.cuda.is_available() else "cpu"
+    return wanted if wanted in presets else None
+
+
+def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, preset):
+    """On --resume the run's own config is the base; explicit options may only change what
+    does not alter the steps already taken (checked when the run restores)."""
+    from . import checkpoint as ckpt
+    from .config import load_toml, parse_assignment
+    from .domain import merge_config
+
+    if preset:
+        raise ValueError("--preset cannot be combined with --resume: the run keeps its own settings")
+    saved = ckpt.load(ckpt.resolve(run_dir))
+    ckpt.check_domain(saved, domain.name, run_dir)
+    config = saved["config"]
+    if config_file:
+        config = merge_config(config, load_toml(config_file))
+    for assignment in sets:
+        config = merge_config(config, parse_assignment(assignment, config))
+    config = merge_config(config, overrides)
+    if data is None and (run_dir / "run.json").exists():
+        data = json.loads((run_dir / "run.json").read_text()).get("data")
+    return config, data
+
+
+@cli.command()
+@click.option("--domain", required=True, help="The domain to sample (see `diffkit plugins`).")
+@click.option("--checkpoint", default=None, help="A checkpoint file or a run folder (its latest checkpoint); the domain's shipped weights when omitted.")
+@click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw.")
+@click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ... (default from the config).")
+@click.option("--steps", type=int, default=None, help="Sampling steps (default from the config).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance weight; 1 = none.")
+@click.option("--cond", default=None, help="The condition, as the domain reads it (e.g. a class label).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same samples.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@click.option("--batch-size", type=int, default=None, help="Samples drawn per model batch.")
+@click.option("--init", default=None, help="Edit this input (a file, or a domain string such as a scaffold SMILES).")
+@click.option("--mask", default=None, help="With --init: what to keep, as the domain reads it (e.g. a mask image or a time span); without it --init is edited as a whole.")
+@click.option("--strength", type=float, default=0.6, show_default=True, help="With --init and no --mask: how far to noise the input (0..1).")
+@click.option("--resample", type=int, default=1, show_default=True, help="With --mask: resampling rounds per step (RePaint); more agrees better with the kept part.")
+@click.option("--interpolate", type=int, default=0, help="Draw this many samples along a spherical interpolation between two noises.")
+@click.option("--out", required=True, type=click.Path(), help="Where to write the samples (a folder, or a file whose suffix the domain supports).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.pass_context
+def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, device, batch_size, init, mask,
+           strength, resample, interpolate, out, no_progress):
+    """Draw new samples, edit an input (--init), or interpolate (--interpolate)."""
+    from . import checkpoint as ckpt
+    from . import distributed
+    from .generate import SampleRequest, generate
+    from .runner import load_for_sampling
+
+    plugin_domain = _domain(ctx, domain)
+    source = checkpoint or plugin_domain.pretrained()
+    if source is None:
+        raise click.UsageError(f"the {domain} domain ships no weights; pass --checkpoint (a file or a run folder)")
+    request = SampleRequest(n=n, sampler=sampler, steps=steps, guidance=guidance, cond=cond, seed=seed,
+                            batch_size=batch_size, init=init, mask=mask, strength=strength, resample=resample,
+                            interpolate=interpolate, progress=not no_progress)
+    try:
+        torch_device = distributed.pick_device(device, distributed.World())
+        model, config = load_for_sampling(plugin_domain, source, torch_device)
+        batch = generate(plugin_domain, model, config, request, device=torch_device)
+        written = plugin_domain.write_samples(batch, Path(out), config)
+    except (KeyError, ValueError, FileNotFoundError, NotImplementedError, ckpt.CheckpointError) as error:
+        raise click.ClickException(_message(error)) from None
+    click.echo(f"wrote {len(written)} file(s) to {out}")
+
+
+@cli.command()
+@click.option("--domain", required=True, help="The domain of the samples.")
+@click.option("--samples", required=True, type=click.Path(exists=True), help="Samples written by `diffkit sample`.")
+@click.option("--reference", default=None, type=click.Path(exists=True), help="Reference data (the domain's bundled data when omitted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.pass_context
+def evaluate(ctx, domain, samples, reference, as_json):
+    """Score samples against reference data with the domain's metrics."""
+    from .config import default_config
+
+    plugin_domain = _domain(ctx, domain)
+    try:
+        scores = plugin_domain.evaluate(Path(samples), Path(reference) if reference else None,
+                                        default_config(plugin_domain))
+    except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as error:
+        raise click.ClickException(_message(error)) from None
+    if as_json:
+        click.echo(json.dumps(scores, indent=2))
+        return
+    width = max((len(name) for name in scores), default=0)
+    for name, value in scores.items():
+        click.echo(f"{name.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{name.ljust(width)}  {value}")
+
+
+def _message(error: BaseException) -> str:
+    # KeyError quotes its message; show it as written.
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+
+
+def main() -> None:
+    cli(prog_name="diffkit")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,70 @@
+"""torch.distributed set-up for runs started with torchrun (one process per device)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    """The process's place in a torchrun launch (a single process when not launched by torchrun)."""
+    return World(
+        rank=int(os.environ.get("RANK", 0)),
+        size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def pick_device(requested: str | None, world: World) -> torch.device:
+    """``cuda`` when present (one GPU per local rank under torchrun), else ``cpu``; or as requested."""
+    if requested in (None, "", "auto"):
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {requested} was asked for, but CUDA is not available here")
+        if device.index is None:
+            device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def init(world: World, device: torch.device) -> None:
+    if world.distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def all_mean(value: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world.size
+    return value

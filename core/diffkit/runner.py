@@ -1,0 +1,456 @@
+"""One training loop for every domain.
+
+Data order, timesteps, noise and condition dropout are pure functions of the seed and the step,
+drawn for the whole global batch on every process and sliced per rank. So a run resumed from a
+checkpoint continues exactly as if it had never stopped, and a run on N processes takes the same
+steps as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, default_collate
+
+from . import checkpoint as ckpt
+from . import distributed
+from .domain import Domain
+from .generate import SampleRequest, build_diffusion, generate
+from .tree import State, batch_size as _batch_size, to_device, tree_map
+
+# Keys that may change when a run is resumed: they do not alter the steps already taken.
+RESUMABLE_KEYS = {
+    "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.preview_every",
+    "train.preview_count", "train.log_every", "train.num_workers", "train.compile",
+}
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    loss: float | None
+
+
+def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = None, resume: bool = False,
+          device: str | None = None, progress: bool = True, plugin: tuple[str, str] = ("", "")) -> RunResult:
+    """Train ``domain`` with ``config`` into the run folder ``out``; see the module docstring.
+
+    ``resume=True`` continues from the latest checkpoint in ``out``. ``plugin`` is the
+    ``(name, version)`` of the plugin providing the domain, recorded in checkpoints.
+    """
+    world = distributed.world_from_env()
+    device = distributed.pick_device(device, world)
+    distributed.init(world, device)
+    try:
+        trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress)
+        trainer.start(resume)
+        return trainer.run()
+    finally:
+        distributed.shutdown(world)
+
+
+class Trainer:
+    def __init__(self, domain: Domain, config: dict, run_dir: Path, data: str | None, device: torch.device,
+                 world: distributed.World, plugin: tuple[str, str], progress: bool):
+        self.domain, self.config, self.run_dir, self.data = domain, config, run_dir, data
+        self.device, self.world, self.plugin, self.show_progress = device, world, plugin, progress
+        self.train_cfg = config["train"]
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.last_loss: float | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def start(self, resume: bool) -> None:
+        existing = ckpt.list_checkpoints(self.run_dir)
+        if existing and not resume:
+            raise TrainingError(f"run folder {str(self.run_dir)!r} already holds checkpoints; pass --resume "
+                                "to continue it, or choose another --out")
+        if resume and not existing:
+            raise TrainingError(f"nothing to resume: {str(self.run_dir)!r} holds no checkpoints")
+        torch.manual_seed(self.train_cfg["seed"])
+        self.dataset = self.domain.build_dataset(self.config, self.data)
+        self._check_dataset_size()
+        self.model = self.domain.build_model(self.config).to(self.device)
+        self.domain.fit_data(self.model, self.dataset, self.config)
+        self.model.to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.diffusion = build_diffusion(self.domain, self.config)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.train_cfg["lr"], weight_decay=self.train_cfg["weight_decay"],
+            fused=self.device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.noise_generator = torch.Generator().manual_seed(self.train_cfg["seed"] + 1)
+        if resume:
+            self._restore(existing[-1])
+        self.forward_model = self._wrap(self.model)
+        if self.world.is_main:
+            self._write_run_files()
+
+    def _check_dataset_size(self) -> None:
+        size, batch = len(self.dataset), self.train_cfg["batch_size"]
+        pieces = self.world.size * self.train_cfg["grad_accum"]
+        if batch % pieces:
+            raise ValueError(f"train.batch_size {batch} must be divisible by processes x train.grad_accum = {pieces}")
+        if size < batch:
+            raise ValueError(f"the dataset has {size} items, fewer than train.batch_size {batch}; "
+                             "lower the batch size (--batch-size) or add data")
+
+    def _lr_factor(self, step: int) -> float:
+        warmup, total = self.train_cfg["warmup_steps"], self.train_cfg["steps"]
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if self.train_cfg["lr_schedule"] == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.train_cfg.get("compile"):
+            model = torch.compile(model)
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load(path, map_location=self.device)
+        ckpt.check_domain(state, self.domain.name, path)
+        check_resumable(state["config"], self.config, path)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.noise_generator.set_state(state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = state["step"]
+        self.last_checkpoint = path
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        run = {"domain": self.domain.name, "plugin": self.plugin[0], "plugin_version": self.plugin[1],
+               "data": self.data, "processes": self.world.size}
+        (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        total = self.train_cfg["steps"]
+        loader = self._loader(self.step, total)
+        bar = self._progress_bar(total)
+        first_bad = torch.tensor(-1, device=self.device)
+        window_loss = torch.zeros((), device=self.device)
+        window_start, window_steps = time.perf_counter(), 0
+        for global_batch in loader:
+            loss = self._train_step(global_batch)
+            first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), self.step, first_bad)
+            window_loss += loss.detach()
+            window_steps += 1
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+            if self._due("log_every") or self.step == total:
+                self._check_finite(first_bad)
+                seconds = time.perf_counter() - window_start
+                mean_loss = float(distributed.all_mean(window_loss / window_steps, self.world))
+                self._log(mean_loss, window_steps, seconds, bar)
+                window_loss.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if self._due("checkpoint_every") or self.step == total:
+                self._check_finite(first_bad)
+                self._save_checkpoint()
+            if self._due("preview_every") or (self.step == total and self.train_cfg["preview_every"]):
+                self._preview()
+        if bar is not None:
+            bar.close()
+        return RunResult(self.run_dir, self.step, self.last_checkpoint, self.last_loss)
+
+    def _due(self, key: str) -> bool:
+        every = self.train_cfg[key]
+        return bool(every) and self.step % every == 0
+
+    def _loader(self, start: int, total: int) -> DataLoader:
+        sampler = GlobalBatchSampler(len(self.dataset), self.train_cfg["batch_size"], self.train_cfg["seed"],
+                                     start, total, self.world)
+        workers = self.train_cfg["num_workers"]
+        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=MicroBatches(self.train_cfg["grad_accum"]),
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=workers > 0)
+
+    def _train_step(self, micro_batches: list[dict]) -> torch.Tensor:
+        """One optimizer step on this rank's share of the global batch; returns the mean loss."""
+        accum = len(micro_batches)
+        pieces = self.world.size * accum
+        draws = self._draw_randomness(micro_batches[0], pieces)
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device)
+        for k, batch in enumerate(micro_batches):
+            batch = to_device(batch, self.device)
+            t, noise, drop = draws[self.world.rank * accum + k]
+            sync = k == accum - 1 or not self.world.distributed
+            with (contextlib.nullcontext() if sync else self.forward_model.no_sync()), self._autocast():
+                loss = self._loss(batch, t.to(self.device), to_device(noise, self.device), drop.to(self.device))
+            (loss / accum).backward()
+            total_loss += loss.detach() / accum
+        if self.train_cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg["grad_clip"])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self._update_ema()
+        return total_loss
+
+    def _draw_randomness(self, example: dict, pieces: int) -> list:
+        """Times, noise and dropout flags for every piece of the global batch, in order.
+
+        Every rank draws all of them from the same generator so that the stream does not depend on
+        the number of processes; pieces of other ranks use this rank's shapes (only shapes matter)."""
+        piece_size = _batch_size(example["x"])
+        extra = example.get("extra", {})
+        draws = []
+        for _ in range(pieces):
+            t = self.diffusion.schedule.training_times(piece_size, generator=self.noise_generator)
+            noise = self.domain.noise(example["x"], self.noise_generator, **extra)
+            drop = torch.rand(piece_size, generator=self.noise_generator) < self.train_cfg["cond_drop"]
+            draws.append((t, noise, drop))
+        return draws
+
+    def _loss(self, batch: dict, t: torch.Tensor, noise: State, drop: torch.Tensor) -> torch.Tensor:
+        cond = batch.get("cond")
+        if cond is not None:
+            uncond = self.domain.null_cond(cond)
+            if uncond is not None:
+                cond = tree_map(lambda c, u: torch.where(_expand(drop, c), u.expand_as(c), c), cond, uncond)
+        return self.diffusion.loss(self.forward_model, batch["x"], cond=cond, mask=batch.get("mask"),
+                                   model_kwargs=batch.get("extra", {}), t=t, noise=noise,
+                                   leaf_weights=self.domain.leaf_weights(self.config))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up of the decay so that early EMA weights are not dominated by the initialisation.
+        decay = min(self.train_cfg["ema_decay"], (1 + self.step) / (10 + self.step))
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+            raise TrainingError(f"the loss became NaN or infinite at step {bad + 1}; stopping ({kept}). "
+                                "Try a lower train.lr or train.grad_clip.")
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def _progress_bar(self, total: int):
+        if not (self.show_progress and self.world.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.step, desc=f"train {self.domain.name}", unit="step", dynamic_ncols=True)
+
+    def _log(self, loss: float, steps: int, seconds: float, bar) -> None:
+        self.last_loss = loss
+        if not self.world.is_main:
+            return
+        record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                  "samples_per_s": steps * self.train_cfg["batch_size"] / max(seconds, 1e-9),
+                  "time": time.time()}
+        with open(self.run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+        _tensorboard_scalars(self.run_dir, record)
+
+    def _save_checkpoint(self) -> None:
+        if self.world.is_main:
+            state = {
+                "format": ckpt.FORMAT, "domain": self.domain.name, "plugin": self.plugin[0],
+                "plugin_version": self.plugin[1], "diffkit_version": _diffkit_version(),
+                "config": self.config, "step": self.step,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": self._rng_states(),
+            }
+            self.last_checkpoint = ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.step))
+            _prune(self.run_dir, self.train_cfg["keep_checkpoints"])
+            plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        distributed.barrier(self.world)
+
+    def _rng_states(self) -> dict:
+        states = {"torch": torch.get_rng_state(), "noise": self.noise_generator.get_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def _preview(self) -> None:
+        if self.world.is_main:
+            request = SampleRequest(n=self.train_cfg["preview_count"], seed=self.train_cfg["seed"])
+            batch = generate(self.domain, self.ema, self.config, request, device=self.device)
+            folder = self.run_dir / "previews" / f"step_{self.step:08d}"
+            self.domain.write_samples(batch, folder, self.config)
+        distributed.barrier(self.world)
+
+
+def check_resumable(saved: dict, current: dict, path: Path | str) -> None:
+    """Refuse to resume when settings that shape the steps already taken have changed."""
+    changed = [key for key in _differing_keys(saved, current) if key not in RESUMABLE_KEYS]
+    if changed:
+        details = "; ".join(f"{key}: {_lookup(saved, key)!r} -> {_lookup(current, key)!r}" for key in changed)
+        raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: the config differs in {details}")
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+class GlobalBatchSampler:
+    """Yields this rank's share of the global batches ``start .. total - 1``: each epoch is a
+    permutation seeded by ``(seed, epoch)``, cut into full batches, so batch ``k`` depends only on
+    ``k``; rank ``r`` of ``R`` takes the ``r``-th contiguous ``1 / R`` of each."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, total: int,
+                 world: distributed.World = distributed.World()):
+        self.size, self.batch_size, self.seed, self.start, self.total = size, batch_size, seed, start, total
+        self.per_epoch = size // batch_size
+        self.share = batch_size // world.size
+        self.rank_offset = world.rank * self.share
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, order = -1, None
+        for step in range(self.start, self.total):
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            offset = (step % self.per_epoch) * self.batch_size + self.rank_offset
+            yield order[offset:offset + self.share].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+class MicroBatches:
+    """Collates a rank's items into ``count`` equal micro-batches (for gradient accumulation)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        size = len(items) // self.count
+        return [default_collate(items[k * size:(k + 1) * size]) for k in range(self.count)]
+
+
+def _expand(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flags.reshape(flags.shape + (1,) * (like.ndim - 1))
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    if keep and keep > 0:
+        for old in ckpt.list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (left by a run that died after its last checkpoint)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    """A PNG of the training loss against the step, from a metrics log."""
+    if not metrics.exists():
+        return
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([r["step"] for r in records], [r["loss"] for r in records])
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+_TENSORBOARD: dict[Path, Any] = {}
+
+
+def _tensorboard_scalars(run_dir: Path, record: dict) -> None:
+    """Mirror a metrics record to TensorBoard when it is installed."""
+    if run_dir not in _TENSORBOARD:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            _TENSORBOARD[run_dir] = None
+        else:
+            _TENSORBOARD[run_dir] = SummaryWriter(str(run_dir / "tensorboard"))
+    writer = _TENSORBOARD[run_dir]
+    if writer is not None:
+        for key in ("loss", "lr", "samples_per_s"):
+            writer.add_scalar(f"train/{key}", record[key], record["step"])
+        writer.flush()
+
+
+def _diffkit_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load_for_sampling(domain: Domain, path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The EMA model and config of a checkpoint file or run folder, checked against ``domain``."""
+    path = ckpt.resolve(path)
+    state = ckpt.load(path)
+    ckpt.check_domain(state, domain.name, path)
+    model = domain.build_model(state["config"])
+    try:
+        model.load_state_dict(ckpt.sampling_weights(state))
+    except RuntimeError as error:
+        raise ckpt.CheckpointError(f"checkpoint {str(path)!r} does not fit the {domain.name} model "
+                                   f"its config describes: {error}") from None
+    return model.to(device).eval(), state["config"]
+
