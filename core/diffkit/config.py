@@ -16,7 +16,9 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {},
     "diffusion": {
         "schedule": "cosine",       # linear | cosine | sigmoid | a registered name
-        "prediction": "eps",        # eps | v | x0
+        # eps | v | x0. v by default: at high noise an eps model's x0 estimate is its error divided
+        # by a tiny alpha, which deterministic samplers amplify; v stays well conditioned.
+        "prediction": "v",
         "weighting": "uniform",     # uniform | min_snr
         "min_snr_gamma": 5.0,
         "zero_terminal_snr": False,

@@ -47,6 +47,8 @@ class GaussianMixture:
             self._eigvals, self._eigvecs = torch.linalg.eigh(self.covariances)       # (K, D), (K, D, D)
         if (self._eigvals < 0).any():
             raise ValueError("covariances must be positive semi-definite")
+        # Isotropic components (C_k = v_k I) allow a path without any (K, n, D) intermediate.
+        self._isotropic = self._diagonal and bool((self._eigvals == self._eigvals[:, :1]).all())
 
     @property
     def dim(self) -> int:
@@ -74,7 +76,7 @@ class GaussianMixture:
         per-sample ``alpha`` and ``std`` of shape ``(n,)``."""
         z, var = self._whitening(x, alpha, std)
         quad = (z**2 / var).sum(-1) + var.log().sum(-1)
-        return -0.5 * (quad + self.dim * math.log(2 * math.pi)) + self.weights.log()
+        return (-0.5 * (quad + self.dim * math.log(2 * math.pi)) + self.weights.log()[:, None]).T
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` of the clean mixture, shape ``(n,)``."""
@@ -83,16 +85,30 @@ class GaussianMixture:
 
     def posterior_mean(self, x: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
         """``E[x_0 | x_t = x]`` in closed form, for per-sample ``alpha`` and ``std`` of shape ``(n,)``."""
-        z, var = self._whitening(x, alpha, std)
-        a = alpha.double()[:, None, None]
-        shrunk = a * self._eigvals[None] / var * z                             # (n, K, D) in each basis
-        log_r = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1)) + self.weights.log()
+        if self._isotropic:
+            return self._isotropic_posterior_mean(x, alpha, std)
+        z, var = self._whitening(x, alpha, std)                                 # (K, n, D), (K, n|1, D)
+        log_r = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1)) + self.weights.log()[:, None]
+        responsibilities = torch.softmax(log_r, dim=0)                          # (K, n)
+        a = _per_sample(alpha, var.shape[1])
+        # Each component's posterior mean is mu_k + a l / (a^2 l + s^2) z in its eigenbasis.
+        shrunk = responsibilities[..., None] * (a * self._eigvals[:, None, :] / var) * z
+        if not self._diagonal:
+            shrunk = torch.bmm(shrunk, self._eigvecs.transpose(1, 2))
+        return (responsibilities.T @ self.means + shrunk.sum(0)).to(x.dtype)
+
+    def _isotropic_posterior_mean(self, x: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+        xd, a, s = x.double(), alpha.double()[:, None], std.double()[:, None]   # (n, D), (n, 1)
+        var = a**2 * self._eigvals[None, :, 0] + s**2                          # (n, K)
+        # |x - a mu_k|^2 expanded, so that only (n, K) arrays appear.
+        distance = ((xd**2).sum(1, keepdim=True) - 2 * a * (xd @ self.means.T)
+                    + a**2 * (self.means**2).sum(1)[None]).clamp(min=0)
+        log_r = -0.5 * (distance / var + self.dim * var.log()) + self.weights.log()[None]
         responsibilities = torch.softmax(log_r, dim=1)                          # (n, K)
-        if self._diagonal:
-            offset = torch.einsum("nk,nkd->nd", responsibilities, shrunk)
-        else:
-            offset = torch.einsum("nk,kij,nkj->ni", responsibilities, self._eigvecs, shrunk)
-        return (responsibilities @ self.means + offset).to(x.dtype)
+        shrink = a * self._eigvals[None, :, 0] / var                            # (n, K)
+        # sum_k r_k (mu_k + c_k (x - a mu_k)) = sum_k r_k (1 - a c_k) mu_k + (sum_k r_k c_k) x
+        mean = (responsibilities * (1 - a * shrink)) @ self.means
+        return (mean + (responsibilities * shrink).sum(1, keepdim=True) * xd).to(x.dtype)
 
     def project(self, direction: Tensor) -> "GaussianMixture":
         """The 1-D mixture of ``x @ direction``."""
@@ -135,17 +151,25 @@ class GaussianMixture:
         return ExactDenoiser(self, schedule, prediction)
 
     def _whitening(self, x: Tensor, alpha: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
-        """``x - a mu_k`` in component ``k``'s eigenbasis ``(n, K, D)``, and the noisy variances there."""
-        a = alpha.double()[:, None, None]
-        diff = x.double()[:, None, :] - a * self.means[None]
-        z = diff if self._diagonal else torch.einsum("kji,nkj->nki", self._eigvecs, diff)
-        var = a**2 * self._eigvals[None] + std.double()[:, None, None] ** 2
+        """``x - a mu_k`` in component ``k``'s eigenbasis, ``(K, n, D)``, and the noisy variances
+        ``a^2 l_k + s^2`` there, ``(K, n, D)`` or ``(K, 1, D)`` when all samples share one time."""
+        shared = bool((alpha == alpha[0]).all() and (std == std[0]).all())
+        a = _per_sample(alpha, 1 if shared else len(alpha))                     # (n|1, 1)
+        s = _per_sample(std, 1 if shared else len(std))
+        diff = x.double()[None] - a * self.means[:, None, :]                    # (K, n, D)
+        z = diff if self._diagonal else torch.bmm(diff, self._eigvecs)
+        var = a**2 * self._eigvals[:, None, :] + s**2
         return z, var
 
     def _from_basis(self, values: Tensor, components: Tensor) -> Tensor:
         if self._diagonal:
             return values
         return torch.einsum("nij,nj->ni", self._eigvecs[components], values)
+
+
+def _per_sample(values: Tensor, n: int) -> Tensor:
+    """The first ``n`` entries of a per-sample ``(N,)`` coefficient as a float64 ``(n, 1)`` column."""
+    return values.double()[:n, None]
 
 
 def random_directions(count: int, dim: int, generator: torch.Generator | None = None) -> Tensor:

@@ -105,9 +105,12 @@ def _register(manager: pluggy.PluginManager, name: str, load, *, version: str, b
 def _collect_domains(manager: pluggy.PluginManager, infos: list[PluginInfo]) -> dict[str, Domain]:
     domains: dict[str, Domain] = {}
     by_name = {info.name: info for info in infos}
+    trace = manager.trace.root.get("hook")
+    # Called plugin by plugin (not through the hook caller) so that a failure names its plugin.
     for impl in manager.hook.diffkit_register_domains.get_hookimpls():
         info = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "unknown")
         found: list[Domain] = []
+        trace("diffkit_register_domains", f"plugin={impl.plugin_name}")
         try:
             impl.function(register=found.append)
             for domain in found:

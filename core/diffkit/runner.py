@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .domain import Domain
 from .generate import SampleRequest, build_diffusion, generate
-from .tree import State, batch_size as _batch_size, to_device, tree_map
+from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
 
 # Keys that may change when a run is resumed: they do not alter the steps already taken.
 RESUMABLE_KEYS = {
@@ -221,19 +221,19 @@ class Trainer:
         return total_loss
 
     def _draw_randomness(self, example: dict, pieces: int) -> list:
-        """Times, noise and dropout flags for every piece of the global batch, in order.
+        """Times, noise and dropout flags for the whole global batch, cut into ``pieces`` parts.
 
-        Every rank draws all of them from the same generator so that the stream does not depend on
-        the number of processes; pieces of other ranks use this rank's shapes (only shapes matter)."""
-        piece_size = _batch_size(example["x"])
-        extra = example.get("extra", {})
-        draws = []
-        for _ in range(pieces):
-            t = self.diffusion.schedule.training_times(piece_size, generator=self.noise_generator)
-            noise = self.domain.noise(example["x"], self.noise_generator, **extra)
-            drop = torch.rand(piece_size, generator=self.noise_generator) < self.train_cfg["cond_drop"]
-            draws.append((t, noise, drop))
-        return draws
+        Every rank draws all of them from the same generator in one go, so that the stream depends
+        neither on the number of processes nor on gradient accumulation; the parts of other ranks
+        are shaped like this rank's (only shapes matter for the draw)."""
+        size = pieces * _batch_size(example["x"])
+        x_like = concat([example["x"]] * pieces)
+        extra = {key: concat([value] * pieces) for key, value in example.get("extra", {}).items()}
+        t = self.diffusion.schedule.training_times(size, generator=self.noise_generator)
+        noise = self.domain.noise(x_like, self.noise_generator, **extra)
+        drop = torch.rand(size, generator=self.noise_generator) < self.train_cfg["cond_drop"]
+        parts = [torch.arange(k * size // pieces, (k + 1) * size // pieces) for k in range(pieces)]
+        return [(t[index], tree_map(lambda leaf: leaf[index], noise), drop[index]) for index in parts]
 
     def _loss(self, batch: dict, t: torch.Tensor, noise: State, drop: torch.Tensor) -> torch.Tensor:
         cond = batch.get("cond")

@@ -1,0 +1,116 @@
+"""Plugin discovery: built-ins and entry points through the same hooks, failures reported."""
+
+from __future__ import annotations
+
+import click
+import pytest
+import torch
+
+import diffkit
+from diffkit.plugins import make_plugin_manager
+from toy_domain import ToyDomain
+
+
+def test_builtins_register_through_the_manager():
+    registry = make_plugin_manager(entry_points=False)
+    names = {info.name for info in registry.plugins}
+    assert {"diffkit_image.plugin", "diffkit_audio.plugin", "diffkit_molecule.plugin"} <= names
+    assert all(info.builtin for info in registry.plugins)
+
+
+def test_entry_point_plugin_is_discovered(toy_installed):
+    registry = make_plugin_manager()
+    assert isinstance(registry.domain("toy"), ToyDomain)
+    info = next(info for info in registry.plugins if info.name == "toy-points")
+    assert (info.status, info.version, info.domains) == ("loaded", "1.0", ["toy"])
+
+
+def test_broken_plugin_is_reported_and_others_still_load(plugin_site):
+    plugin_site({"broken": "no_such_module_for_diffkit", "toy-points": "toy_domain"})
+    registry = make_plugin_manager()
+    broken = next(info for info in registry.plugins if info.name == "broken")
+    assert broken.status == "failed"
+    assert "no_such_module_for_diffkit" in broken.error
+    assert "toy" in registry.domains
+
+
+def test_environment_variable_disables_external_plugins(toy_installed, monkeypatch):
+    monkeypatch.setenv("DIFFKIT_DISABLE_PLUGINS", "1")
+    registry = make_plugin_manager()
+    assert "toy" not in registry.domains
+    assert all(info.builtin for info in registry.plugins)
+
+
+def test_trace_environment_variable_prints_hook_calls(monkeypatch, capsys):
+    monkeypatch.setenv("DIFFKIT_TRACE_HOOKS", "1")
+    make_plugin_manager(entry_points=False, extra=[_ToyPlugin()])
+    assert "diffkit_register_domains" in capsys.readouterr().err
+
+
+class _ToyPlugin:
+    @diffkit.hookimpl
+    def diffkit_register_domains(self, register):
+        register(ToyDomain())
+
+
+class _NotADomainPlugin:
+    @diffkit.hookimpl
+    def diffkit_register_domains(self, register):
+        register(object())
+
+
+def test_duplicate_domain_name_fails_the_second_plugin_only():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_ToyPlugin(), _ToyPlugin()])
+    statuses = sorted(info.status for info in registry.plugins)
+    assert statuses == ["failed", "loaded"]
+    failed = next(info for info in registry.plugins if info.status == "failed")
+    assert "already registered" in failed.error
+    assert "toy" in registry.domains
+
+
+def test_registering_something_else_than_a_domain_is_refused():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_NotADomainPlugin()])
+    assert registry.plugins[0].status == "failed"
+    assert "not a diffkit.Domain" in registry.plugins[0].error
+
+
+def test_unknown_domain_lists_the_available_ones():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_ToyPlugin()])
+    with pytest.raises(ValueError, match=r"unknown domain 'nope'; available: toy"):
+        registry.domain("nope")
+
+
+def _halfway(denoiser, x, times, *, generator=None, callback=None):
+    x0, _ = denoiser(x, times[0])
+    return x0
+
+
+class _SamplerPlugin:
+    @diffkit.hookimpl
+    def diffkit_register_samplers(self, register):
+        register("one_shot_test", _halfway)
+
+
+def test_plugin_sampler_becomes_usable_by_name():
+    make_plugin_manager(builtins=(), entry_points=False, extra=[_SamplerPlugin()])
+    model = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731  x0-prediction of 0
+    out = diffkit.Diffusion("cosine", "x0").sample(model, (3, 2), sampler="one_shot_test", steps=4)
+    assert torch.equal(out, torch.zeros(3, 2))
+
+
+class _CommandPlugin:
+    @diffkit.hookimpl
+    def diffkit_cli_commands(self, cli):
+        @cli.command(name="hello-test")
+        def hello():
+            click.echo("hello from a plugin")
+
+
+def test_plugin_cli_command_is_added():
+    from diffkit.cli import DiffkitGroup
+
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_CommandPlugin()])
+    group = DiffkitGroup(name="diffkit")
+    context = click.Context(group, obj=None)
+    context.meta["diffkit.registry"] = registry
+    assert "hello-test" in group.list_commands(context)

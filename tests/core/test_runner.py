@@ -1,0 +1,183 @@
+"""The training runner: exact resume, atomic checkpoints, NaN stop, logs, DDP equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffkit import checkpoint as ckpt
+from diffkit.config import resolve_config
+from diffkit.runner import Trainer, TrainingError, load_for_sampling, train
+from toy_domain import PointDenoiser, ToyDomain
+
+DOMAIN = ToyDomain()
+
+
+def toy_config(**train_settings):
+    return resolve_config(DOMAIN, overrides={"train": train_settings} if train_settings else None)
+
+
+def final_weights(run_dir: Path) -> dict:
+    state = ckpt.load(ckpt.resolve(run_dir))
+    return {"model": state["model"], "ema": state["ema"], "step": state["step"]}
+
+
+def assert_same_weights(a: dict, b: dict, **tolerance):
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], **tolerance)
+
+
+def test_training_reduces_the_loss_and_writes_its_logs(tmp_path):
+    result = train(DOMAIN, toy_config(steps=60, preview_every=30), out=tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(5, 61, 5))
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "run" / "previews" / "step_00000030" / "points.json").exists()
+    assert result.checkpoint == ckpt.checkpoint_path(tmp_path / "run", 60)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+    config = toy_config(steps=40, checkpoint_every=10)
+    train(DOMAIN, config, out=tmp_path / "straight", progress=False)
+
+    original = Trainer._train_step
+
+    def dies_at_step_25(self, batch):
+        if self.step == 25:
+            raise Interrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_25)
+    with pytest.raises(Interrupt):
+        train(DOMAIN, config, out=tmp_path / "resumed", progress=False)
+    assert ckpt.resolve(tmp_path / "resumed").name == "step_00000020.pt"
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    train(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)
+
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"), rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "log lines of the interrupted stretch must not repeat"
+
+
+def test_a_run_folder_with_checkpoints_is_not_overwritten(tmp_path):
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="already holds checkpoints; pass --resume"):
+        train(DOMAIN, toy_config(steps=10), out=tmp_path, progress=False)
+
+
+def test_resume_refuses_a_changed_config_naming_the_key(tmp_path):
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"train\.lr: 0\.003 -> 0\.1"):
+        train(DOMAIN, toy_config(steps=20, lr=0.1), out=tmp_path, resume=True, progress=False)
+    # More steps is fine: the steps already taken do not change.
+    assert train(DOMAIN, toy_config(steps=20, checkpoint_every=10), out=tmp_path, resume=True, progress=False).step == 20
+
+
+def test_checkpoint_of_another_domain_is_refused(tmp_path):
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path, progress=False)
+
+    class OtherDomain(ToyDomain):
+        name = "other"
+
+    with pytest.raises(ckpt.CheckpointError, match="trained for domain 'toy', not 'other'"):
+        load_for_sampling(OtherDomain(), tmp_path)
+
+
+def test_checkpoints_load_without_unpickling_objects(tmp_path):
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path, progress=False)
+    path = ckpt.resolve(tmp_path)
+    torch.load(path, weights_only=True)  # raises if anything but tensors and plain data is inside
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "payload": PointDenoiser()}, evil)
+    with pytest.raises(ckpt.CheckpointError, match="not a readable diffkit checkpoint"):
+        ckpt.load(evil)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "state.pt"
+    ckpt.save_atomic({"format": ckpt.FORMAT, "value": torch.ones(3)}, target)
+
+    def crash(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_atomic({"format": ckpt.FORMAT, "value": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(ckpt.load(target)["value"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+class ExplodingDomain(ToyDomain):
+    """Its model returns NaN from the 13th call on."""
+
+    def build_model(self, config):
+        model = super().build_model(config)
+        calls = {"n": 0}
+        forward = model.forward
+
+        def exploding(x, t, cond=None):
+            calls["n"] += 1
+            out = forward(x, t, cond)
+            return out * float("nan") if calls["n"] > 12 else out
+
+        model.forward = exploding
+        return model
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = toy_config(steps=40, checkpoint_every=10, log_every=5)
+    with pytest.raises(TrainingError, match=r"NaN or infinite at step 13;.*step_00000010\.pt"):
+        train(ExplodingDomain(), config, out=tmp_path, progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000010.pt"]
+    state = ckpt.load(ckpt.resolve(tmp_path))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_export_weights_keeps_what_sampling_needs(tmp_path):
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path / "run", progress=False)
+    slim = ckpt.export_weights(tmp_path / "run", tmp_path / "toy.pt")
+    state = ckpt.load(slim)
+    assert "optimizer" not in state and state["domain"] == "toy"
+    model, config = load_for_sampling(DOMAIN, slim)
+    full = ckpt.load(ckpt.resolve(tmp_path / "run"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, full["ema"][key])
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path / "full", progress=False)
+    train(DOMAIN, toy_config(steps=10, checkpoint_every=10, grad_accum=4), out=tmp_path / "accum", progress=False)
+    assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "accum"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_path, toy_installed):
+    common = ["--domain", "toy", "--steps", "12", "--batch-size", "32", "--set", "train.checkpoint_every=12",
+              "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "diffkit", "train", *common, "--out", str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "diffkit", "train", *common, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), rtol=1e-4, atol=1e-5)
