@@ -11,7 +11,7 @@ import click
 
 from .plugins import Registry, make_plugin_manager
 
-BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate")
+BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "new-plugin")
 
 
 class DiffkitGroup(click.Group):
@@ -246,6 +246,25 @@ def evaluate(ctx, domain, samples, reference, as_json):
     width = max((len(name) for name in scores), default=0)
     for name, value in scores.items():
         click.echo(f"{name.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{name.ljust(width)}  {value}")
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Where to create the package folder diffkit-NAME.")
+def new_plugin(name, directory):
+    """Create a working plugin package for a new domain called NAME.
+
+    The package (module, pyproject with its entry point, tests, README) installs with
+    `pip install -e .`, shows in `diffkit plugins`, trains, and passes its own tests as it is.
+    """
+    from .scaffold import create_plugin
+
+    try:
+        root = create_plugin(name, directory)
+    except (ValueError, FileExistsError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"created {root}\nnext: cd {root} && pip install -e \".[dev]\" && python -m pytest")
 
 
 def _message(error: BaseException) -> str:

@@ -85,7 +85,7 @@ def test_errors_are_clear(args, message, toy_installed, tmp_path, monkeypatch):
 
 def test_every_option_of_every_command_is_explained():
     context = click.Context(cli)
-    for name in ("plugins", "train", "sample", "evaluate"):
+    for name in ("plugins", "train", "sample", "evaluate", "new-plugin"):
         command = cli.get_command(context, name)
         assert command.help, name
         for param in command.params:

@@ -1,0 +1,38 @@
+"""``diffkit new-plugin``: a working plugin package to start from."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+# template file -> path in the new package ({name} is filled in)
+FILES = {
+    "pyproject.toml.tmpl": "pyproject.toml",
+    "README.md.tmpl": "README.md",
+    "plugin.py.tmpl": "src/diffkit_{name}/plugin.py",
+    "test_plugin.py.tmpl": "tests/test_{name}.py",
+}
+
+
+def create_plugin(name: str, directory: str | Path = ".") -> Path:
+    """Write the package ``diffkit-<name>`` under ``directory`` and return its folder.
+
+    ``name`` becomes the domain name and the import name ``diffkit_<name>``; an existing folder
+    is never overwritten.
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"plugin name {name!r} must be lowercase letters, digits and underscores, "
+                         "starting with a letter (it becomes the Python package diffkit_<name>)")
+    root = Path(directory) / f"diffkit-{name}"
+    if root.exists():
+        raise FileExistsError(f"{root} already exists; choose another name or --dir")
+    values = {"name": name, "class_name": "".join(part.capitalize() for part in name.split("_"))}
+    templates = resources.files("diffkit") / "templates"
+    for template_name, relative in FILES.items():
+        target = root / relative.format(name=name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(Template((templates / template_name).read_text()).substitute(values))
+    (root / "src" / f"diffkit_{name}" / "__init__.py").write_text(f'"""The {name} domain for diffkit."""\n')
+    return root

@@ -1,0 +1,251 @@
+"""A conformance kit for domain plugins: call it from your plugin's tests.
+
+    from diffkit.testing import assert_domain_conforms
+
+    def test_my_domain_conforms(tmp_path):
+        assert_domain_conforms(MyDomain(), tmp_path)
+
+It builds the domain's dataset and model from its default config (shrunk by ``overrides`` if
+you like), and checks that the contract holds: item and batch structure, model output shapes and
+dtypes, the noise, the loss mask, the null condition, that a few training steps lower the loss on
+a fixed batch, and that sampling and writing samples work. Every problem found is reported in
+plain words, all at once.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import default_collate
+
+from .config import default_config
+from .domain import Domain, merge_config
+from .generate import build_diffusion
+from .tree import State, leaves
+
+
+class ConformanceError(AssertionError):
+    pass
+
+
+def assert_domain_conforms(domain: Domain, tmp_path: str | Path | None = None, *, data: str | None = None,
+                           overrides: dict | None = None, train_steps: int = 30, batch_size: int = 8) -> None:
+    """Raise :class:`ConformanceError` listing every way ``domain`` breaks the contract."""
+    problems = check_domain(domain, tmp_path, data=data, overrides=overrides, train_steps=train_steps,
+                            batch_size=batch_size)
+    if problems:
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConformanceError(f"domain {domain.name!r} does not conform:\n{listing}")
+
+
+def check_domain(domain: Domain, tmp_path: str | Path | None = None, *, data: str | None = None,
+                 overrides: dict | None = None, train_steps: int = 30, batch_size: int = 8) -> list[str]:
+    """The list of problems found (empty when the domain conforms)."""
+    problems: list[str] = []
+    if tmp_path is None:
+        tmp_path = tempfile.mkdtemp(prefix="diffkit-conformance-")
+    context: dict[str, Any] = {"domain": domain, "data": data, "tmp": Path(tmp_path),
+                               "overrides": overrides or {}, "steps": train_steps, "batch_size": batch_size}
+    for check in CHECKS:
+        try:
+            check(context)
+        except _Stop as stop:
+            problems.append(str(stop))
+            break
+        except Exception as error:  # a crash inside the domain is itself a finding
+            problems.append(f"{check.__doc__.strip()}: raised {type(error).__name__}: {error}")
+            if check in ESSENTIAL:
+                break
+        else:
+            problems.extend(context.pop("problems", []))
+    return problems
+
+
+class _Stop(Exception):
+    pass
+
+
+def _fail(context: dict, message: str) -> None:
+    context.setdefault("problems", []).append(message)
+
+
+def check_identity(context: dict) -> None:
+    """name and description"""
+    domain = context["domain"]
+    if not domain.name or not domain.name.replace("-", "_").isidentifier():
+        _fail(context, f"name {domain.name!r} should be a short identifier, e.g. 'points'")
+    if not domain.description:
+        _fail(context, "description is empty; `diffkit plugins` shows it")
+
+
+def check_config(context: dict) -> None:
+    """default_config and presets"""
+    domain = context["domain"]
+    config = default_config(domain)
+    for section in ("data", "model", "diffusion", "train", "sample"):
+        if not isinstance(config.get(section), dict):
+            raise _Stop(f"default_config() lacks the section {section!r}")
+    presets = domain.presets()
+    for name in ("cpu", "gpu"):
+        if name not in presets:
+            _fail(context, f"presets() has no {name!r} preset")
+    for name, preset in presets.items():
+        try:
+            merge_config(config, preset)
+        except (KeyError, ValueError) as error:
+            _fail(context, f"preset {name!r} does not fit the default config: {error.args[0]}")
+    context["config"] = merge_config(config, context["overrides"])
+
+
+def check_dataset(context: dict) -> None:
+    """build_dataset and its items"""
+    domain, config = context["domain"], context["config"]
+    dataset = domain.build_dataset(config, context["data"])
+    if len(dataset) < context["batch_size"]:
+        raise _Stop(f"build_dataset() returned {len(dataset)} items; the kit needs at least {context['batch_size']}")
+    item = dataset[0]
+    if not isinstance(item, dict) or "x" not in item:
+        raise _Stop(f"dataset items must be dicts with the key 'x', got {type(item).__name__}")
+    unknown = set(item) - {"x", "cond", "mask", "extra"}
+    if unknown:
+        _fail(context, f"dataset items have unknown keys {sorted(unknown)}; allowed: x, cond, mask, extra")
+    batch = default_collate([dataset[i] for i in range(context["batch_size"])])
+    for leaf in leaves(batch["x"]):
+        if not leaf.is_floating_point():
+            _fail(context, f"state leaves must be floating point, got {leaf.dtype}")
+    if "mask" in batch:
+        _check_same_structure(context, "the loss mask", batch["mask"], batch["x"], broadcast=True)
+    context["dataset"], context["batch"] = dataset, batch
+
+
+def check_model(context: dict) -> None:
+    """build_model and its output"""
+    domain, config, batch = context["domain"], context["config"], context["batch"]
+    model = domain.build_model(config)
+    domain.fit_data(model, context["dataset"], config)
+    t = torch.rand(context["batch_size"])
+    with torch.no_grad():
+        output = model(batch["x"], t, cond=batch.get("cond"), **batch.get("extra", {}))
+    _check_same_structure(context, "model output", output, batch["x"])
+    context["model"] = model
+
+
+def check_noise(context: dict) -> None:
+    """noise"""
+    domain, batch = context["domain"], context["batch"]
+    extra = batch.get("extra", {})
+    first = domain.noise(batch["x"], torch.Generator().manual_seed(0), **extra)
+    again = domain.noise(batch["x"], torch.Generator().manual_seed(0), **extra)
+    _check_same_structure(context, "noise", first, batch["x"])
+    if not all(torch.equal(a, b) for a, b in zip(leaves(first), leaves(again))):
+        _fail(context, "noise() is not reproducible with the same generator: draw from the generator it gets")
+    values = torch.cat([leaf.flatten() for leaf in leaves(first)])
+    values = values[values != 0]  # padding may be zero
+    if values.numel() > 100 and not (0.8 < values.std() < 1.2):
+        _fail(context, f"noise() should be unit-variance where it is not zero; its std is {values.std():.3f}")
+
+
+def check_null_cond(context: dict) -> None:
+    """null_cond"""
+    domain, batch, model = context["domain"], context["batch"], context["model"]
+    cond = batch.get("cond")
+    if cond is None:
+        return
+    uncond = domain.null_cond(cond)
+    if uncond is None:
+        _fail(context, "items carry 'cond' but null_cond() returns None: guidance and condition dropout need it")
+        return
+    _check_same_structure(context, "null_cond()", uncond, cond)
+    with torch.no_grad():
+        model(batch["x"], torch.rand(context["batch_size"]), cond=uncond, **batch.get("extra", {}))
+
+
+def check_training(context: dict) -> None:
+    """a few training steps"""
+    domain, config, batch, model = context["domain"], context["config"], context["batch"], context["model"]
+    diffusion = build_diffusion(domain, config)
+    generator = torch.Generator().manual_seed(0)
+    n = context["batch_size"]
+    fixed = {"t": torch.linspace(0.05, 0.95, n), "noise": domain.noise(batch["x"], generator, **batch.get("extra", {}))}
+
+    def loss() -> torch.Tensor:
+        return diffusion.loss(model, batch["x"], cond=batch.get("cond"), mask=batch.get("mask"),
+                              model_kwargs=batch.get("extra", {}), leaf_weights=domain.leaf_weights(config), **fixed)
+
+    model.train()
+    with torch.no_grad():
+        before = float(loss())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(context["steps"]):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(loss())
+    if not after < before:
+        _fail(context, f"{context['steps']} Adam steps on one fixed batch did not lower the loss ({before:.4f} -> {after:.4f})")
+    model.eval()
+
+
+def check_sampling(context: dict) -> None:
+    """prepare_sampling, sampling, decode and write_samples"""
+    domain, config, model = context["domain"], context["config"], context["model"]
+    diffusion = build_diffusion(domain, config)
+    generator = torch.Generator().manual_seed(0)
+    batch = domain.prepare_sampling(model, 2, config, generator=generator)
+    cond = batch.get("cond")
+    with torch.no_grad():
+        x = diffusion.sample(model, batch["x"], steps=3, generator=generator, cond=cond,
+                             uncond=domain.null_cond(cond) if cond is not None else None,
+                             guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"))
+    _check_same_structure(context, "a sample", x, batch["x"])
+    batch["x"] = domain.decode(x, batch)
+    out = context["tmp"] / "conformance-samples"
+    written = domain.write_samples(batch, out, config)
+    if not written:
+        _fail(context, "write_samples() returned no paths")
+    for path in written:
+        if not Path(path).is_file() or Path(path).stat().st_size == 0:
+            _fail(context, f"write_samples() reported {path}, which is missing or empty")
+
+
+CHECKS: list[Callable[[dict], None]] = [check_identity, check_config, check_dataset, check_model, check_noise,
+                                        check_null_cond, check_training, check_sampling]
+ESSENTIAL = {check_config, check_dataset, check_model}
+
+
+def _check_same_structure(context: dict, what: str, value: State, reference: State, broadcast: bool = False) -> None:
+    if isinstance(reference, dict) != isinstance(value, dict):
+        _fail(context, f"{what} is a {type(value).__name__} but the state is a {type(reference).__name__}")
+        return
+    if isinstance(reference, dict):
+        if set(value) != set(reference):
+            _fail(context, f"{what} has keys {sorted(value)} but the state has {sorted(reference)}")
+            return
+        for key in reference:
+            _check_leaf(context, f"{what}[{key!r}]", value[key], reference[key], broadcast)
+    else:
+        _check_leaf(context, what, value, reference, broadcast)
+
+
+def _check_leaf(context: dict, what: str, value: torch.Tensor, reference: torch.Tensor, broadcast: bool) -> None:
+    if not isinstance(value, torch.Tensor):
+        _fail(context, f"{what} is a {type(value).__name__}, expected a tensor")
+        return
+    if broadcast:
+        try:
+            torch.broadcast_shapes(value.shape, reference.shape)
+        except RuntimeError:
+            _fail(context, f"{what} has shape {tuple(value.shape)}, which does not broadcast to {tuple(reference.shape)}")
+        return
+    if value.shape != reference.shape:
+        _fail(context, f"{what} has shape {tuple(value.shape)}, expected {tuple(reference.shape)}")
+    elif value.dtype != reference.dtype and reference.is_floating_point():
+        _fail(context, f"{what} has dtype {value.dtype}, expected {reference.dtype}")
+
+
+__all__ = ["ConformanceError", "assert_domain_conforms", "check_domain"]
