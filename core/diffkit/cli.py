@@ -201,7 +201,11 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
 @click.pass_context
 def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, device, batch_size, init, mask,
            strength, resample, interpolate, out, no_progress):
-    """Draw new samples, edit an input (--init), or interpolate (--interpolate)."""
+    """Draw new samples, edit an input (--init), or interpolate (--interpolate).
+
+    Under `torchrun --nproc_per_node N -m diffkit sample ...` the processes share the work and
+    the first one writes all samples: the same ones a single process draws with the same seed.
+    """
     from . import checkpoint as ckpt
     from . import distributed
     from .generate import SampleRequest, generate
@@ -214,14 +218,19 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
     request = SampleRequest(n=n, sampler=sampler, steps=steps, guidance=guidance, cond=cond, seed=seed,
                             batch_size=batch_size, init=init, mask=mask, strength=strength, resample=resample,
                             interpolate=interpolate, progress=not no_progress)
+    world = distributed.world_from_env()
     try:
-        torch_device = distributed.pick_device(device, distributed.World())
+        torch_device = distributed.pick_device(device, world)
+        distributed.init(world, torch_device)
         model, config = load_for_sampling(plugin_domain, source, torch_device)
-        batch = generate(plugin_domain, model, config, request, device=torch_device)
-        written = plugin_domain.write_samples(batch, Path(out), config)
+        batch = generate(plugin_domain, model, config, request, device=torch_device, world=world)
+        if world.is_main:
+            written = plugin_domain.write_samples(batch, Path(out), config)
+            click.echo(f"wrote {len(written)} file(s) to {out}")
     except (KeyError, ValueError, FileNotFoundError, NotImplementedError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
-    click.echo(f"wrote {len(written)} file(s) to {out}")
+    finally:
+        distributed.shutdown(world)
 
 
 @cli.command()

@@ -12,7 +12,8 @@ from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .guidance import slerp
 from .schedules import make_schedule
-from .tree import State, concat, to_device, tree_map
+from .distributed import World
+from .tree import State, concat, first_leaf, to_device, tree_map
 
 
 def build_diffusion(domain: Domain, config: dict) -> Diffusion:
@@ -43,22 +44,53 @@ class SampleRequest:
 
 
 def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequest,
-             device: torch.device | str = "cpu") -> Batch:
-    """Samples as a batch on the CPU (``x`` decoded by the domain), drawn in chunks of
-    ``sample.batch_size`` with a generator seeded by ``request.seed`` (reproducible)."""
+             device: torch.device | str = "cpu", world: World = World()) -> Batch | None:
+    """Samples as a batch on the CPU (``x`` decoded by the domain).
+
+    They are drawn in chunks of ``sample.batch_size``; chunk ``k`` uses a generator seeded by
+    ``(request.seed, k)``, so the result does not depend on how many processes share the work.
+    Under torchrun each rank draws every ``world.size``-th chunk and rank 0 returns them all,
+    in order (other ranks return ``None``).
+    """
     diffusion = build_diffusion(domain, config)
     settings = _settings(config, request)
-    generator = torch.Generator(device=device).manual_seed(request.seed)
     model = model.to(device).eval()
     total = request.interpolate or request.n
-    chunks: list[Batch] = []
-    done = 0
-    while done < total:
-        size = min(settings["batch_size"], total - done)
-        chunks.append(_generate_chunk(domain, diffusion, model, config, request, settings, size,
-                                      generator, device, offset=done, total=total))
-        done += size
-    return _concat_batches(chunks)
+    starts = list(range(0, total, settings["batch_size"]))
+    mine = [k for k in range(len(starts)) if k % world.size == world.rank]
+    bar = _progress_bar(request.progress and world.is_main, len(mine) * settings["steps"])
+    chunks: dict[int, Batch] = {}
+    for k in mine:
+        size = min(settings["batch_size"], total - starts[k])
+        generator = torch.Generator(device=device).manual_seed(request.seed * 1_000_003 + k)
+        chunks[k] = _generate_chunk(domain, diffusion, model, config, request, settings, size, generator,
+                                    device, offset=starts[k], total=total, callback=bar)
+    if bar is not None:
+        bar.close()
+    if world.distributed:
+        chunks = _gather_chunks(chunks, world)
+        if chunks is None:
+            return None
+    return _concat_batches([chunks[k] for k in sorted(chunks)])
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="sampling", unit="step", dynamic_ncols=True)
+    return bar
+
+
+def _gather_chunks(chunks: dict[int, Batch], world: World) -> dict[int, Batch] | None:
+    import torch.distributed as dist
+
+    gathered: list | None = [None] * world.size if world.is_main else None
+    dist.gather_object(chunks, gathered, dst=0)
+    if not world.is_main:
+        return None
+    return {k: batch for part in gathered for k, batch in part.items()}
 
 
 def _settings(config: dict, request: SampleRequest) -> dict[str, Any]:
@@ -75,7 +107,7 @@ def _settings(config: dict, request: SampleRequest) -> dict[str, Any]:
 @torch.no_grad()
 def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, config: dict,
                     request: SampleRequest, settings: dict, size: int, generator: torch.Generator,
-                    device, *, offset: int, total: int) -> Batch:
+                    device, *, offset: int, total: int, callback=None) -> Batch:
     if request.init is not None:
         batch = to_device(domain.load_known(request.init, request.mask, size, config), device)
     else:
@@ -83,7 +115,8 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
     cond = batch.get("cond")
     common = dict(
         cond=cond, guidance=settings["guidance"], uncond=domain.null_cond(cond) if cond is not None else None,
-        model_kwargs=batch.get("extra"), generator=generator, progress=request.progress,
+        model_kwargs=batch.get("extra"), generator=generator,
+        callback=(lambda info: callback.update(1)) if callback is not None else None,
     )
     if request.init is not None and "keep" in batch:
         x = diffusion.inpaint(model, batch["x"], batch["keep"], sampler=_inpaint_sampler(settings),
@@ -92,7 +125,7 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
         x = diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"],
                            steps=settings["steps"], **common)
     else:
-        x_T = _interpolated_noise(diffusion, batch, offset, size, total, generator) if request.interpolate else None
+        x_T = _interpolated_noise(diffusion, batch, offset, size, total, request.seed) if request.interpolate else None
         x = diffusion.sample(model, batch["x"], sampler=settings["sampler"], steps=settings["steps"],
                              spacing=settings["spacing"], x_T=x_T, **common)
     batch["x"] = domain.decode(x, batch)
@@ -105,16 +138,20 @@ def _inpaint_sampler(settings: dict) -> str:
 
 
 def _interpolated_noise(diffusion: Diffusion, batch: Batch, offset: int, size: int, total: int,
-                        generator: torch.Generator) -> State:
-    """Noise of samples ``offset .. offset + size`` on the great circle between two fixed noises."""
+                        seed: int) -> State:
+    """Noise of samples ``offset .. offset + size`` on the great circle between the noises of
+    ``seed`` and ``seed + 1``."""
     single = tree_map(lambda leaf: leaf[:1], batch["x"])
     extra = {k: v[:1] for k, v in (batch.get("extra") or {}).items()}
-    seed = torch.Generator(device=generator.device).manual_seed(int(generator.initial_seed()))
-    start = diffusion.noise(single, seed, **extra)
-    end = diffusion.noise(single, seed, **extra)
+    start = diffusion.noise(single, torch.Generator(device=_device_of(single)).manual_seed(seed), **extra)
+    end = diffusion.noise(single, torch.Generator(device=_device_of(single)).manual_seed(seed + 1), **extra)
     weights = torch.arange(offset, offset + size, dtype=torch.float64) / max(total - 1, 1)
     frames = [slerp(start, end, float(w)) for w in weights]
     return concat(frames)
+
+
+def _device_of(state: State) -> torch.device:
+    return first_leaf(state).device
 
 
 def _concat_batches(chunks: list[Batch]) -> Batch:

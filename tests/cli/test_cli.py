@@ -97,3 +97,24 @@ def test_python_dash_m_diffkit_works():
     result = subprocess.run([sys.executable, "-m", "diffkit", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "train" in result.stdout and "sample" in result.stdout
+
+
+@pytest.mark.slow
+def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path, toy_installed):
+    import os
+
+    run_dir = str(tmp_path / "run")
+    run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
+    common = ["-m", "diffkit", "sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "50",
+              "--batch-size", "8", "--seed", "3", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", *common, "--out", str(tmp_path / "two.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    merged = json.loads((tmp_path / "two.json").read_text())
+    assert len(merged["points"]) == 50
+    assert merged == json.loads((tmp_path / "one.json").read_text())
