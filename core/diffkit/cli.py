@@ -92,9 +92,9 @@ def plugins(ctx: click.Context) -> None:
         click.echo(f"{name}: {domain.description}")
 
 
-def _training_overrides(steps, batch_size, seed) -> dict:
-    train = {key: value for key, value in (("steps", steps), ("batch_size", batch_size), ("seed", seed))
-             if value is not None}
+def _training_overrides(steps, batch_size, seed, compile_model) -> dict:
+    options = (("steps", steps), ("batch_size", batch_size), ("seed", seed), ("compile", compile_model or None))
+    train = {key: value for key, value in options if value is not None}
     return {"train": train} if train else {}
 
 
@@ -110,9 +110,11 @@ def _training_overrides(steps, batch_size, seed) -> dict:
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoints, logs and previews (default: runs/<domain>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--compile", "compile_model", is_flag=True, help="Compile the denoiser with torch.compile (train.compile).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.pass_context
-def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, no_progress):
+def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, compile_model,
+          no_progress):
     """Train a diffusion model for a domain; works with no options on the bundled data.
 
     Checkpoints, metrics.jsonl, loss.png and sample previews go to the run folder. Run it
@@ -124,7 +126,7 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     from .runner import train as run_training
 
     plugin_domain = _domain(ctx, domain)
-    overrides = _training_overrides(steps, batch_size, seed)
+    overrides = _training_overrides(steps, batch_size, seed, compile_model)
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
         if resume:

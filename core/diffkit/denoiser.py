@@ -41,7 +41,8 @@ class Denoiser:
     def __call__(self, x: State, t: Tensor | float) -> tuple[State, State]:
         t_batch = torch.full((batch_size(x),), float(t), device=first_leaf(x).device)
         output = self.model_output(x, t_batch)
-        alpha, std = self.schedule.alpha(t_batch), self.schedule.std(t_batch)
+        # Coefficients in float64: at high noise x0 = (x - std eps) / alpha cancels strongly.
+        alpha, std = self.schedule.alpha(t_batch.double()), self.schedule.std(t_batch.double())
         x0 = to_x0(self.prediction, output, x, alpha, std)
         eps = output if self.prediction == "eps" else to_eps(x0, x, alpha, std)
         return x0, eps

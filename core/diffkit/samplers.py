@@ -6,6 +6,15 @@
 ``x`` is the starting state at ``times[0]`` and ``times`` decreases to 0. ``callback``, when
 given, receives ``{"step", "t", "x", "x0"}`` after every step. Samplers are registered by name;
 plugins add more through the ``diffkit_register_samplers`` hook.
+
+A sampler may carry two attributes: ``spacing``, the time spacing it works best with (used when
+the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 otherwise).
+
+The multistep solvers work in ``lambda = log(alpha / std)`` (half the log-SNR) and predict the
+clean data: over a step of size ``h`` the exact solution of the probability-flow ODE is
+``x_s = (std_s / std_t) x_t + alpha_s * integral_0^h e^{u - h} x0(lambda_t + u) du`` and they
+differ only in how they approximate ``x0(lambda)`` from earlier estimates. The last step, to
+``t = 0`` where ``lambda`` is infinite, returns the final clean-data estimate.
 """
 
 from __future__ import annotations
@@ -23,12 +32,20 @@ Sampler = Callable[..., State]
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register_sampler(name: str, sampler: Sampler | None = None):
-    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once."""
+def register_sampler(name: str, sampler: Sampler | None = None, *, spacing: str | None = None,
+                     calls_per_step: int | None = None):
+    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once.
+
+    ``spacing`` records the time spacing the sampler prefers (see :func:`preferred_spacing`).
+    """
 
     def add(fn: Sampler) -> Sampler:
         if name in SAMPLERS and SAMPLERS[name] is not fn:
             raise ValueError(f"a sampler named {name!r} is already registered")
+        if spacing is not None:
+            fn.spacing = spacing
+        if calls_per_step is not None:
+            fn.calls_per_step = calls_per_step
         SAMPLERS[name] = fn
         return fn
 
@@ -42,12 +59,30 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(SAMPLERS))}") from None
 
 
+def preferred_spacing(sampler: str | Sampler) -> str:
+    """The time spacing a sampler was tuned with; ``"uniform"`` when it names none."""
+    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    return getattr(fn, "spacing", "uniform")
+
+
 def _notify(callback, step: int, t: Tensor, x: State, x0: State) -> None:
     if callback is not None:
         callback({"step": step, "t": float(t), "x": x, "x0": x0})
 
 
-@register_sampler("ddpm")
+def _half_log_snr(schedule, t: Tensor) -> Tensor:
+    """``lambda(t) = log(alpha / std)`` in float64, so that step sizes keep their precision."""
+    return schedule.log_snr(torch.as_tensor(t).double()) / 2
+
+
+def _coefficients(schedule, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``std_s / std_t``, ``alpha_s`` and ``h = lambda_s - lambda_t`` for a step from ``t`` to ``s``."""
+    t, s = torch.as_tensor(t).double(), torch.as_tensor(s).double()
+    h = _half_log_snr(schedule, s) - _half_log_snr(schedule, t)
+    return (schedule.std(s) / schedule.std(t)), schedule.alpha(s), h
+
+
+@register_sampler("ddpm", spacing="uniform")
 def sample_ddpm(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None,
                 variance: str = "posterior") -> State:
     """DDPM ancestral sampling (Ho et al. 2020):
@@ -71,7 +106,7 @@ def sample_ddpm(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     return x
 
 
-@register_sampler("ddim")
+@register_sampler("ddim", spacing="uniform")
 def sample_ddim(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None,
                 eta: float = 0.0) -> State:
     """DDIM (Song et al. 2021): ``x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - c^2) eps + c z``,
@@ -90,7 +125,7 @@ def sample_ddim(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     return x
 
 
-@register_sampler("euler")
+@register_sampler("euler", spacing="karras")
 def sample_euler(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
     """Euler's method on the probability-flow ODE in Karras et al.'s (2022) coordinates
     ``(sigma, x / alpha)``, where ``d(x / alpha) / d sigma = eps``. Written in ``x`` the step is
@@ -98,11 +133,12 @@ def sample_euler(denoiser: Denoiser, x: State, times: Tensor, *, generator=None,
     return sample_ddim(denoiser, x, times, generator=generator, callback=callback, eta=0.0)
 
 
-@register_sampler("heun")
+@register_sampler("heun", spacing="karras", calls_per_step=2)
 def sample_heun(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Alg. 1): an
     Euler step in ``(sigma, x / alpha)``, corrected with the slope at its end; two model
-    calls a step, one on the last step to ``sigma = 0``."""
+    calls a step, one on the last step to ``sigma = 0``. Like the original it needs gentle steps
+    (about 10 or more with Karras spacing): its correction divides by the target noise level."""
     schedule = denoiser.schedule
     for i in range(len(times) - 1):
         t, s = times[i], times[i + 1]
@@ -119,101 +155,127 @@ def sample_heun(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     return x
 
 
-@register_sampler("dpmpp_2m")
+@register_sampler("dpmpp_2m", spacing="log_snr")
 def sample_dpmpp_2m(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
     """DPM-Solver++(2M) (Lu et al. 2022), the multistep second-order data-prediction solver:
     ``x_s = (std_s / std_t) x_t - alpha_s (e^{-h} - 1) D`` with ``h = lambda_s - lambda_t``
     (``lambda`` = half log-SNR) and ``D`` extrapolated from the last two x0 estimates."""
-    schedule = denoiser.schedule
-    x0_prev, h_prev = None, None
-    for i in range(len(times) - 1):
-        t, s = times[i], times[i + 1]
-        x0, _ = denoiser(x, t)
-        if s == 0:
-            x = x0  # the exact last step of the first-order solver to std = 0
-        else:
-            lam_t, lam_s = schedule.log_snr(t) / 2, schedule.log_snr(s) / 2
-            h = lam_s - lam_t
-            d = x0
-            if x0_prev is not None:
-                r = h_prev / h
-                d = combine((1 + 1 / (2 * r), x0), (-1 / (2 * r), x0_prev))
-            x = combine((schedule.std(s) / schedule.std(t), x), (-schedule.alpha(s) * torch.expm1(-h), d))
-            h_prev = h
-        x0_prev = x0
-        _notify(callback, i, t, x, x0)
-    return x
+    return _multistep(denoiser, x, times, order=2, callback=callback)
 
 
-@register_sampler("dpmpp_2m_sde")
-def sample_dpmpp_2m_sde(denoiser: Denoiser, x: State, times: Tensor, *, generator=None,
-                        callback=None, eta: float = 1.0) -> State:
-    """DPM-Solver++(2M) SDE (Lu et al. 2022), the stochastic multistep solver in its
-    midpoint form: ``x_s = (std_s / std_t) e^{-eta h} x_t + alpha_s (1 - e^{-(1 + eta) h}) D
-    + std_s sqrt(1 - e^{-2 eta h}) z``."""
-    schedule = denoiser.schedule
-    x0_prev, h_prev = None, None
-    for i in range(len(times) - 1):
-        t, s = times[i], times[i + 1]
-        x0, _ = denoiser(x, t)
-        if s == 0:
-            x = x0
-        else:
-            h = (schedule.log_snr(s) - schedule.log_snr(t)) / 2
-            d = x0
-            if x0_prev is not None:
-                r = h_prev / h
-                d = combine((1 + 1 / (2 * r), x0), (-1 / (2 * r), x0_prev))
-            terms = [
-                (schedule.std(s) / schedule.std(t) * torch.exp(-eta * h), x),
-                (-schedule.alpha(s) * torch.expm1(-(1 + eta) * h), d),
-            ]
-            if eta > 0:
-                noise_scale = schedule.std(s) * (-torch.expm1(-2 * eta * h)).clamp(min=0).sqrt()
-                terms.append((noise_scale, denoiser.noise_like(x, generator)))
-            x = combine(*terms)
-            h_prev = h
-        x0_prev = x0
-        _notify(callback, i, t, x, x0)
-    return x
-
-
-@register_sampler("dpmpp_3m")
+@register_sampler("dpmpp_3m", spacing="log_snr")
 def sample_dpmpp_3m(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
-    """DPM-Solver++(3M) (Lu et al. 2022), third-order multistep: the exact solution
-    ``x_s = (std_s / std_t) x_t + std_s * integral of e^lambda x0(lambda)`` over ``[lambda_t, lambda_s]``
-    with ``x0(lambda)`` expanded to second order from the last three x0 estimates (lower orders
-    while fewer exist). ``lambda`` is half the log-SNR."""
+    """DPM-Solver++(3M) (Lu et al. 2022), third-order multistep: ``x0(lambda)`` is expanded to
+    second order from the last three x0 estimates (lower orders while fewer exist)."""
+    return _multistep(denoiser, x, times, order=3, callback=callback)
+
+
+def _multistep(denoiser: Denoiser, x: State, times: Tensor, *, order: int, callback) -> State:
     schedule = denoiser.schedule
     history: list[tuple[Tensor, State]] = []  # (lambda, x0) of earlier steps, newest last
     for i in range(len(times) - 1):
         t, s = times[i], times[i + 1]
         x0, _ = denoiser(x, t)
-        lam_t = schedule.log_snr(t) / 2
+        lam_t = _half_log_snr(schedule, t)
         if s == 0:
             x = x0
         else:
-            h = schedule.log_snr(s) / 2 - lam_t
-            # alpha_s * integral over u in [0, h] of e^{u - h} u^k / k!, for k = 0, 1, 2
-            c0 = -torch.expm1(-h)
-            c1 = h - c0
-            c2 = h**2 / 2 - c1
-            terms = [(schedule.std(s) / schedule.std(t), x), (schedule.alpha(s) * c0, x0)]
-            finite = [(lam, old) for lam, old in history if torch.isfinite(lam)]
-            if finite:
-                lam_1, x0_1 = finite[-1]
-                h_1 = lam_t - lam_1
-                slope_0 = combine((1 / h_1, x0), (-1 / h_1, x0_1))  # at (lam_1 + lam_t) / 2
-                if len(finite) == 2:
-                    lam_2, x0_2 = finite[0]
-                    h_2 = lam_1 - lam_2
-                    slope_1 = combine((1 / h_2, x0_1), (-1 / h_2, x0_2))
-                    curvature = combine((2 / (h_1 + h_2), slope_0), (-2 / (h_1 + h_2), slope_1))
-                    slope = combine((1.0, slope_0), (h_1 / 2, curvature))  # moved to lam_t
-                    terms += [(schedule.alpha(s) * c1, slope), (schedule.alpha(s) * c2, curvature)]
-                else:
-                    terms.append((schedule.alpha(s) * c1, slope_0))
-            x = combine(*terms)
+            std_ratio, alpha_s, h = _coefficients(schedule, t, s)
+            known = [(lam, old) for lam, old in history if torch.isfinite(lam)][-(order - 1):] if order > 1 else []
+            x = combine((std_ratio, x), *_taylor_terms(alpha_s, h, lam_t, x0, known))
         history = (history + [(lam_t, x0)])[-2:]
         _notify(callback, i, t, x, x0)
     return x
+
+
+def _taylor_terms(alpha_s: Tensor, h: Tensor, lam_t: Tensor, x0: State,
+                  known: list[tuple[Tensor, State]]) -> list[tuple[Tensor, State]]:
+    """``alpha_s * integral_0^h e^{u - h} x0(lambda_t + u) du`` with ``x0`` the polynomial in
+    ``lambda`` through ``(lam_t, x0)`` and ``known`` (up to two earlier points), as combine terms.
+
+    The integrals of ``e^{u - h} u^k / k!`` are ``c0 = 1 - e^{-h}``, ``c1 = h - c0``,
+    ``c2 = h^2 / 2 - c1``; the derivatives are divided differences moved to ``lambda_t``.
+    """
+    c0 = -torch.expm1(-h)
+    c1 = h - c0
+    c2 = h**2 / 2 - c1
+    terms = [((alpha_s * c0), x0)]
+    if not known:
+        return terms
+    lam_1, x0_1 = known[-1]
+    h_1 = lam_t - lam_1
+    slope_0 = combine(((1 / h_1), x0), ((-1 / h_1), x0_1))  # at (lam_1 + lam_t) / 2
+    if len(known) == 1:
+        # DPM-Solver++(2M) as published: 0.5 (1 - e^{-h}) h in place of c1 (equal to O(h^3)).
+        return terms + [((alpha_s * c0 * h / 2), slope_0)]
+    lam_2, x0_2 = known[-2]
+    h_2 = lam_1 - lam_2
+    slope_1 = combine(((1 / h_2), x0_1), ((-1 / h_2), x0_2))
+    curvature = combine(((2 / (h_1 + h_2)), slope_0), ((-2 / (h_1 + h_2)), slope_1))
+    slope = combine((1.0, slope_0), ((h_1 / 2), curvature))  # moved to lam_t
+    return terms + [((alpha_s * c1), slope), ((alpha_s * c2), curvature)]
+
+
+@register_sampler("unipc", spacing="log_snr")
+def sample_unipc(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None,
+                 order: int = 3, variant: str = "bh2", corrector: bool = True) -> State:
+    """UniPC (Zhao et al. 2023): a multistep predictor (UniP) of ``order`` whose result is
+    corrected (UniC) once the model has been called at it, raising the order by one for free.
+    ``variant`` is the paper's ``B(h)``: ``"bh1"`` (``h``) or ``"bh2"`` (``e^h - 1``)."""
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"unknown UniPC variant {variant!r}; valid: bh1, bh2")
+    if order < 1:
+        raise ValueError(f"order must be at least 1, got {order}")
+    schedule = denoiser.schedule
+    history: list[tuple[Tensor, State]] = []  # (lambda, x0) of earlier steps, newest last
+    last_step = None  # what the corrector needs to redo the previous step
+    for i in range(len(times) - 1):
+        t, s = times[i], times[i + 1]
+        x0, _ = denoiser(x, t)
+        lam_t = _half_log_snr(schedule, t)
+        if last_step is not None and corrector and s > 0:
+            x = _unipc_update(*last_step, variant=variant, end_x0=x0)
+        if s == 0:
+            x = x0
+        else:
+            std_ratio, alpha_s, h = _coefficients(schedule, t, s)
+            earlier = [(lam - lam_t, old) for lam, old in history[-(order - 1):][::-1]] if order > 1 else []
+            last_step = (x, std_ratio, alpha_s, h, x0, earlier)
+            x = _unipc_update(*last_step, variant=variant)
+        history = (history + [(lam_t, x0)])[-max(order - 1, 1):]
+        _notify(callback, i, t, x, x0)
+    return x
+
+
+def _unipc_update(x: State, std_ratio: Tensor, alpha_s: Tensor, h: Tensor, x0: State,
+                  earlier: list[tuple[Tensor, State]], *, variant: str, end_x0: State | None = None) -> State:
+    """One UniP step (or, given ``end_x0``, the UniC step) from ``x`` with estimate ``x0``.
+
+    ``earlier`` holds ``(lambda_k - lambda_t, x0_k)``, newest first. With ``r_k`` those offsets
+    over ``h`` and ``D_k = (x0_k - x0) / r_k``, the update is
+    ``(std_s / std_t) x + alpha_s (1 - e^{-h}) x0 - alpha_s B(h) sum_k rho_k D_k`` where ``rho``
+    solves ``sum_k rho_k r_k^(i-1) = phi_i(h) i! / B(h)`` for ``i = 1..len(D)``.
+    """
+    points = [((offset / h), old) for offset, old in earlier if torch.isfinite(offset)]
+    if end_x0 is not None:
+        points.append((torch.ones((), dtype=torch.float64), end_x0))
+    c0 = -torch.expm1(-h)
+    terms = [(std_ratio, x), ((alpha_s * c0), x0)]
+    if not points:
+        return combine(*terms)
+    ratios = torch.stack([r for r, _ in points])
+    neg_h = -h
+    b_of_h = neg_h if variant == "bh1" else torch.expm1(neg_h)
+    phi = torch.expm1(neg_h) / neg_h - 1                      # h phi_2(h) / h, then phi_3, ...
+    factorial, rhs = 1.0, []
+    for k in range(1, len(points) + 1):
+        rhs.append(phi * factorial / b_of_h)
+        factorial *= k + 1
+        phi = phi / neg_h - 1 / factorial
+    powers = torch.stack([ratios**k for k in range(len(points))])
+    rho = torch.linalg.solve(powers, torch.stack(rhs))
+    for rho_k, (r_k, old) in zip(rho, points):
+        # D_k = (old - x0) / r_k, weighted by -alpha_s B(h) rho_k
+        weight = (-alpha_s * b_of_h * rho_k / r_k)
+        terms += [(weight, old), (-weight, x0)]
+    return combine(*terms)

@@ -51,14 +51,16 @@ class Schedule:
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         return (1.0 - u).to(device=device, dtype=torch.float32)  # in (0, 1]
 
-    def sample_times(self, steps: int, spacing: str = "uniform", *, t_max: float = 1.0) -> Tensor:
+    def sample_times(self, steps: int, spacing: str = "uniform", *, t_max: float = 1.0,
+                     sigma_max: float | None = None) -> Tensor:
         """``steps + 1`` decreasing times from ``t_max`` to 0 for a sampler.
 
         spacing: ``uniform`` in t, ``quadratic`` (denser near the data), ``log_snr`` (uniform in
         log-SNR, as DPM-Solver) or ``karras`` (Karras et al. 2022, rho = 7, in sigma). Discrete
-        schedules snap the times to their grid.
+        schedules snap the times to their grid. ``sigma_max`` caps where the last two begin (see
+        :func:`sample_times`).
         """
-        return sample_times(self, steps, spacing, t_max=t_max)
+        return sample_times(self, steps, spacing, t_max=t_max, sigma_max=sigma_max)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -219,7 +221,7 @@ SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
 
 
 def sample_times(schedule: Schedule, steps: int, spacing: str = "uniform", *,
-                 t_max: float = 1.0) -> Tensor:
+                 t_max: float = 1.0, sigma_max: float | None = None) -> Tensor:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if spacing not in SPACINGS:
@@ -230,20 +232,7 @@ def sample_times(schedule: Schedule, steps: int, spacing: str = "uniform", *,
     elif spacing == "quadratic":
         times = u**2 * t_max
     else:
-        # Between t_max and the smallest time worth a model call, spaced in log-SNR or sigma.
-        t_min = 1.0 / schedule.num_steps if schedule.num_steps else 1e-3
-        lam = schedule.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
-        lam = lam.clamp(-30.0, 30.0)
-        if spacing == "log_snr":
-            lams = lam[0] + (lam[1] - lam[0]) * (1 - u[:-1])
-        else:
-            rho = 7.0
-            sig = torch.exp(-0.5 * lam)
-            ramp = 1 - u[:-1]
-            sigmas = (sig[0] ** (1 / rho) + ramp * (sig[1] ** (1 / rho) - sig[0] ** (1 / rho))) ** rho
-            lams = -2 * torch.log(sigmas)
-        times = torch.cat([schedule.t_from_log_snr(lams).clamp(0, t_max), torch.zeros(1, dtype=torch.float64)])
-        times[0] = t_max
+        times = _noise_level_times(schedule, steps, spacing, t_max, sigma_max)
     if schedule.num_steps:
         times = torch.round(times * schedule.num_steps) / schedule.num_steps
         if len(torch.unique(times)) != len(times):
@@ -252,6 +241,33 @@ def sample_times(schedule: Schedule, steps: int, spacing: str = "uniform", *,
                 "use fewer steps or another spacing"
             )
     return times.float()
+
+
+def _noise_level_times(schedule: Schedule, steps: int, spacing: str, t_max: float,
+                       sigma_max: float | None) -> Tensor:
+    """Times spaced uniformly in log-SNR, or in ``sigma^(1/7)`` (Karras), ending with 0.
+
+    They run from ``t_max`` to the smallest time worth a model call (``1 / T`` on a discrete
+    schedule, ``1e-3`` otherwise). When ``sigma(t_max)`` exceeds ``sigma_max`` the first step
+    goes straight to ``sigma_max`` and the rest are spaced below it: at such noise levels the
+    clean-data estimate hardly changes, so one step is as good as many.
+    """
+    t_min = 1.0 / schedule.num_steps if schedule.num_steps else 1e-3
+    lam = schedule.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64)).clamp(-30.0, 30.0)
+    jump = sigma_max is not None and steps > 1 and float(lam[0]) < -2 * math.log(sigma_max)
+    if jump:
+        lam[0] = -2 * math.log(sigma_max)
+    ramp = torch.linspace(0.0, 1.0, steps - 1 if jump else steps, dtype=torch.float64)
+    if spacing == "log_snr":
+        lams = lam[0] + (lam[1] - lam[0]) * ramp
+    else:
+        rho = 7.0
+        inv_rho = torch.exp(-0.5 * lam / rho)  # sigma^(1 / rho)
+        lams = -2 * rho * torch.log(inv_rho[0] + ramp * (inv_rho[1] - inv_rho[0]))
+    inner = schedule.t_from_log_snr(lams).clamp(0, t_max)
+    zero, start = torch.zeros(1, dtype=torch.float64), torch.full((1,), t_max, dtype=torch.float64)
+    times = torch.cat([start, inner[1:] if not jump else inner, zero])
+    return times
 
 
 def _as_tensor(t) -> Tensor:
