@@ -314,7 +314,8 @@ class Trainer:
             request = SampleRequest(n=self.train_cfg["preview_count"], seed=self.train_cfg["seed"])
             batch = generate(self.domain, self.ema, self.config, request, device=self.device)
             folder = self.run_dir / "previews" / f"step_{self.step:08d}"
-            self.domain.write_samples(batch, folder, self.config)
+            written = self.domain.write_samples(batch, folder, self.config)
+            _tensorboard_previews(self.run_dir, written, self.step)
         distributed.barrier(self.world)
 
 
@@ -419,8 +420,8 @@ def plot_losses(metrics: Path, out: Path) -> None:
 _TENSORBOARD: dict[Path, Any] = {}
 
 
-def _tensorboard_scalars(run_dir: Path, record: dict) -> None:
-    """Mirror a metrics record to TensorBoard when it is installed."""
+def _tensorboard_writer(run_dir: Path):
+    """The run's TensorBoard writer, or ``None`` when TensorBoard is not installed."""
     if run_dir not in _TENSORBOARD:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -428,11 +429,37 @@ def _tensorboard_scalars(run_dir: Path, record: dict) -> None:
             _TENSORBOARD[run_dir] = None
         else:
             _TENSORBOARD[run_dir] = SummaryWriter(str(run_dir / "tensorboard"))
-    writer = _TENSORBOARD[run_dir]
+    return _TENSORBOARD[run_dir]
+
+
+def _tensorboard_scalars(run_dir: Path, record: dict) -> None:
+    """Mirror a metrics record to TensorBoard when it is installed."""
+    writer = _tensorboard_writer(run_dir)
     if writer is not None:
         for key in ("loss", "lr", "samples_per_s"):
             writer.add_scalar(f"train/{key}", record[key], record["step"])
         writer.flush()
+
+
+def _tensorboard_previews(run_dir: Path, written: list[Path], step: int) -> None:
+    """Show a preview's pictures (a grid when there is one) and first sound in TensorBoard."""
+    writer = _tensorboard_writer(run_dir)
+    if writer is None:
+        return
+    pictures = sorted((Path(p) for p in written if Path(p).suffix == ".png"), key=lambda p: "grid" not in p.name)
+    sounds = [Path(p) for p in written if Path(p).suffix == ".wav"]
+    if pictures:
+        import numpy as np
+        from PIL import Image
+
+        image = np.asarray(Image.open(pictures[0]).convert("RGB"))
+        writer.add_image("preview", image, step, dataformats="HWC")
+    if sounds:
+        import soundfile
+
+        audio, rate = soundfile.read(sounds[0], dtype="float32", always_2d=True)
+        writer.add_audio("preview", torch.from_numpy(audio[:, 0]), step, sample_rate=rate)
+    writer.flush()
 
 
 def _diffkit_version() -> str:
