@@ -229,7 +229,8 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
         if world.is_main:
             written = plugin_domain.write_samples(batch, Path(out), config)
             click.echo(f"wrote {len(written)} file(s) to {out}")
-    except (KeyError, ValueError, FileNotFoundError, NotImplementedError, ckpt.CheckpointError) as error:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
+            ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     finally:
         distributed.shutdown(world)

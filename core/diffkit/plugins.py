@@ -88,8 +88,8 @@ def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_poin
         name = getattr(plugin, "__name__", type(plugin).__name__)
         infos.append(_register(manager, name, lambda p=plugin: p, version="unknown"))
     domains = _collect_domains(manager, infos)
-    _collect(manager.hook.diffkit_register_samplers, register_sampler)
-    _collect(manager.hook.diffkit_register_schedules, register_schedule)
+    _call_per_plugin(manager, manager.hook.diffkit_register_samplers, lambda info: register_sampler, infos)
+    _call_per_plugin(manager, manager.hook.diffkit_register_schedules, lambda info: register_schedule, infos)
     return Registry(manager, infos, domains)
 
 
@@ -104,21 +104,16 @@ def _register(manager: pluggy.PluginManager, name: str, load, *, version: str, b
 
 def _collect_domains(manager: pluggy.PluginManager, infos: list[PluginInfo]) -> dict[str, Domain]:
     domains: dict[str, Domain] = {}
-    by_name = {info.name: info for info in infos}
-    trace = manager.trace.root.get("hook")
-    # Called plugin by plugin (not through the hook caller) so that a failure names its plugin.
-    for impl in manager.hook.diffkit_register_domains.get_hookimpls():
-        info = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "unknown")
-        found: list[Domain] = []
-        trace("diffkit_register_domains", f"plugin={impl.plugin_name}")
-        try:
-            impl.function(register=found.append)
-            for domain in found:
-                _check_domain(domain, domains)
-                domains[domain.name] = domain
-                info.domains.append(domain.name)
-        except Exception as error:
-            info.status, info.error = "failed", f"{type(error).__name__}: {error}"
+
+    def make_register(info: PluginInfo):
+        def register(domain: Domain) -> None:
+            _check_domain(domain, domains)
+            domains[domain.name] = domain
+            info.domains.append(domain.name)
+
+        return register
+
+    _call_per_plugin(manager, manager.hook.diffkit_register_domains, make_register, infos)
     return domains
 
 
@@ -131,8 +126,18 @@ def _check_domain(domain: Any, domains: dict[str, Domain]) -> None:
         raise PluginLoadError(f"domain {domain.name!r} is already registered by another plugin")
 
 
-def _collect(hook, register) -> None:
-    hook(register=register)
+def _call_per_plugin(manager: pluggy.PluginManager, hook, make_register, infos: list[PluginInfo]) -> None:
+    """Call a registration hook plugin by plugin (not through the hook caller) so that a failure
+    marks the plugin that caused it, and the others still register."""
+    by_name = {info.name: info for info in infos}
+    trace = manager.trace.root.get("hook")
+    for impl in hook.get_hookimpls():
+        info = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "unknown")
+        trace(hook.name, f"plugin={impl.plugin_name}")
+        try:
+            impl.function(register=make_register(info))
+        except Exception as error:
+            info.status, info.error = "failed", f"{type(error).__name__}: {error}"
 
 
 def _version() -> str:

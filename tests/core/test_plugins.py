@@ -114,3 +114,17 @@ def test_plugin_cli_command_is_added():
     context = click.Context(group, obj=None)
     context.meta["diffkit.registry"] = registry
     assert "hello-test" in group.list_commands(context)
+
+
+class _ClashingSamplerPlugin:
+    @diffkit.hookimpl
+    def diffkit_register_samplers(self, register):
+        register("ddim", _halfway)  # the name is taken by a built-in sampler
+
+
+def test_a_clashing_sampler_name_fails_that_plugin_only():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_ClashingSamplerPlugin(), _ToyPlugin()])
+    clash, toy = registry.plugins
+    assert clash.status == "failed" and "already registered" in clash.error
+    assert toy.status == "loaded" and "toy" in registry.domains
+    assert diffkit.get_sampler("ddim") is not _halfway
