@@ -116,20 +116,23 @@ class GaussianMixture:
         variances = torch.einsum("i,kij,j->k", u, self.covariances, u)
         return GaussianMixture(self.weights, (self.means @ u)[:, None], variances[:, None, None])
 
-    def quantile(self, probs: Tensor, iterations: int = 60) -> Tensor:
-        """Quantiles of a 1-D mixture at ``probs`` (any shape), by bisection on its CDF."""
+    def quantile(self, probs: Tensor, grid: int = 4096, iterations: int = 24) -> Tensor:
+        """Quantiles of a 1-D mixture at ``probs`` (any shape): the CDF tabulated on a grid
+        brackets each quantile, bisection then narrows the bracket ``2^iterations`` times."""
         if self.dim != 1:
             raise ValueError(f"quantile needs a 1-D mixture (see project), this one has D={self.dim}")
         probs = torch.as_tensor(probs, dtype=torch.float64)
         mu, sd = self.means[:, 0], self._eigvals[:, 0].clamp(min=1e-300).sqrt()
-        low = torch.full_like(probs, float((mu - 40 * sd).min()))
-        high = torch.full_like(probs, float((mu + 40 * sd).max()))
+        # Phi(z) = erfc(-z / sqrt 2) / 2: accurate in the lower tail, and faster than ndtr.
+        cdf = lambda x: (self.weights * torch.special.erfc((mu - x[..., None]) / (sd * math.sqrt(2)))).sum(-1) / 2  # noqa: E731
+        points = torch.linspace(float((mu - 40 * sd).min()), float((mu + 40 * sd).max()), grid, dtype=torch.float64)
+        index = torch.searchsorted(cdf(points), probs.reshape(-1)).clamp(1, grid - 1)
+        low, high = points[index - 1], points[index]
         for _ in range(iterations):
             mid = (low + high) / 2
-            cdf = (self.weights * torch.special.ndtr((mid[..., None] - mu) / sd)).sum(-1)
-            below = cdf < probs
+            below = cdf(mid) < probs.reshape(-1)
             low, high = torch.where(below, mid, low), torch.where(below, high, mid)
-        return (low + high) / 2
+        return ((low + high) / 2).reshape(probs.shape)
 
     def sliced_wasserstein(self, samples: Tensor, directions: Tensor) -> Tensor:
         """Sliced 2-Wasserstein distance from ``samples (n, D)`` to this mixture.

@@ -13,8 +13,9 @@ the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 o
 The multistep solvers work in ``lambda = log(alpha / std)`` (half the log-SNR) and predict the
 clean data: over a step of size ``h`` the exact solution of the probability-flow ODE is
 ``x_s = (std_s / std_t) x_t + alpha_s * integral_0^h e^{u - h} x0(lambda_t + u) du`` and they
-differ only in how they approximate ``x0(lambda)`` from earlier estimates. The last step, to
-``t = 0`` where ``lambda`` is infinite, returns the final clean-data estimate.
+differ only in how they approximate ``x0(lambda)`` from earlier estimates. Every sampler's
+last step, to ``t = 0``, returns the final clean-data estimate (``t = 0`` of a schedule may keep a
+trace of noise, e.g. ``sigma = 5.5e-4`` for the default cosine).
 """
 
 from __future__ import annotations
@@ -95,13 +96,13 @@ def sample_ddpm(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
         t, s = times[i], times[i + 1]
         x0, _ = denoiser(x, t)
         # The posterior mean in its x0 form equals the eps form above and stays finite at ab_t = 0.
-        mean, var = posterior(schedule, x0, x, t, s)
-        if s > 0:
+        if s == 0:
+            x = x0  # the clean estimate, not t = 0's state, which may keep a little noise
+        else:
+            mean, var = posterior(schedule, x0, x, t, s)
             if variance == "beta":
                 var = 1 - schedule.alpha_bar(t) / schedule.alpha_bar(s)
             x = combine((1.0, mean), (var.sqrt(), denoiser.noise_like(x, generator)))
-        else:
-            x = mean
         _notify(callback, i, t, x, x0)
     return x
 
@@ -115,12 +116,15 @@ def sample_ddim(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     for i in range(len(times) - 1):
         t, s = times[i], times[i + 1]
         x0, eps = denoiser(x, t)
-        ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
-        c = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).clamp(min=0).sqrt()
-        terms = [(ab_s.sqrt(), x0), ((1 - ab_s - c**2).clamp(min=0).sqrt(), eps)]
-        if eta > 0 and s > 0:
-            terms.append((c, denoiser.noise_like(x, generator)))
-        x = combine(*terms)
+        if s == 0:
+            x = x0
+        else:
+            ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+            c = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).clamp(min=0).sqrt()
+            terms = [(ab_s.sqrt(), x0), ((1 - ab_s - c**2).clamp(min=0).sqrt(), eps)]
+            if eta > 0:
+                terms.append((c, denoiser.noise_like(x, generator)))
+            x = combine(*terms)
         _notify(callback, i, t, x, x0)
     return x
 
@@ -144,10 +148,12 @@ def sample_heun(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
         t, s = times[i], times[i + 1]
         x0, eps = denoiser(x, t)
         alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
-        euler = combine((alpha_s, x0), (schedule.std(s), eps))
-        if s == 0 or alpha_t == 0:
-            x = euler
+        if s == 0:
+            x = x0
+        elif alpha_t == 0:
+            x = combine((alpha_s, x0), (schedule.std(s), eps))
         else:
+            euler = combine((alpha_s, x0), (schedule.std(s), eps))
             _, eps_end = denoiser(euler, s)
             d_sigma = schedule.sigma(s) - schedule.sigma(t)
             x = combine((alpha_s / alpha_t, x), (alpha_s * d_sigma / 2, eps), (alpha_s * d_sigma / 2, eps_end))
@@ -155,7 +161,7 @@ def sample_heun(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     return x
 
 
-@register_sampler("dpmpp_2m", spacing="log_snr")
+@register_sampler("dpmpp_2m", spacing="trimmed")
 def sample_dpmpp_2m(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
     """DPM-Solver++(2M) (Lu et al. 2022), the multistep second-order data-prediction solver:
     ``x_s = (std_s / std_t) x_t - alpha_s (e^{-h} - 1) D`` with ``h = lambda_s - lambda_t``
@@ -163,11 +169,43 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: State, times: Tensor, *, generator=No
     return _multistep(denoiser, x, times, order=2, callback=callback)
 
 
-@register_sampler("dpmpp_3m", spacing="log_snr")
+@register_sampler("dpmpp_3m", spacing="trimmed")
 def sample_dpmpp_3m(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
     """DPM-Solver++(3M) (Lu et al. 2022), third-order multistep: ``x0(lambda)`` is expanded to
     second order from the last three x0 estimates (lower orders while fewer exist)."""
     return _multistep(denoiser, x, times, order=3, callback=callback)
+
+
+@register_sampler("dpmpp_2m_sde", spacing="trimmed")
+def sample_dpmpp_2m_sde(denoiser: Denoiser, x: State, times: Tensor, *, generator=None,
+                        callback=None, eta: float = 1.0) -> State:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022), the stochastic multistep solver in its
+    midpoint form: ``x_s = (std_s / std_t) e^{-eta h} x_t + alpha_s (1 - e^{-(1 + eta) h}) D
+    + std_s sqrt(1 - e^{-2 eta h}) z``; ``eta = 0`` is DPM-Solver++(2M)."""
+    schedule = denoiser.schedule
+    x0_prev, h_prev = None, None
+    for i in range(len(times) - 1):
+        t, s = times[i], times[i + 1]
+        x0, _ = denoiser(x, t)
+        if s == 0:
+            x = x0
+        else:
+            std_ratio, alpha_s, h = _coefficients(schedule, t, s)
+            data_weight = -alpha_s * torch.expm1(-(1 + eta) * h)
+            terms = [(std_ratio * torch.exp(-eta * h), x)]
+            if x0_prev is None:
+                terms.append((data_weight, x0))
+            else:  # D = (1 + 1 / (2 r)) x0 - 1 / (2 r) x0_prev with r = h_prev / h
+                r = h_prev / h
+                terms += [(data_weight * (1 + 1 / (2 * r)), x0), (-data_weight / (2 * r), x0_prev)]
+            if eta > 0:
+                noise_scale = schedule.std(torch.as_tensor(s).double()) * (-torch.expm1(-2 * eta * h)).clamp(min=0).sqrt()
+                terms.append((noise_scale, denoiser.noise_like(x, generator)))
+            x = combine(*terms)
+            h_prev = h
+        x0_prev = x0
+        _notify(callback, i, t, x, x0)
+    return x
 
 
 def _multistep(denoiser: Denoiser, x: State, times: Tensor, *, order: int, callback) -> State:
@@ -194,34 +232,43 @@ def _taylor_terms(alpha_s: Tensor, h: Tensor, lam_t: Tensor, x0: State,
     ``lambda`` through ``(lam_t, x0)`` and ``known`` (up to two earlier points), as combine terms.
 
     The integrals of ``e^{u - h} u^k / k!`` are ``c0 = 1 - e^{-h}``, ``c1 = h - c0``,
-    ``c2 = h^2 / 2 - c1``; the derivatives are divided differences moved to ``lambda_t``.
+    ``c2 = h^2 / 2 - c1``; the derivatives are divided differences moved to ``lambda_t``. The
+    result is returned as one weight per estimate, so a step touches each state once.
     """
     c0 = -torch.expm1(-h)
     c1 = h - c0
     c2 = h**2 / 2 - c1
-    terms = [((alpha_s * c0), x0)]
     if not known:
-        return terms
+        return [(alpha_s * c0, x0)]
     lam_1, x0_1 = known[-1]
     h_1 = lam_t - lam_1
-    slope_0 = combine(((1 / h_1), x0), ((-1 / h_1), x0_1))  # at (lam_1 + lam_t) / 2
     if len(known) == 1:
-        # DPM-Solver++(2M) as published: 0.5 (1 - e^{-h}) h in place of c1 (equal to O(h^3)).
-        return terms + [((alpha_s * c0 * h / 2), slope_0)]
+        # DPM-Solver++(2M) as published: slope (x0 - x0_1) / h_1 weighted by (1 - e^{-h}) h / 2
+        # (c1 up to O(h^3)).
+        w = alpha_s * c0 * h / (2 * h_1)
+        return [(alpha_s * c0 + w, x0), (-w, x0_1)]
     lam_2, x0_2 = known[-2]
     h_2 = lam_1 - lam_2
-    slope_1 = combine(((1 / h_2), x0_1), ((-1 / h_2), x0_2))
-    curvature = combine(((2 / (h_1 + h_2)), slope_0), ((-2 / (h_1 + h_2)), slope_1))
-    slope = combine((1.0, slope_0), ((h_1 / 2), curvature))  # moved to lam_t
-    return terms + [((alpha_s * c1), slope), ((alpha_s * c2), curvature)]
+    # slope_0 = (x0 - x0_1) / h_1 sits at the midpoint of [lam_1, lam_t], slope_1 likewise one
+    # step earlier; curvature = (slope_0 - slope_1) / ((h_1 + h_2) / 2); slope at lam_t =
+    # slope_0 + h_1 / 2 * curvature. Written as weights on (x0, x0_1, x0_2):
+    slope_0 = (1 / h_1, -1 / h_1, 0.0)
+    slope_1 = (0.0, 1 / h_2, -1 / h_2)
+    k = 2 / (h_1 + h_2)
+    curvature = tuple(k * (a - b) for a, b in zip(slope_0, slope_1))
+    slope = tuple(a + h_1 / 2 * c for a, c in zip(slope_0, curvature))
+    weights = [alpha_s * (c0 * (i == 0) + c1 * slope[i] + c2 * curvature[i]) for i in range(3)]
+    return list(zip(weights, (x0, x0_1, x0_2)))
 
 
-@register_sampler("unipc", spacing="log_snr")
+@register_sampler("unipc", spacing="trimmed")
 def sample_unipc(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None,
                  order: int = 3, variant: str = "bh2", corrector: bool = True) -> State:
     """UniPC (Zhao et al. 2023): a multistep predictor (UniP) of ``order`` whose result is
     corrected (UniC) once the model has been called at it, raising the order by one for free.
-    ``variant`` is the paper's ``B(h)``: ``"bh1"`` (``h``) or ``"bh2"`` (``e^h - 1``)."""
+    ``variant`` is the paper's ``B(h)``: ``"bh1"`` (``h``) or ``"bh2"`` (``e^h - 1``); they differ
+    where one earlier estimate is used and the paper fixes its weight to 1/2. Lower ``order``
+    (2) is the safer choice under strong guidance."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unknown UniPC variant {variant!r}; valid: bh1, bh2")
     if order < 1:
@@ -260,9 +307,8 @@ def _unipc_update(x: State, std_ratio: Tensor, alpha_s: Tensor, h: Tensor, x0: S
     if end_x0 is not None:
         points.append((torch.ones((), dtype=torch.float64), end_x0))
     c0 = -torch.expm1(-h)
-    terms = [(std_ratio, x), ((alpha_s * c0), x0)]
     if not points:
-        return combine(*terms)
+        return combine((std_ratio, x), (alpha_s * c0, x0))
     ratios = torch.stack([r for r, _ in points])
     neg_h = -h
     b_of_h = neg_h if variant == "bh1" else torch.expm1(neg_h)
@@ -272,10 +318,12 @@ def _unipc_update(x: State, std_ratio: Tensor, alpha_s: Tensor, h: Tensor, x0: S
         rhs.append(phi * factorial / b_of_h)
         factorial *= k + 1
         phi = phi / neg_h - 1 / factorial
-    powers = torch.stack([ratios**k for k in range(len(points))])
-    rho = torch.linalg.solve(powers, torch.stack(rhs))
-    for rho_k, (r_k, old) in zip(rho, points):
-        # D_k = (old - x0) / r_k, weighted by -alpha_s B(h) rho_k
-        weight = (-alpha_s * b_of_h * rho_k / r_k)
-        terms += [(weight, old), (-weight, x0)]
-    return combine(*terms)
+    if len(points) == 1:
+        rho = torch.full((1,), 0.5, dtype=torch.float64)  # the paper's choice; exact as h -> 0
+    else:
+        powers = torch.stack([ratios**k for k in range(len(points))])
+        rho = torch.linalg.solve(powers, torch.stack(rhs))
+    # D_k = (old - x0) / r_k, weighted by -alpha_s B(h) rho_k; x0's weights are gathered in one.
+    weights = [-alpha_s * b_of_h * rho_k / r_k for rho_k, (r_k, _) in zip(rho, points)]
+    x0_weight = alpha_s * c0 - sum(weights)
+    return combine((std_ratio, x), (x0_weight, x0), *zip(weights, (old for _, old in points)))

@@ -56,9 +56,13 @@ class Schedule:
         """``steps + 1`` decreasing times from ``t_max`` to 0 for a sampler.
 
         spacing: ``uniform`` in t, ``quadratic`` (denser near the data), ``log_snr`` (uniform in
-        log-SNR, as DPM-Solver) or ``karras`` (Karras et al. 2022, rho = 7, in sigma). Discrete
-        schedules snap the times to their grid. ``sigma_max`` caps where the last two begin (see
-        :func:`sample_times`).
+        log-SNR, as DPM-Solver), ``karras`` (Karras et al. 2022, rho = 7, in sigma) or
+        ``trimmed``: uniform in log-SNR below ``sigma = 80``, with the range narrowed about its
+        middle when that would make steps longer than 0.75 in half log-SNR (few steps are spent
+        where they matter; from about 16 steps on it is the whole range). Discrete schedules snap
+        the times to their grid. ``sigma_max`` makes the first step jump straight to that noise
+        level for the noise-level spacings (80 by default for ``karras`` and ``trimmed``, none
+        for ``log_snr``; ``math.inf`` turns it off).
         """
         return sample_times(self, steps, spacing, t_max=t_max, sigma_max=sigma_max)
 
@@ -217,7 +221,9 @@ def make_schedule(spec: str | Schedule | dict, **options) -> Schedule:
     return ZeroTerminalSNR(schedule) if zero_terminal else schedule
 
 
-SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
+SPACINGS = ("uniform", "quadratic", "log_snr", "karras", "trimmed")
+KARRAS_SIGMA_MAX = 80.0    # Karras et al.'s sigma_max: above it x0 estimates barely change
+TRIMMED_MAX_STEP = 0.75    # longest step in half log-SNR before the range is trimmed
 
 
 def sample_times(schedule: Schedule, steps: int, spacing: str = "uniform", *,
@@ -234,40 +240,66 @@ def sample_times(schedule: Schedule, steps: int, spacing: str = "uniform", *,
     else:
         times = _noise_level_times(schedule, steps, spacing, t_max, sigma_max)
     if schedule.num_steps:
-        times = torch.round(times * schedule.num_steps) / schedule.num_steps
-        if len(torch.unique(times)) != len(times):
-            raise ValueError(
-                f"{steps} steps with {spacing!r} spacing repeat a time on a {schedule.num_steps}-step grid; "
-                "use fewer steps or another spacing"
-            )
+        times = _snap_to_grid(times, schedule.num_steps, steps, spacing)
     return times.float()
+
+
+def _snap_to_grid(times: Tensor, num_steps: int, steps: int, spacing: str) -> Tensor:
+    """Round times to the grid ``i / T``. A model call at ``t = 0`` is useless, so inner times
+    stay at step 1 or later, and where rounding makes neighbours collide (dense spacings near
+    the data) the later one moves up a grid step."""
+    grid = torch.round(times * num_steps).long()
+    grid[:-1] = grid[:-1].clamp(min=1)
+    for i in range(len(grid) - 2, -1, -1):
+        grid[i] = max(int(grid[i]), int(grid[i + 1]) + 1)
+    if grid[0] > round(float(times[0]) * num_steps):
+        raise ValueError(
+            f"{steps} steps with {spacing!r} spacing need more times than the {num_steps}-step grid "
+            f"has below t = {float(times[0]):g}; use fewer steps"
+        )
+    return grid.double() / num_steps
 
 
 def _noise_level_times(schedule: Schedule, steps: int, spacing: str, t_max: float,
                        sigma_max: float | None) -> Tensor:
-    """Times spaced uniformly in log-SNR, or in ``sigma^(1/7)`` (Karras), ending with 0.
+    """Times spaced uniformly in log-SNR, in ``sigma^(1/7)`` (Karras) or trimmed, ending with 0.
 
     They run from ``t_max`` to the smallest time worth a model call (``1 / T`` on a discrete
     schedule, ``1e-3`` otherwise). When ``sigma(t_max)`` exceeds ``sigma_max`` the first step
-    goes straight to ``sigma_max`` and the rest are spaced below it: at such noise levels the
+    goes straight to ``sigma_max`` (80 by default for ``karras`` and ``trimmed``, as Karras et
+    al.; pass ``math.inf`` for none) and the rest are spaced below it: at such noise levels the
     clean-data estimate hardly changes, so one step is as good as many.
     """
+    if sigma_max is None and spacing in ("karras", "trimmed"):
+        sigma_max = KARRAS_SIGMA_MAX
     t_min = 1.0 / schedule.num_steps if schedule.num_steps else 1e-3
     lam = schedule.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64)).clamp(-30.0, 30.0)
     jump = sigma_max is not None and steps > 1 and float(lam[0]) < -2 * math.log(sigma_max)
     if jump:
         lam[0] = -2 * math.log(sigma_max)
-    ramp = torch.linspace(0.0, 1.0, steps - 1 if jump else steps, dtype=torch.float64)
-    if spacing == "log_snr":
-        lams = lam[0] + (lam[1] - lam[0]) * ramp
-    else:
+    points = steps - 1 if jump else steps  # times with a model call below the jump
+    if spacing == "trimmed":
+        lam = _trim(lam, points - 1)
+    ramp = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    if spacing == "karras":
         rho = 7.0
         inv_rho = torch.exp(-0.5 * lam / rho)  # sigma^(1 / rho)
         lams = -2 * rho * torch.log(inv_rho[0] + ramp * (inv_rho[1] - inv_rho[0]))
+    else:
+        lams = lam[0] + (lam[1] - lam[0]) * ramp
     inner = schedule.t_from_log_snr(lams).clamp(0, t_max)
     zero, start = torch.zeros(1, dtype=torch.float64), torch.full((1,), t_max, dtype=torch.float64)
-    times = torch.cat([start, inner[1:] if not jump else inner, zero])
-    return times
+    return torch.cat([start, inner if jump else inner[1:], zero])
+
+
+def _trim(lam: Tensor, intervals: int) -> Tensor:
+    """Narrow the log-SNR range ``lam = [high noise, low noise]`` about its middle so that
+    ``intervals`` steps are at most ``TRIMMED_MAX_STEP`` long (in half log-SNR)."""
+    width = 2 * TRIMMED_MAX_STEP * max(intervals, 1)  # in log-SNR
+    if float(lam[1] - lam[0]) <= width:
+        return lam
+    middle = (lam[0] + lam[1]) / 2
+    return torch.stack([middle - width / 2, middle + width / 2])
 
 
 def _as_tensor(t) -> Tensor:

@@ -53,21 +53,29 @@ def first_leaf(tree: State) -> Tensor:
 
 
 def scale(coef: Tensor | float, tree: State) -> State:
-    """Multiply every leaf by a per-sample coefficient (shape ``(B,)``) or a scalar."""
+    """Multiply every leaf by a per-sample coefficient (shape ``(B,)``) or a scalar; always a new state."""
     if isinstance(coef, Tensor) and coef.ndim == 1:
         return tree_map(lambda leaf: append_dims(coef.to(leaf.dtype), leaf.ndim) * leaf, tree)
-    return tree_map(lambda leaf: coef * leaf, tree)
+    return tree_map(lambda leaf: leaf * float(coef), tree)
 
 
 def combine(*terms: tuple[Tensor | float, State]) -> State:
     """The linear combination ``sum(coef * state)`` of ``(coef, state)`` pairs.
 
-    Coefficients are scalars or per-sample tensors of shape ``(B,)``.
+    Coefficients are scalars (numbers or 0-dim tensors) or per-sample tensors of shape ``(B,)``.
+    The sum is accumulated in place in one fresh tensor per leaf, so a sampler step costs a few
+    passes over the state rather than one allocation per term.
     """
     total = scale(*terms[0])
     for coef, tree in terms[1:]:
-        total = tree_map(torch.add, total, scale(coef, tree))
+        tree_map(lambda acc, leaf: _accumulate(acc, coef, leaf), total, tree)
     return total
+
+
+def _accumulate(acc: Tensor, coef: Tensor | float, leaf: Tensor) -> Tensor:
+    if isinstance(coef, Tensor) and coef.ndim == 1:
+        return acc.addcmul_(append_dims(coef.to(acc.dtype), leaf.ndim), leaf)
+    return acc.add_(leaf, alpha=float(coef))
 
 
 def gaussian_like(like: State, generator: torch.Generator | None = None, **_: Any) -> State:

@@ -1,0 +1,76 @@
+"""States are a Tensor or a dict of Tensors; every core operation maps over their leaves."""
+
+import pytest
+import torch
+
+from diffkit.tree import (append_dims, batch_size, combine, concat, gaussian_like, leaves, scale, split,
+                          to_device, tree_map)
+
+
+def test_append_dims_broadcasts_per_sample_coefficients():
+    coef = torch.tensor([1.0, 2.0, 3.0])
+    x = torch.ones(3, 2, 4, 5)
+    out = append_dims(coef, x.ndim) * x
+    assert append_dims(coef, 4).shape == (3, 1, 1, 1)
+    for i in range(3):
+        assert torch.equal(out[i], torch.full((2, 4, 5), coef[i].item()))
+
+
+def test_append_dims_refuses_to_drop_dimensions():
+    with pytest.raises(ValueError, match="target_ndim"):
+        append_dims(torch.ones(2, 3), 1)
+
+
+def test_tree_map_over_dicts_and_nested_dicts():
+    state = {"a": torch.ones(2, 3), "b": {"c": torch.zeros(2)}}
+    other = {"a": torch.full((2, 3), 2.0), "b": {"c": torch.ones(2)}}
+    out = tree_map(torch.add, state, other)
+    assert torch.equal(out["a"], torch.full((2, 3), 3.0))
+    assert torch.equal(out["b"]["c"], torch.ones(2))
+    assert [leaf.shape for leaf in leaves(out)] == [(2, 3), (2,)]
+
+
+def test_tree_map_refuses_mismatched_structures():
+    with pytest.raises(ValueError, match="structure"):
+        tree_map(torch.add, {"a": torch.ones(1)}, {"b": torch.ones(1)})
+    with pytest.raises(TypeError, match="Tensor or a dict"):
+        tree_map(torch.neg, [torch.ones(1)])
+
+
+def test_combine_is_the_per_sample_linear_combination():
+    x = {"a": torch.randn(4, 3), "b": torch.randn(4, 2, 2)}
+    y = {"a": torch.randn(4, 3), "b": torch.randn(4, 2, 2)}
+    c = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    out = combine((c, x), (3.0, y))
+    for key in x:
+        expected = torch.stack([c[i] * x[key][i] + 3.0 * y[key][i] for i in range(4)])
+        assert torch.allclose(out[key], expected)
+
+
+def test_scale_keeps_the_leaf_dtype():
+    x = torch.ones(2, 3, dtype=torch.float32)
+    assert scale(torch.tensor([1.0, 2.0], dtype=torch.float64), x).dtype == torch.float32
+
+
+def test_gaussian_like_copies_structure_and_is_standard_normal():
+    like = {"x": torch.zeros(2000, 50, dtype=torch.float64), "y": torch.zeros(2000, 3, 2)}
+    noise = gaussian_like(like, torch.Generator().manual_seed(0))
+    assert noise["x"].dtype == torch.float64 and noise["y"].shape == (2000, 3, 2)
+    values = noise["x"].flatten()
+    assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+    again = gaussian_like(like, torch.Generator().manual_seed(0))
+    assert torch.equal(again["y"], noise["y"])
+
+
+def test_concat_and_split_are_inverse():
+    a = {"x": torch.randn(3, 2), "m": torch.randn(3, 4, 4)}
+    b = {"x": torch.randn(5, 2), "m": torch.randn(5, 4, 4)}
+    joined = concat([a, b])
+    assert batch_size(joined) == 8
+    first, rest = split(joined, 3)
+    assert torch.equal(first["m"], a["m"]) and torch.equal(rest["x"], b["x"])
+
+
+def test_to_device_passes_non_tensors_through():
+    moved = to_device({"x": torch.ones(1), "name": "abc", "nested": {"y": torch.zeros(2)}}, "cpu")
+    assert moved["name"] == "abc" and moved["nested"]["y"].device.type == "cpu"
