@@ -193,7 +193,7 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same samples.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--batch-size", type=int, default=None, help="Samples drawn per model batch.")
-@click.option("--init", default=None, help="Edit this input (a file, or a domain string such as a scaffold SMILES).")
+@click.option("--init", "--scaffold", "init", default=None, help="Edit this input: a file, or a domain string such as a scaffold SMILES (--scaffold is another name for it).")
 @click.option("--mask", default=None, help="With --init: what to keep, as the domain reads it (e.g. a mask image or a time span); without it --init is edited as a whole.")
 @click.option("--strength", type=float, default=0.6, show_default=True, help="With --init and no --mask: how far to noise the input (0..1).")
 @click.option("--resample", type=int, default=1, show_default=True, help="With --mask: resampling rounds per step (RePaint); more agrees better with the kept part.")

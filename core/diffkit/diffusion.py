@@ -52,9 +52,10 @@ class Diffusion:
 
     # -- training ---------------------------------------------------------------------------
 
-    def q_sample(self, x0: State, t: Tensor, noise: State | None = None, *, generator=None) -> State:
-        """A draw of ``x_t`` from ``q(x_t | x_0)``."""
-        noise = self.noise(x0, generator) if noise is None else noise
+    def q_sample(self, x0: State, t: Tensor, noise: State | None = None, *, generator=None,
+                 model_kwargs: dict | None = None) -> State:
+        """A draw of ``x_t`` from ``q(x_t | x_0)``; ``model_kwargs`` reach the domain's noise."""
+        noise = self.noise(x0, generator, **(model_kwargs or {})) if noise is None else noise
         return q_sample(self.schedule, x0, t, noise)
 
     def loss(self, model: Callable, x0: State, *, cond: Any = None, mask: State | None = None,
@@ -167,7 +168,7 @@ class Diffusion:
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         noised = self.q_sample(x0, torch.full((batch_size(x0),), strength, device=first_leaf(x0).device),
-                               generator=generator)
+                               generator=generator, model_kwargs=kwargs.get("model_kwargs"))
         kwargs.setdefault("spacing", "uniform")
         return self.sample(model, x0, sampler=sampler, steps=max(1, round(steps * strength)),
                            generator=generator, x_T=noised, t_start=strength, **kwargs)

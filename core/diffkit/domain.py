@@ -47,7 +47,10 @@ class Domain:
         return {"cpu": {}, "gpu": {}}
 
     def build_dataset(self, config: dict, data: str | None = None) -> Dataset:
-        """The training data: the user's files at ``data``, or the embedded default when ``None``."""
+        """The training data: the user's files at ``data``, or the embedded default when ``None``.
+
+        It may fill in ``config`` values learned from the data (e.g. the atom types found); the
+        runner records the config after this call, so checkpoints carry them."""
         raise NotImplementedError
 
     def build_model(self, config: dict) -> nn.Module:
@@ -78,12 +81,14 @@ class Domain:
         user asked for on the command line (a string) or ``None``."""
         raise NotImplementedError
 
-    def load_known(self, init: str, mask: str | None, n: int, config: dict) -> Batch:
+    def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
+                   cond: str | None = None) -> Batch:
         """For editing (``diffkit sample --init ... [--mask ...]``): a batch of ``n`` samples whose
         ``x`` is the known state read from ``init`` (a file or a domain-specific string, e.g. a
         scaffold SMILES), with ``keep`` (a state or a mask broadcastable to each leaf, 1 = keep,
         0 = generate) parsed from ``mask`` when given, plus ``cond``/``extra`` as in
-        :meth:`prepare_sampling`. Without ``keep`` the core edits the whole state (SDEdit)."""
+        :meth:`prepare_sampling` (``model`` and ``cond`` are passed as there). Without ``keep``
+        the core edits the whole state (SDEdit)."""
         raise NotImplementedError(f"the {self.name} domain does not support editing")
 
     def decode(self, x: State, batch: Batch) -> State:

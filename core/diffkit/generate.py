@@ -109,9 +109,16 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
                     request: SampleRequest, settings: dict, size: int, generator: torch.Generator,
                     device, *, offset: int, total: int, callback=None) -> Batch:
     if request.init is not None:
-        batch = to_device(domain.load_known(request.init, request.mask, size, config), device)
+        batch = domain.load_known(request.init, request.mask, size, config, model=model, cond=request.cond)
+    elif request.interpolate:
+        # Every frame shares the first sample's condition and structure (e.g. its atom count);
+        # only the noise moves along the interpolation.
+        first = domain.prepare_sampling(model, 1, config, cond=request.cond,
+                                        generator=torch.Generator(device=device).manual_seed(request.seed))
+        batch = {key: _repeat(value, size) for key, value in first.items()}
     else:
-        batch = to_device(domain.prepare_sampling(model, size, config, cond=request.cond, generator=generator), device)
+        batch = domain.prepare_sampling(model, size, config, cond=request.cond, generator=generator)
+    batch = to_device(batch, device)
     cond = batch.get("cond")
     common = dict(
         cond=cond, guidance=settings["guidance"], uncond=domain.null_cond(cond) if cond is not None else None,
@@ -148,6 +155,13 @@ def _interpolated_noise(diffusion: Diffusion, batch: Batch, offset: int, size: i
     weights = torch.arange(offset, offset + size, dtype=torch.float64) / max(total - 1, 1)
     frames = [slerp(start, end, float(w)) for w in weights]
     return concat(frames)
+
+
+def _repeat(value: Any, size: int) -> Any:
+    """A batch entry of one sample repeated ``size`` times (non-tensor entries pass through)."""
+    if isinstance(value, torch.Tensor) or (isinstance(value, dict) and value):
+        return tree_map(lambda leaf: leaf.expand(size, *leaf.shape[1:]).clone(), value)
+    return value
 
 
 def _device_of(state: State) -> torch.device:

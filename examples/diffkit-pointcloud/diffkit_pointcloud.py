@@ -203,7 +203,8 @@ class PointCloudDomain(Domain):
     # end tutorial: domain
 
     # tutorial: editing
-    def load_known(self, init: str, mask: str | None, n: int, config: dict) -> dict:
+    def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model=None,
+                   cond=None) -> dict:
         """``init``: a shape name (its outline, evenly sampled) or a ``.npz``/``.npy`` file (its
         first cloud); ``mask``: the half to keep, left, right, bottom or top (points in it are
         kept, the rest generated); without ``mask`` the whole cloud is edited (SDEdit)."""

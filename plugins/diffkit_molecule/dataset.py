@@ -1,0 +1,243 @@
+"""Molecule datasets: a torch-geometric dataset of graphs, processed once and cached, and the dense
+view the diffusion trains on.
+
+The cache file's name is a hash of the source file (path, size, modification time) and of the
+featurisation (:class:`Featurisation`, including :data:`FEATURISATION_VERSION`), so changing
+either processes the data again instead of reusing stale graphs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from . import chem, properties
+from .sources import read_molecules
+from .state import encode, loss_mask
+
+#: Bump when the way molecules become graphs changes: old caches are then ignored.
+FEATURISATION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Featurisation:
+    """How molecules become graphs. The atom types are always those found in the data; a chosen
+    vocabulary and the size limit are applied when the cached graphs are loaded."""
+
+    properties: tuple[str, ...] = ()
+    smiles_column: str = "smiles"
+    version: int = FEATURISATION_VERSION
+
+
+@dataclass
+class Skipped:
+    """Entries left out of a dataset, by reason."""
+
+    total: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def message(self, source: Path, max_atoms: int | None = None) -> str:
+        labels = {"unparsable": "unparsable", "oversized": f"over {max_atoms} heavy atoms",
+                  "atom_type": "an atom type outside data.atom_types", "bond_type": "a bond that is not "
+                  "single, double or triple", "round_trip": "not representable as a heavy-atom graph "
+                  "(radicals or unusual hydrogen counts)", "empty": "no atoms"}
+        parts = ", ".join(f"{count} {labels[reason]}" for reason, count in self.reasons.most_common())
+        return f"skipped {sum(self.reasons.values())} of {self.total} molecules of {str(source)!r}: {parts}"
+
+
+def featurise(source: Path, spec: Featurisation) -> tuple[list, list[str], Skipped]:
+    """Graphs (torch-geometric ``Data``), the atom vocabulary and what was skipped. Molecules of
+    every size are kept: the size limit is applied when the cached graphs are loaded.
+
+    Each graph has ``x (n,)`` atom type indices, ``edge_index (2, 2m)`` and ``edge_attr (2m,)``
+    bond type indices (both directions), ``y (1, P)`` properties and ``smiles`` (canonical)."""
+    skipped = Skipped()
+    kept = []  # (prepared mol, canonical smiles)
+    for _, mol in read_molecules(source, spec.smiles_column):
+        skipped.total += 1
+        reason, prepared = _screen(mol, spec)
+        if reason:
+            skipped.reasons[reason] += 1
+        else:
+            kept.append((prepared, chem.canonical_smiles(chem.sanitized(prepared))))
+    vocabulary = chem.sort_tokens(t for mol, _ in kept for t in chem.mol_tokens(mol))
+    graphs = []
+    for mol, smiles in kept:
+        graph, reason = _to_data(mol, smiles, vocabulary, spec)
+        if reason:
+            skipped.reasons[reason] += 1
+        else:
+            graphs.append(graph)
+    return graphs, vocabulary, skipped
+
+
+def _screen(mol, spec: Featurisation) -> tuple[str | None, object]:
+    if mol is None or chem.sanitized(mol) is None:
+        return "unparsable", None
+    prepared = chem.prepare(mol)
+    if prepared is None:
+        return "unparsable", None
+    if prepared.GetNumAtoms() == 0:
+        return "empty", None
+    return None, prepared
+
+
+def _to_data(mol, smiles: str, vocabulary: list[str], spec: Featurisation):
+    from torch_geometric.data import Data
+
+    try:
+        atoms, bonds = chem.mol_to_graph(mol, vocabulary)
+    except KeyError:
+        return None, "atom_type"
+    except ValueError:
+        return None, "bond_type"
+    rebuilt = chem.sanitized(chem.graph_to_mol(atoms, bonds, vocabulary))
+    if rebuilt is None or chem.canonical_smiles(rebuilt) != smiles:
+        return None, "round_trip"
+    edge_index = bonds.nonzero().t().contiguous()
+    y = torch.tensor([properties.compute(rebuilt, spec.properties)], dtype=torch.float32)
+    graph = Data(x=atoms, edge_index=edge_index, edge_attr=bonds[edge_index[0], edge_index[1]], y=y,
+                 num_nodes=len(atoms), smiles=smiles)
+    return graph, None
+
+
+def cache_key(source: Path, spec: Featurisation) -> str:
+    stat = source.stat()
+    identity = {"source": str(source.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+                "featurisation": asdict(spec)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$DIFFKIT_CACHE/molecule``, else ``$XDG_CACHE_HOME/diffkit/molecule``, else ``~/.cache/...``."""
+    if os.environ.get("DIFFKIT_CACHE"):
+        return Path(os.environ["DIFFKIT_CACHE"]) / "molecule"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "diffkit" / "molecule"
+
+
+def _graph_dataset_class():
+    """Defined lazily so that importing the plugin does not import torch-geometric."""
+    from torch_geometric.data import InMemoryDataset
+
+    class MoleculeGraphs(InMemoryDataset):
+        """The graphs of a molecule file, processed once into ``cache_dir/processed``."""
+
+        def __init__(self, source: Path, spec: Featurisation, cache_dir: Path):
+            self.source, self.spec = Path(source), spec
+            self.key = cache_key(self.source, spec)
+            super().__init__(root=str(cache_dir), log=False)
+            self.load(self.processed_paths[0])
+            info = json.loads(Path(self.processed_paths[1]).read_text())
+            self.vocabulary: list[str] = info["vocabulary"]
+            self.skipped = Skipped(info["total"], Counter(info["skipped"]))
+
+        @property
+        def raw_file_names(self) -> list[str]:
+            return []  # the source lives outside the cache
+
+        @property
+        def processed_file_names(self) -> list[str]:
+            return [f"graphs_{self.key}.pt", f"graphs_{self.key}.json"]
+
+        def download(self) -> None:
+            pass
+
+        def num_nodes_per_graph(self) -> Tensor:
+            """``(M,)`` atom counts, read from the collated storage without building graphs."""
+            if self.slices is None:  # a single graph is stored without slices
+                return torch.tensor([self._data.num_nodes])
+            return (self.slices["x"][1:] - self.slices["x"][:-1]).long()
+
+        def process(self) -> None:
+            graphs, vocabulary, skipped = featurise(self.source, self.spec)
+            if not graphs:
+                raise ValueError("no usable molecules: " + skipped.message(self.source))
+            self.save(graphs, self.processed_paths[0])
+            info = {"vocabulary": vocabulary, "total": skipped.total, "skipped": dict(skipped.reasons),
+                    "source": str(self.source), "featurisation": asdict(self.spec)}
+            Path(self.processed_paths[1]).write_text(json.dumps(info, indent=1) + "\n")
+
+    return MoleculeGraphs
+
+
+def molecule_graphs(source: Path, spec: Featurisation, cache_dir: Path | None = None):
+    """The cached torch-geometric dataset of ``source`` (see :func:`featurise`), all sizes."""
+    return _graph_dataset_class()(source, spec, cache_dir or default_cache_dir())
+
+
+def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Path | None = None,
+                atom_types: list[str] | None = None):
+    """The graphs of ``source`` with at most ``max_atoms`` atoms and, when ``atom_types`` is given,
+    only those types (renumbered to that order). Returns ``(graphs, vocabulary)``. Everything left
+    out (unparsable, oversized, ...) is reported in one warning; nothing left is an error."""
+    graphs = molecule_graphs(source, spec, cache_dir)
+    vocabulary = list(atom_types) if atom_types else list(graphs.vocabulary)
+    sizes = graphs.num_nodes_per_graph()
+    unknown = _renumber_atoms(graphs, vocabulary, sizes)
+    oversized = sizes > max_atoms
+    fits = (~oversized & ~unknown).nonzero().flatten()
+    skipped = Skipped(graphs.skipped.total, Counter(graphs.skipped.reasons))
+    for reason, flags in (("oversized", oversized), ("atom_type", unknown & ~oversized)):
+        if flags.any():
+            skipped.reasons[reason] += int(flags.sum())
+    if not len(fits):
+        raise ValueError(f"no usable molecules: {skipped.message(source, max_atoms)}; "
+                         "raise data.max_atoms to keep larger ones")
+    if skipped.reasons:
+        warnings.warn(skipped.message(source, max_atoms), stacklevel=3)
+    selected = graphs.index_select(fits) if len(fits) < len(sizes) else graphs
+    return selected, vocabulary
+
+
+def _renumber_atoms(graphs, vocabulary: list[str], sizes: Tensor) -> Tensor:
+    """Map the cached atom indices onto ``vocabulary`` in place (in memory only); returns which
+    graphs ``(M,)`` hold an atom type outside it."""
+    lookup = torch.tensor([vocabulary.index(t) if t in vocabulary else -1 for t in graphs.vocabulary])
+    storage = graphs._data
+    mapped = lookup[storage.x]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    unknown = torch.zeros(len(sizes), dtype=torch.bool).index_put_((owner,), mapped < 0, accumulate=True)
+    storage.x = mapped.clamp(min=0)
+    graphs.vocabulary = list(vocabulary)
+    return unknown
+
+
+class DenseMolecules(Dataset):
+    """Training items from a graph dataset, padded to ``num_nodes`` atoms:
+    ``{"x": {"nodes": (N, K), "edges": (N, N, E)}, "mask": {...}, "extra": {"node_mask": (N,)},
+    "cond": (P,)}`` (``cond`` only when properties were computed)."""
+
+    def __init__(self, graphs, vocabulary: list[str], num_nodes: int | None = None):
+        from torch_geometric.data import Batch
+        from torch_geometric.utils import to_dense_adj, to_dense_batch
+
+        self.graphs, self.vocabulary = graphs, vocabulary
+        batch = Batch.from_data_list(list(graphs))
+        self.sizes = torch.bincount(batch.batch, minlength=len(graphs))
+        self.num_nodes = num_nodes or int(self.sizes.max())
+        atoms, _ = to_dense_batch(batch.x + 1, batch.batch, max_num_nodes=self.num_nodes)
+        self.atoms = (atoms - 1).to(torch.int8)  # -1 marks padding
+        self.bonds = to_dense_adj(batch.edge_index, batch.batch, batch.edge_attr,
+                                  max_num_nodes=self.num_nodes).to(torch.int8)
+        self.properties: Tensor = batch.y.float()
+        self.smiles: list[str] = list(batch.smiles)
+
+    def __len__(self) -> int:
+        return len(self.atoms)
+
+    def __getitem__(self, index: int) -> dict:
+        state, node_mask = encode(self.atoms[index].long(), self.bonds[index].long(), len(self.vocabulary))
+        item = {"x": state, "mask": loss_mask(node_mask), "extra": {"node_mask": node_mask}}
+        if self.properties.shape[1]:
+            item["cond"] = self.properties[index]
+        return item

@@ -1,0 +1,71 @@
+"""The continuous state of a batch of molecular graphs and its structured noise.
+
+A graph of at most ``N`` atoms becomes ``{"nodes": (N, K), "edges": (N, N, E)}``: each real atom a
+one-hot row over the ``K`` atom types and each pair of distinct real atoms a one-hot row over the
+``E`` bond types, both mapped from {0, 1} to {-1, 1}; padding atoms, pairs involving them and the
+diagonal (no self-loops) are 0. ``node_mask (N,)`` is 1 for real atoms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .chem import BOND_TYPES
+
+
+def pair_mask(node_mask: Tensor) -> Tensor:
+    """``(..., N) -> (..., N, N)``: 1 for pairs of distinct real atoms."""
+    mask = node_mask.unsqueeze(-1) * node_mask.unsqueeze(-2)
+    eye = torch.eye(node_mask.shape[-1], dtype=mask.dtype, device=mask.device)
+    return mask * (1 - eye)
+
+
+def encode(atoms: Tensor, bonds: Tensor, num_atom_types: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Integer graphs (``atoms (..., N)`` with -1 for padding, ``bonds (..., N, N)``) to the state
+    and the node mask."""
+    node_mask = (atoms >= 0).float()
+    nodes = F.one_hot(atoms.clamp(min=0), num_atom_types).float() * 2 - 1
+    edges = F.one_hot(bonds.clamp(min=0), len(BOND_TYPES)).float() * 2 - 1
+    nodes = nodes * node_mask.unsqueeze(-1)
+    edges = edges * pair_mask(node_mask).unsqueeze(-1)
+    return {"nodes": nodes, "edges": edges}, node_mask
+
+
+def decode(state: dict[str, Tensor], node_mask: Tensor) -> dict[str, Tensor]:
+    """The most likely graph of a state: ``{"nodes": (B, N) long, -1 for padding,
+    "edges": (B, N, N) long, symmetric}``. Edge scores are symmetrised before the argmax."""
+    real = node_mask.bool()
+    atoms = state["nodes"].argmax(-1).masked_fill(~real, -1)
+    edge_scores = (state["edges"] + state["edges"].transpose(-2, -3)) / 2
+    bonds = edge_scores.argmax(-1) * pair_mask(node_mask).long()
+    return {"nodes": atoms, "edges": bonds}
+
+
+def loss_mask(node_mask: Tensor) -> dict[str, Tensor]:
+    """Which state entries count in the loss: real atoms, and pairs of distinct real atoms."""
+    return {"nodes": node_mask.unsqueeze(-1), "edges": pair_mask(node_mask).unsqueeze(-1)}
+
+
+def graph_noise(like: dict[str, Tensor], generator: torch.Generator | None = None,
+                node_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """Standard normal noise for a state: symmetric over edges, zero on the diagonal and, when
+    ``node_mask`` is given, zero on padding. Each off-diagonal entry is still N(0, 1)."""
+    nodes, edges = like["nodes"], like["edges"]
+    if node_mask is None:
+        node_mask = torch.ones(nodes.shape[:-1], dtype=nodes.dtype, device=nodes.device)
+    node_mask = node_mask.to(nodes.dtype)
+    node_noise = _randn(nodes.shape, generator, nodes) * node_mask.unsqueeze(-1)
+    raw = _randn(edges.shape, generator, edges)
+    upper = torch.triu(torch.ones(edges.shape[-2], edges.shape[-2], device=edges.device), diagonal=1)
+    upper = upper.to(edges.dtype).unsqueeze(-1)
+    triangle = raw * upper
+    edge_noise = (triangle + triangle.transpose(-2, -3)) * pair_mask(node_mask).unsqueeze(-1)
+    return {"nodes": node_noise, "edges": edge_noise}
+
+
+def _randn(shape, generator, like: Tensor) -> Tensor:
+    # Drawn on the generator's device, then moved: a CPU generator may serve a GPU state.
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)

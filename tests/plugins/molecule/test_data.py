@@ -1,0 +1,132 @@
+"""Reading molecule files into the cached graph dataset and its dense training items."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from diffkit_molecule import chem, dataset as dataset_module
+from diffkit_molecule.dataset import DenseMolecules, Featurisation, load_graphs
+
+
+def build(domain, config, data) -> DenseMolecules:
+    return domain.build_dataset(config, str(data))
+
+
+def test_invalid_smiles_are_skipped_and_counted_in_one_warning(domain, config, tmp_path, valid_smiles, invalid_smiles):
+    path = tmp_path / "mixed.smi"
+    path.write_text("\n".join(valid_smiles[:5] + invalid_smiles + valid_smiles[5:8]) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = build(domain, config, path)
+    messages = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert len(messages) == 1
+    assert f"skipped {len(invalid_smiles)} of {8 + len(invalid_smiles)} molecules" in messages[0]
+    assert f"{len(invalid_smiles)} unparsable" in messages[0]
+    assert len(dataset) == 8
+
+
+def test_oversized_molecules_are_counted_with_the_rest(domain, config, tmp_path):
+    path = tmp_path / "sizes.smi"
+    path.write_text("CCO\nCCCCCCCCCCCC\nC1CC\nCCCCC\n")  # 3, 12 (too big), invalid, 5 atoms
+    config["data"]["max_atoms"] = 6
+    with pytest.warns(UserWarning, match=r"skipped 2 of 4 molecules.*1 unparsable.*1 over 6 heavy atoms|"
+                                         r"skipped 2 of 4 molecules.*1 over 6 heavy atoms.*1 unparsable"):
+        dataset = build(domain, config, path)
+    assert sorted(dataset.sizes.tolist()) == [3, 5]
+    assert config["data"]["max_atoms"] == 5  # lowered to the largest molecule kept
+
+
+def test_nothing_usable_is_an_error(domain, config, tmp_path, invalid_smiles):
+    path = tmp_path / "bad.smi"
+    path.write_text("\n".join(invalid_smiles) + "\n")
+    with pytest.raises(ValueError, match="no usable molecules"):
+        build(domain, config, path)
+
+
+def test_atom_types_are_taken_from_the_data(domain, config, smiles_file):
+    build(domain, config, smiles_file)
+    assert config["data"]["atom_types"] == ["C", "N", "N+", "O", "O-", "F", "Cl"]
+
+
+def test_chosen_atom_types_renumber_and_skip_the_rest(domain, config, tmp_path):
+    path = tmp_path / "halogens.smi"
+    path.write_text("CCO\nCCl\nOCF\n")
+    config["data"]["atom_types"] = ["O", "C", "F"]
+    with pytest.warns(UserWarning, match="1 an atom type outside data.atom_types"):
+        dataset = build(domain, config, path)
+    assert sorted(dataset.smiles) == ["CCO", "OCF"]
+    item = dataset[dataset.smiles.index("OCF")]
+    assert item["x"]["nodes"].argmax(-1).tolist() == [0, 1, 2]  # O, C, F in the chosen order
+
+
+def test_csv_column_option(domain, config, tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("name,Structure\na,CCO\nb,c1ccccc1\n")
+    config["data"]["smiles_column"] = "structure"
+    dataset = build(domain, config, path)
+    assert sorted(dataset.smiles) == ["CCO", "c1ccccc1"]
+    config["data"]["smiles_column"] = "smiles"
+    with pytest.raises(ValueError, match="no column 'smiles'.*Structure"):
+        build(domain, config, path)
+
+
+def test_sdf_input_drops_explicit_hydrogens(domain, config, tmp_path):
+    Chem = chem.rdkit()
+    path = tmp_path / "mols.sdf"
+    with Chem.SDWriter(str(path)) as writer:
+        for smiles in ("CCO", "c1ccncc1"):
+            writer.write(Chem.AddHs(Chem.MolFromSmiles(smiles)))
+    dataset = build(domain, config, path)
+    assert sorted(dataset.smiles) == ["CCO", "c1ccncc1"]
+    assert sorted(dataset.sizes.tolist()) == [3, 6]
+
+
+def test_dense_items_match_the_molecule(domain, config, tmp_path):
+    path = tmp_path / "two.smi"
+    path.write_text("C#N\nCC=O\n")
+    dataset = build(domain, config, path)
+    item = dataset[dataset.smiles.index("C#N")]
+    vocabulary = config["data"]["atom_types"]
+    nodes, edges = item["x"]["nodes"], item["x"]["edges"]
+    assert nodes.shape == (3, len(vocabulary)) and edges.shape == (3, 3, 4)
+    assert item["extra"]["node_mask"].tolist() == [1, 1, 0]
+    assert nodes[:2].argmax(-1).tolist() == [vocabulary.index("C"), vocabulary.index("N")]
+    assert edges[0, 1].tolist() == [-1, -1, -1, 1]  # triple bond
+    assert edges[2].abs().sum() == 0 and nodes[2].abs().sum() == 0  # padding
+    assert item["mask"]["edges"][..., 0].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+    assert item["cond"].shape == (3,)  # qed, logp, mol_weight
+    assert item["cond"][2].item() == pytest.approx(27.026, abs=1e-3)  # HCN's molecular weight
+
+
+def test_processed_once_then_cached(domain, config, smiles_file, monkeypatch):
+    build(domain, config, smiles_file)
+
+    def no_processing(*args, **kwargs):
+        raise AssertionError("the cached graphs should have been reused")
+
+    monkeypatch.setattr(dataset_module, "featurise", no_processing)
+    assert len(build(domain, config, smiles_file)) == 20
+
+
+def test_cache_is_invalidated_when_the_featurisation_changes(domain, config, smiles_file, tmp_path):
+    cache = Path(config["data"]["cache_dir"])
+    first = load_graphs(smiles_file, Featurisation(("qed",)), 40, cache)[0]
+    second = load_graphs(smiles_file, Featurisation(("qed", "logp")), 40, cache)[0]
+    assert first[0].y.shape == (1, 1) and second[0].y.shape == (1, 2)
+    assert len(list((cache / "processed").glob("graphs_*.pt"))) == 2
+    # Editing the source file invalidates too.
+    smiles_file.write_text("CCO\n")
+    third = load_graphs(smiles_file, Featurisation(("qed",)), 40, cache)[0]
+    assert len(third) == 1
+
+
+def test_qm9_without_qm9pack_names_the_extra(domain, config, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "qm9pack" else real(name, *a))
+    with pytest.raises(ImportError, match=r"diffkit\[qm9\]"):
+        domain.build_dataset(config, "qm9")

@@ -1,0 +1,67 @@
+"""Evaluation scores against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffkit_molecule import metrics
+
+SAMPLES = ["CCO", "OCC", "c1ccccc1", "C(C)(C)(C)(C)C", "CC.O", "C1CC"]
+REFERENCE = ["CCO", "CCN"]
+
+
+def test_validity_connectivity_uniqueness_novelty_by_hand():
+    scores = metrics.basic_scores(SAMPLES, REFERENCE)
+    # Valid: CCO, OCC (the same molecule), benzene, CC.O (two fragments): 4 of 6.
+    assert scores["validity"] == pytest.approx(4 / 6)
+    # Valid and in one piece: CCO, OCC, benzene.
+    assert scores["connected"] == pytest.approx(3 / 6)
+    # Distinct among valid: ethanol, benzene, ethane + water.
+    assert scores["uniqueness"] == pytest.approx(3 / 4)
+    # Not in the reference: benzene, ethane + water.
+    assert scores["novelty"] == pytest.approx(2 / 3)
+
+
+def test_validity_is_strict_about_charges():
+    # A neutral four-bonded nitrogen is not repaired into an ammonium ion.
+    assert metrics.basic_scores(["CN(C)(C)C", "C[N+](C)(C)C"], [])["validity"] == pytest.approx(0.5)
+
+
+def test_property_distance_by_hand():
+    # Molecular weights: ethanol C2H6O 46.069, benzene C6H6 78.114, ethylamine C2H7N 45.085.
+    # W1 between two equal-size samples is the mean absolute difference of the sorted values.
+    expected = (abs(45.085 - 46.069) + abs(78.114 - 46.069)) / 2
+    distances = metrics.property_distances(["CCO", "c1ccccc1"], REFERENCE)
+    assert distances["w1_mol_weight"] == pytest.approx(expected, abs=2e-3)
+    same = metrics.property_distances(REFERENCE, list(reversed(REFERENCE)))
+    assert all(value == pytest.approx(0.0, abs=1e-12) for value in same.values())
+
+
+def test_frechet_distance_matches_the_diagonal_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    var1, var2 = rng.uniform(0.5, 2, size=5), rng.uniform(0.5, 2, size=5)
+    expected = ((mu1 - mu2) ** 2).sum() + (var1 + var2 - 2 * np.sqrt(var1 * var2)).sum()
+    found = metrics.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
+    assert found == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_full_covariances():
+    from scipy import linalg
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    sigma1, sigma2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    root = np.real(linalg.sqrtm(sigma1 @ sigma2))
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(sigma1 + sigma2 - 2 * root)
+    assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fcd_is_zero_for_identical_sets_and_positive_otherwise():
+    pytest.importorskip("fcd_torch")
+    alcohols = ["CCO", "CCCO", "CCCCO", "OCC(O)CO", "CC(C)O", "OCCO"]
+    aromatics = ["c1ccccc1", "Cc1ccccc1", "c1ccncc1", "Oc1ccccc1", "c1ccc2ccccc2c1", "Nc1ccccc1"]
+    assert metrics.fcd(alcohols, alcohols) == pytest.approx(0.0, abs=1e-3)
+    assert metrics.fcd(alcohols, aromatics) > 1.0

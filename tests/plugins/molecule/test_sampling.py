@@ -1,0 +1,84 @@
+"""Sampling batches, decoding, writing samples and scaffold-constrained generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffkit.generate import build_diffusion
+from diffkit_molecule import chem
+from diffkit_molecule.outputs import molecules_from_graphs
+
+
+def fitted_model(domain, config, smiles_file):
+    dataset = domain.build_dataset(config, str(smiles_file))
+    model = domain.build_model(config)
+    domain.fit_data(model, dataset, config)
+    return model.eval(), dataset
+
+
+def random_graphs(n: int, atoms: int, types: int, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    nodes = torch.randint(0, types, (n, atoms), generator=generator)
+    upper = torch.triu(torch.randint(0, 4, (n, atoms, atoms), generator=generator) * (torch.rand(n, atoms, atoms, generator=generator) < 0.3), 1)
+    return {"nodes": nodes, "edges": upper + upper.transpose(1, 2)}
+
+
+def test_sizes_are_drawn_from_the_training_distribution(domain, config, smiles_file):
+    model, dataset = fitted_model(domain, config, smiles_file)
+    batch = domain.prepare_sampling(model, 4000, config, generator=torch.Generator().manual_seed(0))
+    drawn = torch.bincount(batch["extra"]["node_mask"].sum(1).long(), minlength=len(model.size_counts)).float()
+    expected = torch.bincount(dataset.sizes, minlength=len(model.size_counts)).float()
+    assert torch.allclose(drawn / 4000, expected / expected.sum(), atol=0.03)
+    fixed = domain.prepare_sampling(model, 3, config, cond="atoms=4, qed=0.5")
+    assert fixed["extra"]["node_mask"].sum(1).tolist() == [4, 4, 4]
+    assert fixed["cond"][0, 0] == 0.5 and torch.isnan(fixed["cond"][0, 1:]).all()
+    with pytest.raises(ValueError, match="unknown key 'sa'"):
+        domain.prepare_sampling(model, 3, config, cond="sa=2")
+
+
+def test_smiles_file_records_validity_that_evaluation_recovers(domain, config, smiles_file, tmp_path):
+    vocabulary = ["C", "N", "O"]
+    config["data"]["atom_types"] = vocabulary
+    graphs = random_graphs(60, 5, 3, seed=0)
+    node_mask = torch.ones(60, 5)
+    domain.write_samples({"x": graphs, "extra": {"node_mask": node_mask}}, tmp_path / "out.smi", config)
+    lines = (tmp_path / "out.smi").read_text().splitlines()
+    mols = molecules_from_graphs(graphs["nodes"], graphs["edges"], vocabulary)
+    sanitizes = [chem.sanitized(mol) is not None for mol in mols]
+    assert 0 < sum(sanitizes) < 60  # the random graphs are a mix
+    parses = [chem.rdkit().MolFromSmiles(line) is not None for line in lines]
+    assert parses == sanitizes
+    scores = domain.evaluate(tmp_path / "out.smi", smiles_file, config)
+    assert scores["validity"] == pytest.approx(sum(sanitizes) / 60)
+
+
+def test_folder_output_and_no_overwrite(domain, config, tmp_path):
+    config["data"]["atom_types"] = ["C", "O"]
+    samples = {"x": {"nodes": torch.tensor([[0, 1, -1]]), "edges": torch.tensor([[[0, 1, 0], [1, 0, 0], [0, 0, 0]]])},
+               "extra": {"node_mask": torch.tensor([[1.0, 1.0, 0.0]])}}
+    written = domain.write_samples(samples, tmp_path / "run", config)
+    assert sorted(p.name for p in written) == ["grid.png", "samples.sdf", "samples.smi"]
+    assert (tmp_path / "run" / "samples.smi").read_text() == "CO\n"
+    assert "$$$$" in (tmp_path / "run" / "samples.sdf").read_text()
+    with pytest.raises(FileExistsError, match="samples.smi"):
+        domain.write_samples(samples, tmp_path / "run", config)
+
+
+def test_scaffold_atoms_and_bonds_are_kept(domain, config, smiles_file):
+    model, _ = fitted_model(domain, config, smiles_file)
+    config["sample"]["num_atoms"] = 8
+    batch = domain.load_known("c1ccncc1", None, 6, config)
+    diffusion = build_diffusion(domain, config)
+    x = diffusion.inpaint(model, batch["x"], batch["keep"], steps=5, model_kwargs=batch["extra"],
+                          generator=torch.Generator().manual_seed(0))
+    decoded = domain.decode(x, batch)
+    scaffold_atoms, scaffold_bonds = chem.mol_to_graph(chem.prepare(chem.rdkit().MolFromSmiles("c1ccncc1")),
+                                                       config["data"]["atom_types"])
+    assert (decoded["nodes"][:, :6] == scaffold_atoms).all()
+    assert (decoded["edges"][:, :6, :6] == scaffold_bonds).all()
+    assert (decoded["nodes"] >= 0).sum(1).tolist() == [8] * 6
+    with pytest.raises(ValueError, match="no --mask"):
+        domain.load_known("c1ccncc1", "something", 2, config)
+    with pytest.raises(ValueError, match="atom type 'S'"):
+        domain.load_known("c1ccsc1", None, 2, config)

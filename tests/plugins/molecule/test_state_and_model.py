@@ -1,0 +1,122 @@
+"""The graph state, its noise, the denoiser's symmetries, and a short training run."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import default_collate
+
+import diffkit
+from diffkit.generate import build_diffusion
+from diffkit.testing import assert_domain_conforms
+from diffkit_molecule.state import decode, encode, graph_noise, pair_mask
+
+
+def small_batch(domain, config, smiles_file, n=8):
+    dataset = domain.build_dataset(config, str(smiles_file))
+    return dataset, default_collate([dataset[i] for i in range(n)])
+
+
+def test_edge_noise_is_symmetric_without_self_loops_and_padding_untouched(domain):
+    node_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)
+    like = {"nodes": torch.zeros(2, 5, 3), "edges": torch.zeros(2, 5, 5, 4)}
+    noise = domain.noise(like, torch.Generator().manual_seed(0), node_mask=node_mask)
+    edges, nodes = noise["edges"], noise["nodes"]
+    assert torch.equal(edges, edges.transpose(1, 2))
+    assert torch.diagonal(edges, dim1=1, dim2=2).abs().sum() == 0
+    assert edges[0, 3:].abs().sum() == 0 and edges[0, :, 3:].abs().sum() == 0
+    assert nodes[0, 3:].abs().sum() == 0
+    assert (edges[1, 0, 1] != 0).all() and (nodes[0, :3] != 0).all()
+
+
+def test_edge_noise_entries_are_standard_normal():
+    like = {"nodes": torch.zeros(4000, 4, 2), "edges": torch.zeros(4000, 4, 4, 4)}
+    edges = graph_noise(like, torch.Generator().manual_seed(1))["edges"]
+    off_diagonal = edges[:, pair_mask(torch.ones(4)).bool()]
+    assert abs(off_diagonal.mean().item()) < 0.02
+    assert abs(off_diagonal.std().item() - 1) < 0.02
+
+
+def test_encode_then_decode_returns_the_graph():
+    atoms = torch.tensor([[0, 2, 1, -1]])
+    bonds = torch.tensor([[[0, 1, 0, 0], [1, 0, 3, 0], [0, 3, 0, 0], [0, 0, 0, 0]]])
+    state, node_mask = encode(atoms, bonds, 3)
+    decoded = decode(state, node_mask)
+    assert torch.equal(decoded["nodes"], atoms)
+    assert torch.equal(decoded["edges"], bonds)
+
+
+def test_model_is_permutation_equivariant_with_symmetric_edges(domain, config, smiles_file):
+    _, batch = small_batch(domain, config, smiles_file, n=4)
+    model = domain.build_model(config).eval()
+    x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
+    node_mask = batch["extra"]["node_mask"]
+    t = torch.full((4,), 0.5)
+    out = model(x, t, node_mask=node_mask)
+    assert torch.allclose(out["edges"], out["edges"].transpose(1, 2), atol=1e-6)
+    perm = torch.randperm(node_mask.shape[1], generator=torch.Generator().manual_seed(3))
+    permuted = {"nodes": x["nodes"][:, perm], "edges": x["edges"][:, perm][:, :, perm]}
+    out_permuted = model(permuted, t, node_mask=node_mask[:, perm])
+    assert torch.allclose(out_permuted["nodes"], out["nodes"][:, perm], atol=1e-5)
+    assert torch.allclose(out_permuted["edges"], out["edges"][:, perm][:, :, perm], atol=1e-5)
+    # Padding is zero in the prediction.
+    padding = node_mask == 0
+    assert out["nodes"][padding].abs().sum() == 0
+
+
+def test_a_few_steps_reduce_the_loss(domain, config, smiles_file):
+    torch.manual_seed(0)
+    _, batch = small_batch(domain, config, smiles_file, n=16)
+    model = domain.build_model(config)
+    diffusion = build_diffusion(domain, config)
+    t = torch.linspace(0.05, 0.95, 16)
+    noise = domain.noise(batch["x"], torch.Generator().manual_seed(0), **batch["extra"])
+
+    def loss() -> torch.Tensor:
+        return diffusion.loss(model, batch["x"], cond=batch["cond"], mask=batch["mask"], model_kwargs=batch["extra"],
+                              t=t, noise=noise, leaf_weights=domain.leaf_weights(config))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.eval()  # no property dropout: the same loss function before and after
+    before = loss().item()
+    for _ in range(40):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    after = loss().item()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_domain_conforms_to_the_contract(domain, smiles_file, tmp_path):
+    overrides = {"data": {"cache_dir": str(tmp_path / "cache")},
+                 "model": {"hidden": 32, "edge_hidden": 16, "heads": 4, "layers": 2}}
+    assert_domain_conforms(domain, tmp_path / "conformance", data=str(smiles_file), overrides=overrides)
+
+
+def test_unconditional_configuration_has_no_condition(domain, config, smiles_file):
+    config["data"]["properties"] = []
+    dataset, batch = small_batch(domain, config, smiles_file, n=4)
+    assert "cond" not in batch
+    model = domain.build_model(config)
+    domain.fit_data(model, dataset, config)
+    out = model(batch["x"], torch.full((4,), 0.3), **batch["extra"])
+    assert out["nodes"].shape == batch["x"]["nodes"].shape
+    with torch.no_grad():
+        model.eval()
+        with_cond_none = model(batch["x"], torch.full((4,), 0.3), cond=None, **batch["extra"])
+    assert torch.isfinite(with_cond_none["edges"]).all()
+
+
+def test_null_condition_is_the_unconditional_model(domain, config, smiles_file):
+    dataset, batch = small_batch(domain, config, smiles_file, n=4)
+    model = domain.build_model(config).eval()
+    domain.fit_data(model, dataset, config)
+    for block in model.blocks:  # the modulation starts at zero, which would hide the condition
+        torch.nn.init.normal_(block.modulation.weight, std=0.1)
+    t = torch.full((4,), 0.4)
+    with torch.no_grad():
+        none = model(batch["x"], t, cond=None, **batch["extra"])
+        null = model(batch["x"], t, cond=domain.null_cond(batch["cond"]), **batch["extra"])
+        given = model(batch["x"], t, cond=batch["cond"], **batch["extra"])
+    assert torch.allclose(none["nodes"], null["nodes"]) and torch.allclose(none["edges"], null["edges"])
+    assert not torch.allclose(none["nodes"], given["nodes"])
