@@ -240,17 +240,31 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
 @click.option("--domain", required=True, help="The domain of the samples.")
 @click.option("--samples", required=True, type=click.Path(exists=True), help="Samples written by `diffkit sample`.")
 @click.option("--reference", default=None, type=click.Path(exists=True), help="Reference data (the domain's bundled data when omitted).")
+@click.option("--checkpoint", default=None, help="Read the settings (e.g. the image size) from this checkpoint or run folder.")
+@click.option("--preset", default=None, help="Or read them from this preset of the domain.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Or from this TOML file (over the preset).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.pass_context
-def evaluate(ctx, domain, samples, reference, as_json):
-    """Score samples against reference data with the domain's metrics."""
-    from .config import default_config
+def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, sets, as_json):
+    """Score samples against reference data with the domain's metrics.
+
+    The settings the samples were made with (sizes, rates, ...) come from --checkpoint, or from
+    --preset/--config/--set, or are the domain's defaults.
+    """
+    from . import checkpoint as ckpt
+    from .config import resolve_config
 
     plugin_domain = _domain(ctx, domain)
     try:
-        scores = plugin_domain.evaluate(Path(samples), Path(reference) if reference else None,
-                                        default_config(plugin_domain))
-    except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as error:
+        if checkpoint:
+            state = ckpt.load(ckpt.resolve(checkpoint))
+            ckpt.check_domain(state, plugin_domain.name, checkpoint)
+            config = state["config"]
+        else:
+            config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets))
+        scores = plugin_domain.evaluate(Path(samples), Path(reference) if reference else None, config)
+    except (KeyError, ValueError, FileNotFoundError, NotImplementedError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     if as_json:
         click.echo(json.dumps(scores, indent=2))

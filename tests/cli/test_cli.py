@@ -118,3 +118,15 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path, toy_in
     merged = json.loads((tmp_path / "two.json").read_text())
     assert len(merged["points"]) == 50
     assert merged == json.loads((tmp_path / "one.json").read_text())
+
+
+def test_evaluate_reads_the_settings_of_a_checkpoint(tmp_path, toy_installed):
+    run_dir = str(tmp_path / "run")
+    run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
+    run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "5", "--out", str(tmp_path / "s.json"),
+        "--no-progress")
+    result = run("evaluate", "--domain", "toy", "--samples", str(tmp_path / "s.json"), "--checkpoint", run_dir)
+    assert result.exit_code == 0 and "mean_distance_to_center" in result.output
+    result = CliRunner().invoke(cli, ["evaluate", "--domain", "toy", "--samples", str(tmp_path / "s.json"),
+                                      "--set", "data.sise=3"])
+    assert "unknown config key 'data.sise'; did you mean 'size'?" in result.output

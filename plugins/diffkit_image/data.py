@@ -1,0 +1,206 @@
+"""Image data: the embedded handwritten digits and folders of the user's pictures.
+
+Pixels are stored as ``uint8`` tensors ``(N, C, H, W)`` and turned into floats in [-1, 1] per item.
+A folder is decoded once and cached under the diffkit cache (see :func:`cache_dir`), keyed by the
+files' names, sizes and modification times and by the size and channel settings, so a changed
+folder or setting is noticed and decoded again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+CACHE_VERSION = 1
+
+
+def cache_dir(configured: str = "") -> Path:
+    """Where diffkit keeps derived files: ``configured`` if set, else ``$DIFFKIT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/diffkit``, else ``~/.cache/diffkit``; the image domain uses ``image/`` in it."""
+    if configured:
+        return Path(configured).expanduser() / "image"
+    if os.environ.get("DIFFKIT_CACHE_DIR"):
+        return Path(os.environ["DIFFKIT_CACHE_DIR"]).expanduser() / "image"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "diffkit" / "image"
+
+
+@dataclass
+class ImageSet:
+    """Decoded pictures ``(N, C, H, W)`` uint8 with labels ``(N,)`` and the class names."""
+
+    pixels: Tensor
+    labels: Tensor
+    class_names: list[str]
+
+
+class ImageDataset(Dataset):
+    """Items ``{"x": (C, H, W) float32 in [-1, 1], "cond": long label}``, optionally flipped."""
+
+    def __init__(self, images: ImageSet, *, hflip: bool = False):
+        self.images = images
+        self.hflip = hflip
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.images.class_names
+
+    @property
+    def labels(self) -> Tensor:
+        return self.images.labels
+
+    def __len__(self) -> int:
+        return len(self.images.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        x = to_unit_range(self.images.pixels[index])
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return {"x": x, "cond": self.images.labels[index]}
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.pixels.shape
+        return f"ImageDataset({n} images, {c}x{h}x{w}, {len(self.class_names)} classes, hflip={self.hflip})"
+
+
+def to_unit_range(pixels: Tensor) -> Tensor:
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]``."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def to_pixels(x: Tensor) -> Tensor:
+    """float ``[-1, 1]`` -> uint8 ``[0, 255]`` (values outside are clamped)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# -- the embedded default ---------------------------------------------------------------------
+
+def load_digits(image_size: int, channels: int) -> ImageSet:
+    """The 1,797 8x8 handwritten digits of the UCI ML repository (as shipped by scikit-learn),
+    dark ink on white, resized to ``image_size`` with the same resampling as user pictures."""
+    images = _digits(image_size, channels)
+    return ImageSet(images.pixels.clone(), images.labels.clone(), list(images.class_names))
+
+
+@functools.lru_cache(maxsize=4)
+def _digits(image_size: int, channels: int) -> ImageSet:
+    from PIL import Image
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    # Values count ink on a 0..16 scale; invert so the pictures read as ink on paper.
+    paper = (255 - digits.images * (255 / 16)).round().astype("uint8")
+    pictures = [fit_image(Image.fromarray(array), image_size, channels) for array in paper]
+    return ImageSet(torch.stack(pictures), torch.as_tensor(digits.target, dtype=torch.long),
+                    [str(i) for i in range(10)])
+
+
+# -- a folder of pictures ---------------------------------------------------------------------
+
+def load_folder(root: str | Path, image_size: int, channels: int, *, cache: Path | None = None) -> ImageSet:
+    """Every PNG/JPEG/WebP under ``root``; each subfolder is a class (sorted names). Without
+    subfolders all pictures form one class named after ``root``. Unreadable files are skipped
+    with one warning naming them; a folder with nothing readable is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image data folder {str(root)!r} does not exist or is not a folder")
+    files, class_names = list_images(root)
+    if not files:
+        raise ValueError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files found in {str(root)!r}")
+    cache_file = None
+    if cache is not None:
+        cache_file = cache / "datasets" / f"{_folder_key(root, files, image_size, channels)}.pt"
+        if cache_file.is_file():
+            stored = torch.load(cache_file, weights_only=True)
+            return ImageSet(stored["pixels"], stored["labels"], list(stored["class_names"]))
+    images = _decode_all(root, files, image_size, channels)
+    images.class_names = class_names
+    if cache_file is not None:
+        _save_atomically({"pixels": images.pixels, "labels": images.labels, "class_names": class_names}, cache_file)
+    return images
+
+
+def list_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``([(file, label)], class_names)`` for the pictures under ``root``, in a stable order."""
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and _images_under(p))
+    if not subfolders:
+        return [(f, 0) for f in _images_under(root)], [root.resolve().name or "images"]
+    loose = [p for p in root.iterdir() if _is_image(p)]
+    if loose:
+        warnings.warn(f"{len(loose)} pictures directly in {str(root)!r} are ignored: with class "
+                      f"subfolders every picture must be in one", stacklevel=3)
+    files = [(f, label) for label, folder in enumerate(subfolders) for f in _images_under(folder)]
+    return files, [folder.name for folder in subfolders]
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if _is_image(p))
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _decode_all(root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> ImageSet:
+    from PIL import Image
+
+    pictures, labels, unreadable = [], [], []
+    for path, label in files:
+        try:
+            with Image.open(path) as image:
+                pictures.append(fit_image(image, image_size, channels))
+            labels.append(label)
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for damaged files
+            unreadable.append(f"{path.relative_to(root)} ({type(error).__name__})")
+    if unreadable:
+        shown = ", ".join(unreadable[:20]) + (f" and {len(unreadable) - 20} more" if len(unreadable) > 20 else "")
+        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) in {str(root)!r}: {shown}", stacklevel=3)
+    if not pictures:
+        raise ValueError(f"none of the {len(files)} image files in {str(root)!r} could be read")
+    return ImageSet(torch.stack(pictures), torch.tensor(labels, dtype=torch.long), [])
+
+
+def _folder_key(root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size} {channels}".encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"\n{path.relative_to(root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _save_atomically(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+# -- one picture ------------------------------------------------------------------------------
+
+def fit_image(image, image_size: int, channels: int, *, nearest: bool = False) -> Tensor:
+    """A PIL image as ``(channels, image_size, image_size)`` uint8: EXIF rotation applied,
+    transparency composited over white, converted to gray (1) or RGB (3), scaled so its shorter
+    side fits and center-cropped. ``nearest`` keeps hard edges (for masks)."""
+    from PIL import Image, ImageOps
+
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1 (gray) or 3 (RGB), got {channels}")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    method = Image.NEAREST if nearest else Image.BICUBIC
+    image = ImageOps.fit(image, (image_size, image_size), method=method, centering=(0.5, 0.5))
+    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return array.reshape(image_size, image_size, channels).permute(2, 0, 1).contiguous()

@@ -1,0 +1,212 @@
+"""The image domain: states are pictures ``(B, C, H, W)`` in [-1, 1], conditioned on a class label."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import diffkit
+
+WEIGHTS = Path(__file__).parent / "weights" / "image-cpu.pt"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "image_size": 16,          # pictures are scaled and center-cropped to this side
+        "channels": 1,             # 1 gray, 3 RGB
+        "hflip": False,            # random horizontal flips (photos yes, digits and text no)
+        "cache": True,             # keep decoded folders under the cache (evaluate.cache_dir)
+    },
+    "model": {
+        "base_channels": 32,
+        "channel_mults": [1, 2, 2],
+        "blocks_per_level": 1,
+        "attention_resolutions": [4],
+        "attention_heads": 4,
+        "groups": 8,
+        "dropout": 0.0,
+        "num_classes": 10,         # at least the number of class subfolders of the data
+        "channels_last": True,     # channels_last weights and activations (faster convolutions)
+    },
+    # v prediction keeps the clean-data estimate finite near t = 1, where the cosine schedule's
+    # signal is ~1e-3 and an eps model's x0 = (x - std * eps) / alpha blows up in few-step solvers.
+    "diffusion": {"prediction": "v"},
+    "train": {
+        "steps": 1200,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.995,
+        "checkpoint_every": 300,
+        "preview_every": 300,
+        "preview_count": 64,
+    },
+    "evaluate": {
+        "cache_dir": "",           # "" = $DIFFKIT_CACHE_DIR, else $XDG_CACHE_HOME/diffkit, else ~/.cache/diffkit
+        "classifier_epochs": 15,   # training of the feature classifier of the Fréchet distance
+    },
+}
+
+PRESETS: dict[str, dict] = {
+    # The defaults: 16x16 digits, a 1.2M-parameter U-Net, about 10 minutes on 2 CPU cores.
+    "cpu": {},
+    # 32x32 RGB at CIFAR-10 scale: the layout of the CIFAR-10 U-Net of Ho et al. (2020), 38M parameters.
+    "gpu": {
+        "data": {"image_size": 32, "channels": 3},
+        "model": {"base_channels": 128, "channel_mults": [1, 2, 2, 2], "blocks_per_level": 2,
+                  "attention_resolutions": [16], "attention_heads": 4, "groups": 32, "dropout": 0.1},
+        "train": {"steps": 200_000, "batch_size": 128, "lr": 2e-4, "warmup_steps": 5000,
+                  "ema_decay": 0.9999, "checkpoint_every": 5000, "preview_every": 5000, "num_workers": 4},
+        "sample": {"steps": 50},
+    },
+}
+
+NULL_LABEL = -1
+UNCONDITIONAL_WORDS = ("none", "null", "uncond", "unconditional")
+
+
+class ImageDomain(diffkit.Domain):
+    name = "image"
+    description = "pictures (B, C, H, W): class-conditional U-Net; handwritten digits built in"
+
+    def default_config(self) -> dict:
+        return copy.deepcopy(DEFAULTS)
+
+    def presets(self) -> dict[str, dict]:
+        return copy.deepcopy(PRESETS)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def build_dataset(self, config: dict, data: str | None = None):
+        """The 1,797 handwritten digits for ``data`` None or ``"digits"``, else a folder of pictures."""
+        from .data import ImageDataset, cache_dir, load_digits, load_folder
+
+        settings = config["data"]
+        size, channels = int(settings["image_size"]), int(settings["channels"])
+        if data in (None, "", "digits"):
+            images = load_digits(size, channels)
+        else:
+            cache = cache_dir(config["evaluate"]["cache_dir"]) if settings["cache"] else None
+            images = load_folder(data, size, channels, cache=cache)
+        return ImageDataset(images, hflip=bool(settings["hflip"]))
+
+    def build_model(self, config: dict) -> nn.Module:
+        from .unet import build_unet
+
+        return build_unet(config["data"], config["model"])
+
+    def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
+        counts = torch.bincount(dataset.labels, minlength=len(dataset.class_names))
+        _unwrap(model).set_classes(dataset.class_names, counts)
+
+    def null_cond(self, cond: Any) -> Any:
+        """Label ``-1`` (the model's null class) for every sample."""
+        return None if cond is None else torch.full_like(cond, NULL_LABEL)
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,
+                         generator: torch.Generator | None = None) -> dict:
+        """``cond``: a class name or label (``"7"``), a comma-separated list cycled over the
+        samples (``"0,1,2"``), ``"none"`` for unconditional samples, or ``None`` for labels drawn
+        with the training data's class frequencies."""
+        unet = _unwrap(model)
+        device = next(unet.parameters()).device
+        x = torch.zeros(n, unet.channels, unet.image_size, unet.image_size, device=device)
+        if cond is None:
+            labels = _draw_labels(unet.class_counts, unet.class_names, n, generator)
+        else:
+            labels = parse_labels(str(cond), unet.class_names, n)
+        return {"x": x, "cond": labels.to(device)}
+
+    def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model=None,
+                   cond: str | None = None) -> dict:
+        """The picture ``init`` fitted to the configured size, repeated ``n`` times; with ``mask``
+        (a picture: white = keep, black = generate) also ``keep (n, 1, H, W)``. ``cond`` as in
+        :meth:`prepare_sampling` (digit names only: the model is not at hand)."""
+        from .files import read_known
+
+        settings = config["data"]
+        x, keep = read_known(init, mask, int(settings["image_size"]), int(settings["channels"]))
+        batch: dict = {"x": x.expand(n, *x.shape).clone()}
+        if keep is not None:
+            batch["keep"] = keep.expand(n, *keep.shape).clone()
+        if cond is not None:
+            names = [str(i) for i in range(int(config["model"]["num_classes"]))]
+            batch["cond"] = parse_labels(str(cond), names, n)
+        return batch
+
+    def decode(self, x: Tensor, batch: dict) -> Tensor:
+        return x.clamp(-1.0, 1.0)
+
+    def write_samples(self, samples: dict, out: Path, config: dict) -> list[Path]:
+        """PNGs in the folder ``out`` (one per sample plus ``grid.png``), or one grid if ``out``
+        ends in ``.png``. Existing files are never overwritten."""
+        from .files import write_images
+
+        return write_images(samples["x"].detach().cpu(), Path(out))
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
+        """Fréchet distance in the features of a cached classifier trained on the reference, and
+        nearest-neighbour memorisation scores (see :mod:`diffkit_image.evaluation`)."""
+        from .data import cache_dir, load_digits, load_folder
+        from .evaluation import score
+        from .files import read_images
+
+        settings = config["data"]
+        size, channels = int(settings["image_size"]), int(settings["channels"])
+        cache = cache_dir(config["evaluate"]["cache_dir"])
+        if reference is None or str(reference) == "digits":
+            reference_images = load_digits(size, channels)
+        else:
+            reference_images = load_folder(reference, size, channels, cache=cache if settings["cache"] else None)
+        pictures = read_images(Path(samples), size, channels)
+        return score(pictures, reference_images, epochs=int(config["evaluate"]["classifier_epochs"]), cache=cache)
+
+    def pretrained(self) -> Path | None:
+        return WEIGHTS if WEIGHTS.is_file() else None
+
+
+def parse_labels(text: str, class_names: Sequence[str], n: int) -> Tensor:
+    """Labels ``(n,)`` from a class name or index, or a comma-separated list of them (cycled);
+    ``"none"`` gives the null label (unconditional sampling)."""
+    tokens = [token.strip() for token in text.split(",") if token.strip()]
+    if not tokens:
+        raise ValueError("--cond is empty; give a class name or label, e.g. --cond 3")
+    labels = [_parse_label(token, class_names) for token in tokens]
+    return torch.tensor([labels[i % len(labels)] for i in range(n)], dtype=torch.long)
+
+
+def _parse_label(token: str, class_names: Sequence[str]) -> int:
+    if token.lower() in UNCONDITIONAL_WORDS:
+        return NULL_LABEL
+    if token in class_names:
+        return list(class_names).index(token)
+    if token.lstrip("-").isdigit() and 0 <= int(token) < len(class_names):
+        return int(token)
+    shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
+    raise ValueError(f"--cond {token!r} is not a class of this model; classes: {shown} "
+                     f"(or a label 0..{len(class_names) - 1}, or 'none')")
+
+
+def _draw_labels(counts: Tensor, class_names: Sequence[str], n: int, generator: torch.Generator | None) -> Tensor:
+    """Labels with the training data's class frequencies (uniform when unknown)."""
+    weights = counts.detach().float().cpu()
+    if weights.sum() <= 0:
+        weights = torch.ones(len(class_names))
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.multinomial(weights.to(device), n, replacement=True, generator=generator).cpu()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The U-Net inside DistributedDataParallel or torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

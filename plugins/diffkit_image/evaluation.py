@@ -1,0 +1,231 @@
+"""Offline scores for generated pictures.
+
+* Fréchet distance (Heusel et al. 2017) between Gaussians fitted to features of the samples and
+  of the reference pictures. The features come from a small CNN classifier that diffkit trains on
+  the reference pictures and their labels and caches (see :func:`feature_network`); pictures
+  without labels (one class) use the same network with fixed random weights. Scores from
+  different references, image sizes or sample counts are not comparable.
+* A memorisation check in pixel space: each sample's distance to its nearest reference picture,
+  relative to how close distinct reference pictures typically are to each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import ImageSet, to_unit_range
+
+FEATURE_NET_VERSION = 1
+FEATURE_DIM = 64
+#: A sample closer to a reference picture than this fraction of the typical nearest-neighbour
+#: distance between reference pictures counts as a copy.
+COPY_FRACTION = 1 / 3
+
+
+class FeatureNet(nn.Module):
+    """Four 3x3 convolutions, pooled to 4x4, then a 64-wide feature layer and a class layer.
+
+    ``features(x)``: ``(B, C, H, W)`` in [-1, 1] -> ``(B, 64)``; ``forward`` adds the logits.
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURE_DIM), nn.ReLU(),
+        )
+        self.classify = nn.Linear(FEATURE_DIM, max(num_classes, 1))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.body(x))
+
+
+# -- the feature network, trained once per reference and cached --------------------------------
+
+def evaluation_device() -> torch.device:
+    """A GPU when there is one (a CIFAR-size reference trains in seconds there), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def feature_network(reference: ImageSet, *, epochs: int, cache: Path | None) -> tuple[FeatureNet, float]:
+    """The feature network for ``reference`` and its held-out accuracy (NaN when untrained).
+
+    Trained with a fixed seed on 90% of the pictures (random shifts of up to 1/8 of the side as
+    augmentation), checked on the other 10%, and stored in ``cache/classifiers/<key>.pt`` where the
+    key hashes the pictures, labels, epochs and network version.
+    """
+    channels = reference.pixels.shape[1]
+    num_classes = len(reference.class_names)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # fixed initial (and, for unlabelled pictures, final) weights
+        net = FeatureNet(channels, num_classes)
+    path = cache / "classifiers" / f"{_reference_key(reference, epochs)}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(stored["state"])
+        return net.eval(), float(stored["accuracy"])
+    accuracy = _train(net, reference, epochs) if num_classes > 1 else float("nan")
+    net.cpu()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        torch.save({"state": net.state_dict(), "accuracy": accuracy}, partial)
+        os.replace(partial, path)
+    return net.eval(), accuracy
+
+
+def _reference_key(reference: ImageSet, epochs: int) -> str:
+    digest = hashlib.sha256(f"featurenet v{FEATURE_NET_VERSION} epochs {epochs} ".encode())
+    digest.update(reference.pixels.contiguous().numpy().tobytes())
+    digest.update(reference.labels.numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _train(net: FeatureNet, reference: ImageSet, epochs: int, batch_size: int = 64) -> float:
+    device = evaluation_device()
+    net.to(device)
+    reference = ImageSet(reference.pixels.to(device), reference.labels.to(device), reference.class_names)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(reference.labels), generator=generator)
+    held_out = max(1, len(order) // 10)
+    test, train = order[:held_out].to(device), order[held_out:]
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    net.train()
+    with torch.enable_grad():  # callers may be sampling under no_grad
+        _fit(net, reference, train, optimizer, epochs, batch_size, generator)
+    net.eval()
+    with torch.no_grad():
+        predicted = net(to_unit_range(reference.pixels[test])).argmax(dim=1)
+    return float((predicted == reference.labels[test]).float().mean())
+
+
+def _fit(net: FeatureNet, reference: ImageSet, train: Tensor, optimizer, epochs: int, batch_size: int,
+         generator: torch.Generator) -> None:
+    for _ in range(epochs):
+        for batch in torch.randperm(len(train), generator=generator).split(batch_size):
+            index = train[batch].to(reference.pixels.device)
+            x = _random_shift(to_unit_range(reference.pixels[index]), generator)
+            loss = F.cross_entropy(net(x), reference.labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def _random_shift(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Translate the batch by a random offset of up to 1/8 of the side, padding with the border."""
+    limit = max(1, x.shape[-1] // 8)
+    dy, dx = (int(v) for v in torch.randint(-limit, limit + 1, (2,), generator=generator))
+    padded = F.pad(x, (limit, limit, limit, limit), mode="replicate")
+    h, w = x.shape[-2:]
+    return padded[..., limit + dy: limit + dy + h, limit + dx: limit + dx + w]
+
+
+@torch.no_grad()
+def extract_features(net: FeatureNet, pixels: Tensor, batch_size: int = 512) -> Tensor:
+    """``(N, C, H, W)`` uint8 -> ``(N, 64)`` float64 features (on the CPU)."""
+    device = evaluation_device()
+    net = net.to(device)
+    features = [net.features(to_unit_range(chunk.to(device))).double().cpu() for chunk in pixels.split(batch_size)]
+    net.cpu()
+    return torch.cat(features)
+
+
+# -- the scores ---------------------------------------------------------------------------------
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to feature sets ``a (N, D)`` and ``b (M, D)``:
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
+
+    The trace of the matrix square root is taken as the sum of square roots of the eigenvalues of
+    the symmetric ``S_a^(1/2) S_b S_a^(1/2)``, which has the same spectrum as ``S_a S_b``."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"the Fréchet distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    root_a = _psd_sqrt(cov_a)
+    middle = root_a @ cov_b @ root_a
+    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    mean_term = (a.mean(0) - b.mean(0)).square().sum()
+    return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * trace_root)
+
+
+def _psd_sqrt(matrix: Tensor) -> Tensor:
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def nearest_distances(queries: Tensor, pool: Tensor, *, k: int = 1, exclude_self: bool = False,
+                      chunk: int = 256) -> Tensor:
+    """The ``k`` smallest Euclidean distances from each query ``(N, D)`` to the pool ``(M, D)``,
+    ``(N, k)`` ascending. ``exclude_self`` drops exact zero distances to the same row index
+    (queries being the first rows of the pool). Computed on :func:`evaluation_device`."""
+    device = evaluation_device()
+    pool = pool.to(device, torch.float64)
+    pool_norms = pool.square().sum(1)
+    out = []
+    for start in range(0, len(queries), chunk):
+        q = queries[start:start + chunk].to(device, torch.float64)
+        squared = q.square().sum(1, keepdim=True) - 2 * q @ pool.T + pool_norms[None]
+        if exclude_self:
+            rows = torch.arange(len(q), device=device)
+            squared[rows, rows + start] = float("inf")
+        out.append(squared.clamp(min=0).topk(k, dim=1, largest=False).values.sqrt().cpu())
+    return torch.cat(out)
+
+
+def memorisation(samples: Tensor, reference: Tensor, *, probe: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Copy detection in pixel space for uint8 pictures ``(N, C, H, W)`` vs ``(M, C, H, W)``.
+
+    ``typical`` is the median distance from a reference picture to its nearest other reference
+    picture (over up to ``probe`` of them). Returns ``nn_distance_ratio``, the median over samples
+    of (distance to the nearest reference picture) / ``typical``, about 1 for new pictures from the
+    same distribution and 0 for copies, and ``memorised_fraction``, the share of samples nearer
+    than ``COPY_FRACTION * typical`` to some reference picture.
+    """
+    flat_ref = to_unit_range(reference).flatten(1)
+    flat_samples = to_unit_range(samples).flatten(1)
+    if len(flat_ref) < 2:
+        raise ValueError("the memorisation check needs at least 2 reference pictures")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(flat_ref), generator=generator)[:probe]
+    reordered = torch.cat([flat_ref[chosen], flat_ref[_others(len(flat_ref), chosen)]])
+    typical = nearest_distances(reordered[: len(chosen)], reordered, exclude_self=True)[:, 0].median()
+    nearest = nearest_distances(flat_samples, flat_ref)[:, 0]
+    typical = typical.clamp(min=1e-12)
+    return {
+        "nn_distance_ratio": float((nearest / typical).median()),
+        "memorised_fraction": float((nearest < COPY_FRACTION * typical).double().mean()),
+    }
+
+
+def _others(n: int, chosen: Tensor) -> Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[chosen] = False
+    return keep.nonzero().squeeze(1)
+
+
+def score(samples: Tensor, reference: ImageSet, *, epochs: int, cache: Path | None) -> dict[str, float]:
+    """All scores for uint8 samples ``(N, C, H, W)`` against ``reference`` (same C, H, W)."""
+    if samples.shape[1:] != reference.pixels.shape[1:]:
+        raise ValueError(f"samples are {tuple(samples.shape[1:])} but the reference is "
+                         f"{tuple(reference.pixels.shape[1:])}")
+    net, accuracy = feature_network(reference, epochs=epochs, cache=cache)
+    scores = {
+        "frechet_distance": frechet_distance(extract_features(net, reference.pixels), extract_features(net, samples)),
+        **memorisation(samples, reference.pixels),
+        "samples": float(len(samples)),
+    }
+    if accuracy == accuracy:  # not NaN: a trained network
+        scores["classifier_accuracy"] = accuracy
+    return scores

@@ -1,0 +1,140 @@
+"""Evaluation: the Fréchet distance against closed forms, the memorisation check, and `evaluate`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffkit_image.data import ImageSet, load_digits, to_unit_range
+from diffkit_image.evaluation import feature_network, frechet_distance, memorisation, nearest_distances, score
+
+
+def gaussian(n: int, mean, std, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, len(mean), generator=generator, dtype=torch.float64) * torch.tensor(std) + torch.tensor(mean)
+
+
+def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
+    # For diagonal covariances: |mu_a - mu_b|^2 + sum (s_a - s_b)^2 with s the standard deviations.
+    a = gaussian(200_000, [0.0, 1.0, -2.0], [1.0, 2.0, 0.5], seed=0)
+    b = gaussian(200_000, [1.0, 1.0, 0.0], [3.0, 1.0, 0.5], seed=1)
+    expected = (1 + 0 + 4) + (2 ** 2 + 1 ** 2 + 0)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
+
+
+def test_frechet_distance_of_a_rotated_gaussian_uses_the_full_covariance():
+    # b is a rotated by 90 degrees: covariances diag(4, 1) and diag(1, 4); the distance is
+    # tr(S_a + S_b - 2 (S_a S_b)^(1/2)) = 5 + 5 - 2 * (2 + 2) = 2.
+    a = gaussian(200_000, [0.0, 0.0], [2.0, 1.0], seed=2)
+    b = a.flip(1)
+    assert frechet_distance(a, b) == pytest.approx(2.0, rel=0.02)
+
+
+def test_frechet_distance_is_zero_for_the_same_set_and_symmetric():
+    a, b = gaussian(500, [0.0] * 4, [1.0] * 4, 3), gaussian(400, [0.5] * 4, [2.0] * 4, 4)
+    assert abs(frechet_distance(a, a)) < 1e-8
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(a[:1], b)
+
+
+def test_nearest_distances_match_a_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    queries, pool = torch.randn(7, 5, generator=generator), torch.randn(30, 5, generator=generator)
+    direct = torch.cdist(queries.double(), pool.double()).sort(dim=1).values[:, :2]
+    assert torch.allclose(nearest_distances(queries, pool, k=2, chunk=3), direct, atol=1e-9)
+    self_excluded = nearest_distances(pool[:4], pool, exclude_self=True)[:, 0]
+    direct_self = torch.cdist(pool[:4].double(), pool.double()) + torch.eye(4, 30, dtype=torch.float64) * 1e9
+    assert torch.allclose(self_excluded, direct_self.min(dim=1).values, atol=1e-9)
+
+
+EPOCHS = 6  # as in the conftest config, so that the classifier is trained once and then cached
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(8, 1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The session cache of the conftest, shared by every test of this module."""
+    return tmp_path_factory.getbasetemp() / "cache" / "image"
+
+
+def test_copies_are_memorised_and_noise_is_not(digits):
+    copies = digits.pixels[:50]
+    copied = memorisation(copies, digits.pixels)
+    assert copied["memorised_fraction"] == 1.0 and copied["nn_distance_ratio"] < 1e-6
+    noise = torch.randint(0, 256, (50, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    noisy = memorisation(noise, digits.pixels)
+    assert noisy["memorised_fraction"] == 0.0 and noisy["nn_distance_ratio"] > 2
+
+
+def test_new_pictures_from_the_same_distribution_look_new(digits):
+    first, second = digits.pixels[:900], digits.pixels[900:]
+    scores = memorisation(second, first)
+    assert 0.7 < scores["nn_distance_ratio"] < 1.5
+    assert scores["memorised_fraction"] < 0.05
+
+
+def test_the_feature_network_learns_the_digits_and_is_cached(digits, cache):
+    net, accuracy = feature_network(digits, epochs=EPOCHS, cache=cache)
+    assert accuracy > 0.8
+    stored = sorted((cache / "classifiers").glob("*.pt"))
+    assert stored
+    cached, again = feature_network(digits, epochs=EPOCHS, cache=cache)
+    assert sorted((cache / "classifiers").glob("*.pt")) == stored
+    assert again == accuracy
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), cached.state_dict().values()))
+
+
+def test_unlabelled_references_use_fixed_random_features(digits, tmp_path):
+    unlabelled = ImageSet(digits.pixels[:200], torch.zeros(200, dtype=torch.long), ["all"])
+    first, accuracy = feature_network(unlabelled, epochs=EPOCHS, cache=None)
+    second, _ = feature_network(unlabelled, epochs=EPOCHS, cache=None)
+    assert math.isnan(accuracy)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    scores = score(digits.pixels[:100], unlabelled, epochs=EPOCHS, cache=tmp_path)
+    assert "classifier_accuracy" not in scores and scores["frechet_distance"] > 0
+
+
+def test_the_distance_is_zero_for_data_against_itself_small_for_a_split_and_large_for_noise(digits, cache):
+    same = score(digits.pixels, digits, epochs=EPOCHS, cache=cache)
+    assert abs(same["frechet_distance"]) < 1e-4  # round-off only
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    half = score(digits.pixels[order[:500]], digits, epochs=EPOCHS, cache=cache)
+    noise = torch.randint(0, 256, (500, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    noisy = score(noise, digits, epochs=EPOCHS, cache=cache)
+    blank = score(torch.full((500, 1, 8, 8), 255, dtype=torch.uint8), digits, epochs=EPOCHS, cache=cache)
+    assert noisy["frechet_distance"] > 20 * max(half["frechet_distance"], 1e-3)
+    assert blank["frechet_distance"] > 20 * max(half["frechet_distance"], 1e-3)
+    assert same["classifier_accuracy"] > 0.8 and same["samples"] == 1797.0
+
+
+def test_evaluate_reads_a_sample_folder_written_by_the_domain(domain, config, digits, tmp_path):
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(2))
+    real, noise = tmp_path / "real", tmp_path / "noise"
+    domain.write_samples({"x": to_unit_range(digits.pixels[order[:300]])}, real, config)
+    domain.write_samples({"x": torch.rand(300, 1, 8, 8) * 2 - 1}, noise, config)
+    real_scores = domain.evaluate(real, None, config)
+    noise_scores = domain.evaluate(noise, None, config)
+    assert real_scores["samples"] == 300.0  # grid.png is not counted
+    assert real_scores["memorised_fraction"] == 1.0  # these are training pictures
+    assert noise_scores["frechet_distance"] > 20 * real_scores["frechet_distance"]
+
+
+def test_evaluate_against_a_reference_folder_and_refuses_a_mismatch(domain, config, digits, tmp_path):
+    reference = tmp_path / "reference"
+    for label in range(3):
+        picked = digits.pixels[digits.labels == label][:30]
+        domain.write_samples({"x": to_unit_range(picked)}, reference / f"digit{label}", config)
+    scores = domain.evaluate(reference / "digit1", reference, config)
+    assert scores["samples"] == 30.0 and scores["memorised_fraction"] == 1.0
+    with pytest.raises(ValueError, match="samples are"):
+        score(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), digits, epochs=1, cache=None)
+    with pytest.raises(ValueError, match="no sample pictures"):
+        (tmp_path / "nothing").mkdir()
+        domain.evaluate(tmp_path / "nothing", None, config)
