@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The suite's tensors are small: one thread avoids oversubscription on shared CI machines.
+torch.set_num_threads(1)
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))

@@ -59,7 +59,7 @@ class Schedule:
         log-SNR, as DPM-Solver), ``karras`` (Karras et al. 2022, rho = 7, in sigma) or
         ``trimmed``: uniform in log-SNR below ``sigma = 80``, with the range narrowed about its
         middle when that would make steps longer than 0.75 in half log-SNR (few steps are spent
-        where they matter; from about 16 steps on it is the whole range). Discrete schedules snap
+        where they matter; from 17 steps on it is the whole range). Discrete schedules snap
         the times to their grid. ``sigma_max`` makes the first step jump straight to that noise
         level for the noise-level spacings (80 by default for ``karras`` and ``trimmed``, none
         for ``log_snr``; ``math.inf`` turns it off).

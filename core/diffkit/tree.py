@@ -68,11 +68,13 @@ def combine(*terms: tuple[Tensor | float, State]) -> State:
     """
     total = scale(*terms[0])
     for coef, tree in terms[1:]:
-        tree_map(lambda acc, leaf: _accumulate(acc, coef, leaf), total, tree)
+        total = tree_map(lambda acc, leaf: _accumulate(acc, coef, leaf), total, tree)
     return total
 
 
 def _accumulate(acc: Tensor, coef: Tensor | float, leaf: Tensor) -> Tensor:
+    if torch.broadcast_shapes(acc.shape, leaf.shape) != acc.shape:  # the sum is larger than acc
+        return acc + scale(coef, leaf)
     if isinstance(coef, Tensor) and coef.ndim == 1:
         return acc.addcmul_(append_dims(coef.to(acc.dtype), leaf.ndim), leaf)
     return acc.add_(leaf, alpha=float(coef))

@@ -1,5 +1,6 @@
 """Guidance and editing: classifier-free guidance, inpainting, SDEdit, interpolation."""
 
+import functools
 import math
 
 import pytest
@@ -86,6 +87,7 @@ COND_MEAN = float(MEAN[1]) + RHO * STD2 / STD1 * (KNOWN_VALUE - float(MEAN[0])) 
 COND_STD = STD2 * math.sqrt(1 - RHO**2)                                           # 0.48
 
 
+@functools.lru_cache(maxsize=None)
 def _inpaint(resample, n=2000, steps=50, seed=3):
     cov = torch.tensor([[STD1**2, RHO * STD1 * STD2], [RHO * STD1 * STD2, STD2**2]], dtype=torch.float64)
     diffusion = Diffusion("cosine", "eps")

@@ -69,6 +69,42 @@ def ring():
     return mixture, sliced_w1, torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
 
 
+def test_the_exact_denoiser_is_the_posterior_mean_by_quadrature():
+    """E[x0 | x_t] = int x0 p(x0) N(x_t; a x0, s^2) dx0 / int p(x0) N(x_t; a x0, s^2) dx0 on a grid."""
+    mixture = line_mixture()
+    grid = torch.linspace(-4, 4, 200001, dtype=torch.float64)
+    prior = mixture.log_prob(grid[:, None]).exp()
+    assert abs(float(torch.trapezoid(prior, grid)) - 1) < 1e-8  # log_prob is normalised
+    x_t = torch.tensor([[-1.0], [0.1], [0.9], [2.5]], dtype=torch.float64)
+    for a in (0.3, 0.8, 0.99):
+        s = math.sqrt(1 - a * a)
+        likelihood = torch.exp(-0.5 * ((x_t - a * grid[None]) / s) ** 2)
+        expected = torch.trapezoid(likelihood * prior * grid, grid) / torch.trapezoid(likelihood * prior, grid)
+        alpha, std = torch.full((4,), a, dtype=torch.float64), torch.full((4,), s, dtype=torch.float64)
+        assert torch.allclose(mixture.posterior_mean(x_t, alpha, std)[:, 0], expected, atol=1e-7)
+
+
+def test_full_covariance_mixtures_match_a_direct_computation():
+    g = torch.Generator().manual_seed(10)
+    factors = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    covariances = factors @ factors.transpose(1, 2) * 0.1 + 0.01 * torch.eye(4, dtype=torch.float64)
+    mixture = GaussianMixture(torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 4, generator=g, dtype=torch.float64), covariances)
+    x = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    alpha = torch.rand(20, generator=g, dtype=torch.float64)
+    std = (1 - alpha**2).sqrt()
+    noisy = alpha[:, None, None, None] ** 2 * covariances + std[:, None, None, None] ** 2 * torch.eye(4, dtype=torch.float64)
+    diff = x[:, None] - alpha[:, None, None] * mixture.means
+    log_joint = torch.distributions.MultivariateNormal(torch.zeros_like(diff), noisy).log_prob(diff) + mixture.weights.log()
+    assert torch.allclose(mixture.noisy_log_prob(x, alpha, std), log_joint, atol=1e-10)
+    solved = torch.linalg.solve(noisy, diff.unsqueeze(-1)).squeeze(-1)
+    means = mixture.means + alpha[:, None, None] * torch.einsum("kij,nkj->nki", covariances, solved)
+    expected = torch.einsum("nk,nkd->nd", torch.softmax(log_joint, 1), means)
+    assert torch.allclose(mixture.posterior_mean(x, alpha, std), expected, atol=1e-10)
+    draws = mixture.sample(100000, g)
+    assert torch.allclose(draws.mean(0), mixture.mean(), atol=0.02)
+    assert torch.allclose(torch.cov(draws.T), mixture.covariance(), atol=0.03)
+
+
 def test_the_quantile_yardstick_sees_errors(line):
     mixture, w1, x_T = line
     exact = mixture.quantile((torch.arange(2000, dtype=torch.float64) + 0.5) / 2000)[:, None]
@@ -113,7 +149,7 @@ def test_exact_samples_set_the_noise_floor(ring):
 RING_INTENDED = [
     ("ddpm", 200, {}),
     ("ddim", 100, {"eta": 1.0}),
-    ("dpmpp_2m_sde", 30, {}),
+    ("dpmpp_2m_sde", 50, {}),
     ("dpmpp_3m", 20, {}),
     ("unipc", 20, {}),
 ]

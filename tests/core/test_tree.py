@@ -47,6 +47,17 @@ def test_combine_is_the_per_sample_linear_combination():
         assert torch.allclose(out[key], expected)
 
 
+def test_combine_broadcasts_and_leaves_its_inputs_alone():
+    a, b = torch.ones(2, 1, 3), torch.full((2, 4, 3), 2.0)
+    out = combine((1.0, a), (torch.tensor([1.0, -1.0]), b), (0.5, a))
+    assert out.shape == (2, 4, 3)
+    assert torch.equal(out[0], torch.full((4, 3), 3.5)) and torch.equal(out[1], torch.full((4, 3), -0.5))
+    assert torch.equal(a, torch.ones(2, 1, 3)) and torch.equal(b, torch.full((2, 4, 3), 2.0))
+    x = torch.randn(3, 2, requires_grad=True)
+    combine((2.0, x), (torch.tensor([1.0, 2.0, 3.0]), x)).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([3.0, 4.0, 5.0])[:, None].expand(3, 2))
+
+
 def test_scale_keeps_the_leaf_dtype():
     x = torch.ones(2, 3, dtype=torch.float32)
     assert scale(torch.tensor([1.0, 2.0], dtype=torch.float64), x).dtype == torch.float32
