@@ -231,9 +231,9 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
             click.echo(f"wrote {len(written)} file(s) to {out}")
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
             ckpt.CheckpointError) as error:
+        distributed.shutdown(world, wait=False)
         raise click.ClickException(_message(error)) from None
-    finally:
-        distributed.shutdown(world)
+    distributed.shutdown(world)
 
 
 @cli.command()

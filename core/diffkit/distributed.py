@@ -52,8 +52,14 @@ def init(world: World, device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: World, *, wait: bool = True) -> None:
+    """Leave the process group; ``wait`` first for every rank (not after an error, where the
+    other ranks may never arrive)."""
     if world.distributed and dist.is_initialized():
+        # A rank that tears the group down while another still has collective work in flight
+        # aborts the other.
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -59,9 +59,12 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
     try:
         trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress)
         trainer.start(resume)
-        return trainer.run()
-    finally:
-        distributed.shutdown(world)
+        result = trainer.run()
+    except BaseException:
+        distributed.shutdown(world, wait=False)
+        raise
+    distributed.shutdown(world)
+    return result
 
 
 class Trainer:
