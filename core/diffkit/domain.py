@@ -11,7 +11,9 @@ Data flow, the same for every domain:
 * the model is called as ``model(x_t, t, cond=cond, **extra)`` with ``t`` of shape ``(B,)`` in
   [0, 1] and returns a state shaped like ``x_t`` (the prediction the config names).
 * sampling starts from :meth:`Domain.prepare_sampling`, whose result has the same keys as a batch,
-  and ends in :meth:`Domain.write_samples`.
+  and ends in :meth:`Domain.write_samples`. A sampling batch may also carry the domain's own
+  non-tensor entries (e.g. a list of label names) for :meth:`Domain.decode` and the writer; lists
+  are joined across chunks, other values are taken from the first chunk.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Domain:
 
     def null_cond(self, cond: Any) -> Any:
         """The unconditional value matching ``cond``, for classifier-free guidance; ``None``
-        when the domain is unconditional."""
+        when the domain is unconditional. Any value the model reads as "no condition" will do,
+        e.g. a label of -1 mapped to a learned null embedding."""
         return None
 
     def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,

@@ -1,1 +1,1 @@
-"""The built-in audio domain of diffkit."""
+"""The built-in audio domain of diffkit: diffusion on raw waveforms (see :mod:`diffkit_audio.domain`)."""

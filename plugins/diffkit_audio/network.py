@@ -31,18 +31,22 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tens
 
 
 class ResidualLayer(nn.Module):
-    """One DiffWave layer: add the embedding, dilated conv to ``2R`` channels, ``tanh * sigmoid``
-    gate, then a 1x1 conv split into the residual and the skip outputs."""
+    """One DiffWave layer: add the embedding to the input, dilated conv to ``2R`` channels, add
+    the embedding again before the ``tanh * sigmoid`` gate (where DiffWave adds its conditioner,
+    so that time and label can open and close channels), then a 1x1 conv split into the residual
+    and the skip outputs."""
 
     def __init__(self, channels: int, hidden_dim: int, dilation: int):
         super().__init__()
-        self.embedding = nn.Linear(hidden_dim, channels)
+        self.embedding = nn.Linear(hidden_dim, 3 * channels)
         self.dilated = nn.Conv1d(channels, 2 * channels, 3, padding=dilation, dilation=dilation)
         self.output = nn.Conv1d(channels, 2 * channels, 1)
+        self.channels = channels
 
     def forward(self, x: Tensor, embedding: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` (B, R, L), ``embedding`` (B, hidden) -> (next x (B, R, L), skip (B, R, L))."""
-        y = self.dilated(x + self.embedding(embedding)[:, :, None])
+        input_shift, gate_shift = self.embedding(embedding)[:, :, None].split([self.channels, 2 * self.channels], dim=1)
+        y = self.dilated(x + input_shift) + gate_shift
         gate, filtered = y.chunk(2, dim=1)
         y = torch.sigmoid(gate) * torch.tanh(filtered)
         residual, skip = self.output(y).chunk(2, dim=1)
@@ -97,9 +101,6 @@ class DiffWave(nn.Module):
         nn.init.zeros_(self.final.weight)  # start by predicting zero, a stable first step
         nn.init.zeros_(self.final.bias)
         self.label_names = LabelNames()
-
-    def null_label(self) -> int:
-        return self.num_classes
 
     def embed(self, t: Tensor, cond: Tensor | None, batch: int) -> Tensor:
         """Time and label embedding ``(B, hidden)``; ``cond`` None or negative -> the null class."""

@@ -1,1 +1,10 @@
-"""Registers the audio domain with diffkit (placeholder until the domain lands)."""
+"""Registers the audio domain with diffkit."""
+
+import diffkit
+
+from .domain import AudioDomain
+
+
+@diffkit.hookimpl
+def diffkit_register_domains(register):
+    register(AudioDomain())

@@ -1,0 +1,226 @@
+"""The audio domain: class-conditional diffusion on raw waveforms ``(B, C, T)`` in [-1, 1].
+
+Conditions are class labels ``(B,)`` long; ``-1`` is the null label of classifier-free
+guidance (the network maps it to its extra "no label" embedding row).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import diffkit
+
+NULL_LABEL = -1
+WEIGHTS = Path(__file__).parent / "weights" / "audio.pt"
+UNCONDITIONAL_WORDS = ("", "none", "null", "uncond", "unconditional")
+
+# The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
+CPU_PRESET: dict[str, dict[str, Any]] = {
+    "data": {"sample_rate": 8000, "duration": 0.5, "notes_per_class": 32},
+    "model": {"residual_channels": 64, "layers": 12, "dilation_cycle": 6, "embedding_dim": 128,
+              "hidden_dim": 256, "patch": 8},
+    "train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.995,
+              "checkpoint_every": 250, "preview_every": 500, "preview_count": 8},
+    "sample": {"steps": 30, "batch_size": 64, "guidance": 2.0},
+}
+# DiffWave-base scale (64 channels, 30 layers, dilation cycle 10) on 1 s clips at 16 kHz.
+GPU_PRESET: dict[str, dict[str, Any]] = {
+    "data": {"sample_rate": 16000, "duration": 1.0, "notes_per_class": 64},
+    "model": {"residual_channels": 64, "layers": 30, "dilation_cycle": 10, "embedding_dim": 128,
+              "hidden_dim": 512, "patch": 1},
+    "train": {"steps": 200_000, "batch_size": 32, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9999,
+              "checkpoint_every": 5000, "preview_every": 5000, "preview_count": 16},
+    "sample": {"steps": 50, "batch_size": 64, "guidance": 2.0},
+}
+
+
+class AudioDomain(diffkit.Domain):
+    name = "audio"
+    description = "raw waveforms: DiffWave-style class-conditional denoiser, WAV + spectrogram output"
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def default_config(self) -> dict:
+        base = {
+            "data": {
+                "sample_rate": 8000,        # Hz; files of other rates are resampled
+                "duration": 0.5,            # seconds per clip; longer files are cropped, shorter padded
+                "channels": 1,              # 1 mixes to mono; 2 keeps stereo (mono files are doubled)
+                "labels": "folder",         # folder | pattern | none
+                "label_pattern": "{label}_{speaker}_{take}",  # file-name fields when labels = "pattern"
+                "normalize": "peak",        # peak | none: scale each file to a peak of 0.95
+                "random_crop": True,        # random window of long files while training
+                "preload": True,            # decode all files once up front (false: on access)
+                "notes_per_class": 32,      # size of the embedded note set (8 pitches)
+                "scale": 1.0,               # the model's state is the waveform times this
+            },
+            "model": {
+                "residual_channels": 64,
+                "layers": 12,
+                "dilation_cycle": 6,
+                "embedding_dim": 128,
+                "hidden_dim": 256,
+                "num_classes": 64,          # label capacity; the data may use fewer
+                "patch": 8,                 # samples folded into channels (1 = classic DiffWave)
+            },
+            "diffusion": {"prediction": "v"},
+            "train": {},
+            "sample": {},
+            "evaluate": {
+                "mels": 64,                 # mel bands of the log-mel features
+                "classifier_steps": 300,    # updates (batches of 32) training the reference classifier
+                "heldout_fraction": 0.2,    # share of a reference folder kept as held-out real data
+            },
+        }
+        return _deep_merge(base, CPU_PRESET)
+
+    def presets(self) -> dict[str, dict]:
+        return {"cpu": copy.deepcopy(CPU_PRESET), "gpu": copy.deepcopy(GPU_PRESET)}
+
+    # -- training ---------------------------------------------------------------------------
+
+    def build_dataset(self, config: dict, data: str | None = None):
+        from .data import folder_dataset, notes_dataset
+
+        if data is None:
+            dataset = notes_dataset(config["data"], "train")
+        else:
+            dataset = folder_dataset(data, config["data"], random_crop=bool(config["data"]["random_crop"]))
+        dataset.scale = float(config["data"].get("scale", 1.0))
+        capacity = int(config["model"]["num_classes"])
+        if dataset.num_classes > capacity:
+            raise ValueError(f"the data at {data!r} has {dataset.num_classes} labels but model.num_classes is "
+                             f"{capacity}; use --set model.num_classes={dataset.num_classes}")
+        return dataset
+
+    def build_model(self, config: dict) -> nn.Module:
+        from .network import build_diffwave
+
+        return build_diffwave(config["model"], channels=int(config["data"]["channels"]))
+
+    def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
+        # The label names travel with the weights, so `--cond C4` works with any checkpoint.
+        _unwrap(model).label_names.names = list(dataset.label_names)
+
+    def null_cond(self, cond: Any) -> Any:
+        if cond is None:
+            return None
+        return torch.full_like(cond, NULL_LABEL)
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,
+                         generator: torch.Generator | None = None) -> dict:
+        """``cond``: None cycles through the model's labels; a label name or index (``C4``, ``3``)
+        or a comma-separated list of them (cycled); ``none`` for unconditional samples."""
+        from .data import clip_length
+
+        network = _unwrap(model)
+        device = next(network.parameters()).device
+        labels = parse_labels(cond, network.label_names.names, network.num_classes, n)
+        x = torch.zeros(n, int(config["data"]["channels"]), clip_length(config["data"]), device=device)
+        return {"x": x, "cond": labels.to(device), "names": label_texts(labels, network.label_names.names),
+                "scale": float(config["data"].get("scale", 1.0))}
+
+    def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
+                   cond: str | None = None) -> dict:
+        """The clip ``init`` to edit (see :mod:`diffkit_audio.editing` for ``mask``). It is
+        regenerated without a label unless ``cond`` names one, as for :meth:`prepare_sampling`."""
+        from .data import clip_length
+        from .editing import known_clip
+
+        known, keep = known_clip(init, mask, config["data"], clip_length(config["data"]))
+        names = _unwrap(model).label_names.names if model is not None else []
+        labels = parse_labels("none" if cond is None else cond, names, int(config["model"]["num_classes"]), n)
+        scale = float(config["data"].get("scale", 1.0))
+        batch = {"x": known[None].expand(n, -1, -1) * scale, "cond": labels, "names": label_texts(labels, names),
+                 "scale": scale}
+        if keep is not None:
+            batch["keep"] = keep[None].expand(n, -1, -1).clone()
+        return batch
+
+    def decode(self, x: Tensor, batch: dict) -> Tensor:
+        """The model's state back to a waveform in [-1, 1]."""
+        return (x / float(batch.get("scale", 1.0))).clamp(-1.0, 1.0)
+
+    def write_samples(self, samples: dict, out: Path, config: dict) -> list[Path]:
+        """WAV files at the data's rate plus a spectrogram PNG each and a grid PNG of all.
+
+        ``out`` is a folder (``sample_000_<label>.wav`` ...) or a file name ending in .wav, .flac
+        or .ogg (one sample: that file; several: numbered beside it). Existing files are never
+        replaced: writing stops with an error naming them."""
+        from .writer import write_clips
+
+        waves = samples["x"].detach().float().cpu()
+        names = samples.get("names") or label_texts(samples.get("cond"), [], n=waves.shape[0])
+        return write_clips(waves, list(names), Path(out), int(config["data"]["sample_rate"]))
+
+    # -- evaluation and weights -------------------------------------------------------------
+
+    def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
+        from .evaluation import evaluate_audio
+
+        # Settings missing from an older checkpoint's config take their defaults.
+        config = _deep_merge(self.default_config(), config)
+        return evaluate_audio(Path(samples), None if reference is None else Path(reference), config)
+
+    def pretrained(self) -> Path | None:
+        return WEIGHTS if WEIGHTS.is_file() else None
+
+
+def parse_labels(cond: Any, names: list[str], capacity: int, n: int) -> Tensor:
+    """The labels ``(n,)`` asked for by a ``--cond`` string (see :meth:`AudioDomain.prepare_sampling`)."""
+    if isinstance(cond, Tensor):
+        return cond.long().reshape(-1).expand(n) if cond.numel() == 1 else cond.long()
+    if cond is None:
+        cycle = list(range(len(names))) or [NULL_LABEL]
+    elif str(cond).strip().lower() in UNCONDITIONAL_WORDS:
+        cycle = [NULL_LABEL]
+    else:
+        cycle = [label_index(part.strip(), names, capacity) for part in str(cond).split(",")]
+    return torch.tensor([cycle[i % len(cycle)] for i in range(n)], dtype=torch.long)
+
+
+def label_index(text: str, names: list[str], capacity: int) -> int:
+    if text in names:
+        return names.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < (len(names) or capacity):
+        return int(text)
+    known = ", ".join(names) if names else f"indices 0..{capacity - 1}"
+    raise ValueError(f"--cond {text!r} is not a label of this model; known: {known}, or 'none'")
+
+
+def label_texts(labels: Tensor | None, names: list[str], n: int | None = None) -> list[str]:
+    """Readable labels for file names: the label's name, its index, or ``uncond``."""
+    if labels is None:
+        return ["uncond"] * (n or 0)
+    texts = []
+    for label in labels.reshape(-1).tolist():
+        if label < 0:
+            texts.append("uncond")
+        else:
+            texts.append(names[label] if label < len(names) else str(label))
+    return texts
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel / torch.compile wrappers."""
+    for attribute in ("module", "_orig_mod"):
+        while hasattr(model, attribute):
+            model = getattr(model, attribute)
+    return model
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,34 @@
+"""Shared fixtures of the audio-domain tests: a tiny configuration and file helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffkit.config import resolve_config
+from diffkit_audio.domain import AudioDomain
+
+from audio_helpers import RATE
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep the evaluation classifier cache out of the user's home."""
+    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def domain() -> AudioDomain:
+    return AudioDomain()
+
+
+@pytest.fixture
+def config(domain) -> dict:
+    """0.25 s at 8 kHz, a small network and a small note set: fast on one core."""
+    return resolve_config(domain, preset="cpu", overrides={
+        "data": {"sample_rate": RATE, "duration": 0.25, "notes_per_class": 4},
+        "model": {"residual_channels": 16, "layers": 4, "dilation_cycle": 4, "hidden_dim": 32,
+                  "embedding_dim": 32, "patch": 4},
+        "evaluate": {"classifier_steps": 40, "mels": 32},
+    })

@@ -1,0 +1,175 @@
+"""The audio loaders: embedded notes and folders of files in other rates, channels and formats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from diffkit_audio.data import folder_dataset, notes_dataset, pattern_regex, split_files
+from diffkit_audio.notes import PITCHES, make_notes
+
+from audio_helpers import RATE, peak_frequency, sine, write
+
+
+def test_notes_are_deterministic_and_splits_differ(config):
+    first = make_notes(RATE, 2000, 4)
+    again = make_notes(RATE, 2000, 4)
+    heldout = make_notes(RATE, 2000, 4, "heldout")
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[0].shape == (32, 2000) and first[2] == list(PITCHES)
+    assert not np.allclose(first[0], heldout[0])
+    assert np.abs(first[0]).max() <= 0.9 + 1e-6
+
+
+@pytest.mark.parametrize("label", range(8))
+def test_each_note_sounds_at_its_pitch(label):
+    waves, labels, names = make_notes(RATE, 4000, 4)
+    target = PITCHES[names[label]]
+    for wave in waves[labels == label]:
+        # The strongest partial of every timbre is the fundamental, within detune and bin width.
+        assert abs(np.log2(peak_frequency(wave, RATE) / target)) < 0.03
+
+
+def test_notes_dataset_items_and_batches(config):
+    dataset = notes_dataset(config["data"])
+    item = dataset[0]
+    assert item["x"].shape == (1, 2000) and item["x"].dtype == torch.float32
+    assert item["cond"].dtype == torch.long and item["cond"].ndim == 0
+    batch = next(iter(DataLoader(dataset, batch_size=5, shuffle=True, collate_fn=default_collate)))
+    assert batch["x"].shape == (5, 1, 2000) and batch["cond"].shape == (5,)
+    assert dataset.num_classes == 8
+
+
+def make_mixed_folder(root):
+    """Two labelled folders holding a WAV at another rate in stereo, a FLAC at 44.1 kHz, an OGG,
+    a corrupt file, an empty file and a header-only file with no samples."""
+    left, right = sine(440, 0.3, 16000, 0.6), sine(440, 0.3, 16000, 0.2)
+    write(root / "high" / "stereo16k.wav", np.stack([left, right], axis=1), 16000)
+    write(root / "high" / "cd.flac", sine(1000, 0.2, 44100), 44100)
+    write(root / "low" / "tone.ogg", sine(300, 0.4, 22050), 22050, format="OGG", subtype="VORBIS")
+    write(root / "low" / "native.wav", sine(200, 0.1, RATE), RATE)
+    (root / "low" / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage, not audio at all" * 10)
+    (root / "low" / "empty.flac").write_bytes(b"")
+    write(root / "high" / "silent_header.wav", np.zeros((0, 1), dtype=np.float32), RATE)
+    (root / "low" / "notes.txt").write_text("not audio")
+
+
+def test_folder_converts_rates_channels_formats_and_skips_bad_files(tmp_path, config):
+    make_mixed_folder(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        dataset = folder_dataset(tmp_path, config["data"], random_crop=False)
+    message = str(caught[0].message)
+    assert "skipped 3 audio file(s)" in message
+    for name in ("corrupt.wav", "empty.flac", "silent_header.wav"):
+        assert name in message
+    assert len(caught) == 1
+    assert dataset.label_names == ["high", "low"] and len(dataset) == 4
+    for i in range(len(dataset)):
+        item = dataset[i]
+        assert item["x"].shape == (1, 2000)
+        assert torch.isfinite(item["x"]).all() and item["x"].abs().max() <= 0.95 + 1e-5
+    # Every file comes out at 8 kHz with its tone where it was (resampled, not reinterpreted).
+    # The files differ in duration, which identifies them after loading.
+    waves = {round(dataset.waveform(i).shape[1] / RATE, 2): dataset.waveform(i)[0].numpy() for i in range(len(dataset))}
+    assert sorted(waves) == [0.1, 0.2, 0.3, 0.4]
+    assert abs(peak_frequency(waves[0.3], RATE) - 440) < 15      # the 16 kHz stereo WAV
+    assert abs(peak_frequency(waves[0.2], RATE) - 1000) < 25     # the 44.1 kHz FLAC
+    assert abs(peak_frequency(waves[0.4], RATE) - 300) < 15      # the 22.05 kHz OGG
+
+
+def test_stereo_is_mixed_to_mono_or_kept(tmp_path, config):
+    left, right = sine(500, 0.25, RATE, 0.6), sine(500, 0.25, RATE, 0.2)
+    write(tmp_path / "a" / "x.wav", np.stack([left, right], axis=1), RATE, subtype="FLOAT")
+    data = dict(config["data"], normalize="none")
+    mono = folder_dataset(tmp_path, data, random_crop=False)[0]["x"]
+    assert mono.shape == (1, 2000)
+    assert torch.allclose(mono[0], torch.from_numpy((left + right) / 2), atol=1e-6)
+    stereo = folder_dataset(tmp_path, dict(data, channels=2), random_crop=False)[0]["x"]
+    assert stereo.shape == (2, 2000)
+    assert torch.allclose(stereo[0], torch.from_numpy(left), atol=1e-6)
+    assert torch.allclose(stereo[1], torch.from_numpy(right), atol=1e-6)
+
+
+def test_labels_from_file_name_pattern(tmp_path, config):
+    for name in ("3_alice_0", "3_bob_1", "7_alice_0", "7_carol_12"):
+        write(tmp_path / f"{name}.wav", sine(300, 0.1, RATE), RATE)
+    write(tmp_path / "junk.wav", sine(300, 0.1, RATE), RATE)
+    with pytest.warns(UserWarning, match="junk.wav"):
+        dataset = folder_dataset(tmp_path, dict(config["data"], labels="pattern"), random_crop=False)
+    assert dataset.label_names == ["3", "7"] and sorted(dataset.labels) == [0, 0, 1, 1]
+    match = pattern_regex("{label}_{speaker}_{take}").match("seven_jackson_12")
+    assert match.groupdict() == {"label": "seven", "speaker": "jackson", "take": "12"}
+    with pytest.raises(ValueError, match="no {label} field"):
+        pattern_regex("{speaker}_{take}")
+
+
+def test_speech_commands_and_yesno_layouts(tmp_path, config):
+    speech = tmp_path / "sc" / "SpeechCommands" / "speech_commands_v0.02"
+    for word in ("yes", "no"):
+        for take in range(2):
+            write(speech / word / f"0a7c2a8d_nohash_{take}.wav", sine(300 + 100 * take, 1.0, 16000), 16000)
+    write(speech / "_background_noise_" / "white_noise.wav", np.random.default_rng(0).normal(size=32000) * 0.1, 16000)
+    (speech / "validation_list.txt").write_text("yes/0a7c2a8d_nohash_0.wav\n")
+    dataset = folder_dataset(tmp_path / "sc", config["data"], random_crop=True)
+    assert dataset.label_names == ["no", "yes"] and len(dataset) == 4
+
+    yesno = tmp_path / "yesno" / "waves_yesno"
+    for name in ("0_0_1_0_1_0_1_1", "1_1_1_0_0_1_0_0"):
+        write(yesno / f"{name}.wav", sine(250, 0.5, 8000), 8000)
+    dataset = folder_dataset(tmp_path / "yesno", config["data"], random_crop=False)
+    assert dataset.label_names == ["waves_yesno"] and len(dataset) == 2
+
+
+def test_nothing_readable_is_an_error(tmp_path, config):
+    (tmp_path / "bad.wav").write_bytes(b"nope")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of the 1 audio files"):
+        folder_dataset(tmp_path, config["data"], random_crop=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no audio files"):
+        folder_dataset(tmp_path / "empty", config["data"], random_crop=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder_dataset(tmp_path / "missing", config["data"], random_crop=False)
+
+
+def test_random_crop_takes_windows_and_fixed_crop_starts_at_zero(tmp_path, config):
+    ramp = np.linspace(-0.9, 0.9, RATE).astype(np.float32)  # 1 s, each sample value unique
+    write(tmp_path / "a" / "ramp.wav", ramp, RATE, subtype="FLOAT")
+    data = dict(config["data"], normalize="none")
+    fixed = folder_dataset(tmp_path, data, random_crop=False)
+    assert torch.equal(fixed[0]["x"][0], torch.from_numpy(ramp[:2000]))
+    cropped = folder_dataset(tmp_path, data, random_crop=True)
+    torch.manual_seed(0)
+    offsets = set()
+    for _ in range(10):
+        window = cropped[0]["x"][0].numpy()
+        offset = int(np.argmin(np.abs(ramp - window[0])))
+        assert np.allclose(window, ramp[offset:offset + 2000])
+        offsets.add(offset)
+    assert len(offsets) > 5
+
+
+def test_short_files_are_zero_padded(tmp_path, config):
+    write(tmp_path / "a" / "short.wav", sine(400, 0.1, RATE), RATE)
+    item = folder_dataset(tmp_path, config["data"], random_crop=True)[0]["x"]
+    assert item.shape == (1, 2000) and item[0, 800:].abs().max() == 0 and item[0, :800].abs().max() > 0.5
+
+
+def test_lazy_loading_reads_on_access(tmp_path, config):
+    make_mixed_folder(tmp_path)
+    with pytest.warns(UserWarning, match="corrupt.wav"):
+        lazy = folder_dataset(tmp_path, dict(config["data"], preload=False), random_crop=False)
+    with pytest.warns(UserWarning):
+        eager = folder_dataset(tmp_path, config["data"], random_crop=False)
+    assert len(lazy) == len(eager)
+    for i in range(len(eager)):
+        assert torch.allclose(lazy[i]["x"], eager[i]["x"])
+
+
+def test_split_is_stable_when_files_are_added(tmp_path):
+    files = [tmp_path / f"{i}.wav" for i in range(200)]
+    reference, heldout = split_files(files, tmp_path, 0.2)
+    assert 20 < len(heldout) < 60 and len(reference) + len(heldout) == 200
+    more_reference, more_heldout = split_files(files + [tmp_path / "new.wav"], tmp_path, 0.2)
+    assert set(heldout) <= set(more_heldout) and set(reference) <= set(more_reference)

@@ -1,0 +1,158 @@
+"""The audio domain through the core: registration, config, training steps, sampling, writing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+import diffkit
+from diffkit.config import resolve_config
+from diffkit.generate import build_diffusion
+from diffkit.testing import assert_domain_conforms
+from diffkit_audio.domain import NULL_LABEL, parse_labels
+
+
+def test_registered_through_the_plugin_manager():
+    registry = diffkit.make_plugin_manager(entry_points=False)
+    assert registry.domain("audio").name == "audio"
+
+
+def test_presets_resolve_with_the_promised_scales(domain):
+    cpu = resolve_config(domain, preset="cpu")
+    gpu = resolve_config(domain, preset="gpu")
+    assert cpu["data"]["sample_rate"] == 8000 and cpu["data"]["duration"] < 1
+    assert gpu["data"]["sample_rate"] == 16000 and gpu["data"]["duration"] == 1.0
+    assert (gpu["model"]["residual_channels"], gpu["model"]["layers"], gpu["model"]["dilation_cycle"]) == (64, 30, 10)
+    with pytest.raises(KeyError, match="did you mean"):
+        resolve_config(domain, sets=["data.sample_rat=100"])
+
+
+def test_conforms_to_the_domain_contract(domain, config, tmp_path):
+    assert_domain_conforms(domain, tmp_path, overrides={key: config[key] for key in ("data", "model", "evaluate")})
+
+
+def test_few_steps_reduce_the_loss(domain, config):
+    torch.manual_seed(0)
+    dataset = domain.build_dataset(config)
+    model = domain.build_model(config)
+    domain.fit_data(model, dataset, config)
+    diffusion = build_diffusion(domain, config)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(0, len(dataset), 2)])
+    generator = torch.Generator().manual_seed(1)
+    fixed = {"t": torch.rand(len(batch["x"]), generator=generator),
+             "noise": torch.randn(batch["x"].shape, generator=generator)}
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return float(diffusion.loss(model, batch["x"], cond=batch["cond"], **fixed))
+
+    before = held_out_loss()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = diffusion.loss(model, batch["x"], cond=batch["cond"])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    after = held_out_loss()
+    assert after < 0.85 * before, (before, after)
+
+
+def test_null_cond_is_the_null_label(domain):
+    cond = torch.tensor([0, 3, 5])
+    assert torch.equal(domain.null_cond(cond), torch.full((3,), NULL_LABEL))
+    assert domain.null_cond(None) is None
+
+
+def test_cond_strings_are_parsed_against_the_model_labels():
+    names = ["C4", "D4", "E4"]
+    assert parse_labels(None, names, 64, 5).tolist() == [0, 1, 2, 0, 1]
+    assert parse_labels("E4", names, 64, 2).tolist() == [2, 2]
+    assert parse_labels("C4,2", names, 64, 3).tolist() == [0, 2, 0]
+    assert parse_labels("none", names, 64, 2).tolist() == [NULL_LABEL] * 2
+    assert parse_labels(None, [], 64, 2).tolist() == [NULL_LABEL] * 2
+    with pytest.raises(ValueError, match="known: C4, D4, E4"):
+        parse_labels("G9", names, 64, 1)
+    with pytest.raises(ValueError, match="not a label"):
+        parse_labels("7", names, 64, 1)
+
+
+def sample(domain, config, n: int, cond=None):
+    torch.manual_seed(0)
+    model = domain.build_model(config)
+    domain.fit_data(model, domain.build_dataset(config), config)
+    torch.nn.init.normal_(model.final.weight, std=0.3)  # an untrained model would only ever give silence
+    batch = domain.prepare_sampling(model.eval(), n, config, cond=cond, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = build_diffusion(domain, config).sample(model, batch["x"], steps=4, cond=batch["cond"],
+                                                   uncond=domain.null_cond(batch["cond"]), guidance=2.0)
+    batch["x"] = domain.decode(x, batch)
+    return batch
+
+
+def test_sampling_writes_wavs_at_the_data_rate_and_length(domain, config, tmp_path):
+    batch = sample(domain, config, 3, cond="C4,E4")
+    assert batch["x"].abs().max() <= 1.0
+    written = domain.write_samples(batch, tmp_path / "out", config)
+    wavs = sorted(path for path in written if path.suffix == ".wav")
+    assert [path.name for path in wavs] == ["sample_000_C4.wav", "sample_001_E4.wav", "sample_002_C4.wav"]
+    for i, path in enumerate(wavs):
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        assert rate == 8000 and data.shape == (2000, 1)
+        assert np.abs(data[:, 0] - batch["x"][i, 0].numpy()).max() <= 1 / 32767 + 1e-6  # 16-bit PCM
+        with Image.open(path.with_suffix(".png")) as image:
+            assert image.width >= 256 and image.mode == "RGB"
+    with Image.open(tmp_path / "out" / "grid.png") as grid:
+        assert grid.width > 3 * 256
+    with pytest.raises(ValueError, match="not overwriting"):
+        domain.write_samples(batch, tmp_path / "out", config)
+
+
+def test_writing_to_a_file_name(domain, config, tmp_path):
+    batch = sample(domain, config, 2)
+    written = domain.write_samples(batch, tmp_path / "clip.flac", config)
+    assert {path.name for path in written} >= {"clip_000_C4.flac", "clip_001_D4.flac", "clip_grid.png"}
+    one = {"x": batch["x"][:1], "cond": batch["cond"][:1]}
+    written = domain.write_samples(one, tmp_path / "single.wav", config)
+    assert tmp_path / "single.wav" in written and soundfile.info(str(tmp_path / "single.wav")).frames == 2000
+    with pytest.raises(ValueError, match="give a folder or a file"):
+        domain.write_samples(one, tmp_path / "clip.mp4", config)
+
+
+def test_stereo_configuration_end_to_end(domain, config, tmp_path):
+    stereo = resolve_config(domain, overrides={**{k: config[k] for k in ("model", "evaluate")},
+                                               "data": dict(config["data"], channels=2)})
+    batch = sample(domain, stereo, 2)
+    assert batch["x"].shape == (2, 2, 2000)
+    written = domain.write_samples(batch, tmp_path, stereo)
+    assert soundfile.info(str(written[0])).channels == 2
+
+
+def test_shipped_weights_are_small_and_sample_every_label(domain, tmp_path):
+    weights = domain.pretrained()
+    if weights is None:
+        pytest.skip("no weights shipped in plugins/diffkit_audio/weights/")
+    from diffkit.generate import SampleRequest, generate
+    from diffkit.runner import load_for_sampling
+
+    assert weights.stat().st_size < 5 * 2**20
+    model, config = load_for_sampling(domain, weights)
+    assert model.label_names.names == ["C4", "D4", "E4", "F4", "G4", "A4", "B4", "C5"]
+    batch = generate(domain, model, config, SampleRequest(n=2, steps=2, cond="A4,C5"))
+    assert batch["names"] == ["A4", "C5"] and batch["x"].shape == (2, 1, 4000)
+
+
+def test_data_scale_is_applied_to_the_state_and_undone_by_decode(domain, config, tmp_path):
+    scaled = resolve_config(domain, overrides={**{k: config[k] for k in ("model", "evaluate")},
+                                               "data": dict(config["data"], scale=4.0)})
+    plain_item, scaled_item = domain.build_dataset(config)[3], domain.build_dataset(scaled)[3]
+    assert torch.allclose(scaled_item["x"], 4.0 * plain_item["x"])
+    model = domain.build_model(scaled)
+    batch = domain.prepare_sampling(model, 2, scaled)
+    assert torch.allclose(domain.decode(scaled_item["x"][None], batch), plain_item["x"][None])
+    path = tmp_path / "clip.wav"
+    soundfile.write(str(path), plain_item["x"][0].numpy(), 8000, subtype="FLOAT")
+    known = domain.load_known(str(path), "0.1:0.2", 1, scaled)
+    assert torch.allclose(domain.decode(known["x"], known), domain.load_known(str(path), "0.1:0.2", 1, config)["x"])
