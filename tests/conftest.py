@@ -1,4 +1,5 @@
-"""Shared fixtures: the toy domain as an installed third-party plugin (entry point ``diffkit``)."""
+"""Shared fixtures: a private cache for every test, and the toy domain as an installed third-party
+plugin (entry point ``diffkit``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def install_entry_points(site: Path, dist: str, entry_points: dict[str, str]) ->
     lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
     (info / "entry_points.txt").write_text(f"[diffkit]\n{lines}")
     return site
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep evaluation classifiers and decoded data caches out of the user's home."""
+    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture

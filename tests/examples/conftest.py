@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 POINTCLOUD = EXAMPLES / "diffkit-pointcloud"
@@ -36,10 +35,3 @@ def pointcloud():
     return load_module(POINTCLOUD / "diffkit_pointcloud.py", "diffkit_example_pointcloud")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The examples are timed for one core; restore the thread count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from diffkit.config import resolve_config
 from diffkit_audio.domain import AudioDomain
 
 from audio_helpers import RATE
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Keep the evaluation classifier cache out of the user's home."""
-    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared fixtures of the image-domain tests: tiny configurations, a private cache, one thread."""
+"""Shared fixtures of the image-domain tests: tiny configurations."""
 
 from __future__ import annotations
 
@@ -7,13 +7,6 @@ import torch
 
 from diffkit.config import resolve_config
 from diffkit_image.domain import ImageDomain
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Keep decoded folders and evaluation classifiers out of the user's home."""
-    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffkit.config import default_config
 from diffkit_molecule import MoleculeDomain
@@ -22,13 +21,6 @@ VALID_SMILES = [
 INVALID_SMILES = ["C1CC", "C(C)(C)(C)(C)C", "not_a_smiles", "c1cccc1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: keep every test on one core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
