@@ -64,7 +64,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
         size = min(settings["batch_size"], total - starts[k])
         generator = torch.Generator(device=device).manual_seed(request.seed * 1_000_003 + k)
         chunks[k] = _generate_chunk(domain, diffusion, model, config, request, settings, size, generator,
-                                    device, offset=starts[k], total=total, callback=bar)
+                                    device, offset=starts[k], total=total, bar=bar)
     if bar is not None:
         bar.close()
     if world.distributed:
@@ -79,8 +79,7 @@ def _progress_bar(enabled: bool, total: int):
         return None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="sampling", unit="step", dynamic_ncols=True)
-    return bar
+    return tqdm(total=total, desc="sampling", unit="step", dynamic_ncols=True)
 
 
 def _gather_chunks(chunks: dict[int, Batch], world: World) -> dict[int, Batch] | None:
@@ -107,7 +106,7 @@ def _settings(config: dict, request: SampleRequest) -> dict[str, Any]:
 @torch.no_grad()
 def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, config: dict,
                     request: SampleRequest, settings: dict, size: int, generator: torch.Generator,
-                    device, *, offset: int, total: int, callback=None) -> Batch:
+                    device, *, offset: int, total: int, bar=None) -> Batch:
     if request.init is not None:
         batch = domain.load_known(request.init, request.mask, size, config, model=model, cond=request.cond)
     elif request.interpolate:
@@ -123,7 +122,7 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
     common = dict(
         cond=cond, guidance=settings["guidance"], uncond=domain.null_cond(cond) if cond is not None else None,
         model_kwargs=batch.get("extra"), generator=generator,
-        callback=(lambda info: callback.update(1)) if callback is not None else None,
+        callback=(lambda info: bar.update(1)) if bar is not None else None,
     )
     if request.init is not None and "keep" in batch:
         x = diffusion.inpaint(model, batch["x"], batch["keep"], sampler=_inpaint_sampler(settings),

@@ -76,4 +76,9 @@ def drop_condition(cond, uncond, probability: float, generator=None):
     n = leaves(cond)[0].shape[0]
     device = leaves(cond)[0].device
     drop = torch.rand(n, generator=generator).to(device) < probability
+    return replace_condition(cond, uncond, drop)
+
+
+def replace_condition(cond, uncond, drop: Tensor):
+    """``uncond`` for the samples whose ``drop`` flag (shape ``(B,)``) is set, ``cond`` elsewhere."""
     return tree_map(lambda c, u: torch.where(append_dims(drop, c.ndim), u.expand_as(c), c), cond, uncond)

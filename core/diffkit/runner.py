@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .domain import Domain
 from .generate import SampleRequest, build_diffusion, generate
+from .guidance import replace_condition
 from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
 
 # Keys that may change when a run is resumed: they do not alter the steps already taken.
@@ -243,7 +244,7 @@ class Trainer:
         if cond is not None:
             uncond = self.domain.null_cond(cond)
             if uncond is not None:
-                cond = tree_map(lambda c, u: torch.where(_expand(drop, c), u.expand_as(c), c), cond, uncond)
+                cond = replace_condition(cond, uncond, drop)
         return self.diffusion.loss(self.forward_model, batch["x"], cond=cond, mask=batch.get("mask"),
                                    model_kwargs=batch.get("extra", {}), t=t, noise=noise,
                                    leaf_weights=self.domain.leaf_weights(self.config))
@@ -378,10 +379,6 @@ class MicroBatches:
     def __call__(self, items: list[dict]) -> list[dict]:
         size = len(items) // self.count
         return [default_collate(items[k * size:(k + 1) * size]) for k in range(self.count)]
-
-
-def _expand(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return flags.reshape(flags.shape + (1,) * (like.ndim - 1))
 
 
 def _prune(run_dir: Path, keep: int) -> None:
