@@ -92,8 +92,9 @@ def plugins(ctx: click.Context) -> None:
         click.echo(f"{name}: {domain.description}")
 
 
-def _training_overrides(steps, batch_size, seed, compile_model) -> dict:
-    options = (("steps", steps), ("batch_size", batch_size), ("seed", seed), ("compile", compile_model or None))
+def _training_overrides(steps, batch_size, seed, compile_model, parallel) -> dict:
+    options = (("steps", steps), ("batch_size", batch_size), ("seed", seed), ("compile", compile_model or None),
+               ("parallel", parallel))
     train = {key: value for key, value in options if value is not None}
     return {"train": train} if train else {}
 
@@ -111,10 +112,13 @@ def _training_overrides(steps, batch_size, seed, compile_model) -> dict:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoints, logs and previews (default: runs/<domain>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--compile", "compile_model", is_flag=True, help="Compile the denoiser with torch.compile (train.compile).")
+@click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default=None,
+              help="Under torchrun: ddp replicates the model on every process, fsdp shards its parameters, "
+                   "gradients and optimizer state across them, for models too large for one device (train.parallel).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.pass_context
 def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, compile_model,
-          no_progress):
+          parallel, no_progress):
     """Train a diffusion model for a domain; works with no options on the bundled data.
 
     Checkpoints, metrics.jsonl, loss.png and sample previews go to the run folder. Run it
@@ -126,7 +130,7 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     from .runner import train as run_training
 
     plugin_domain = _domain(ctx, domain)
-    overrides = _training_overrides(steps, batch_size, seed, compile_model)
+    overrides = _training_overrides(steps, batch_size, seed, compile_model, parallel)
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
         if resume:

@@ -42,6 +42,8 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_workers": 0,
         "seed": 0,
         "compile": False,
+        "parallel": "ddp",          # under torchrun: ddp replicates the model, fsdp shards it
+        "fsdp_unit_params": 1_000_000,  # fsdp: submodules this large are gathered one at a time
     },
     "sample": {
         "sampler": "dpmpp_2m",

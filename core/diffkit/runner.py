@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, sharding
 from .domain import Domain
 from .generate import SampleRequest, build_diffusion, generate
 from .guidance import replace_condition
@@ -31,7 +31,8 @@ from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
 # Keys that may change when a run is resumed: they do not alter the steps already taken.
 RESUMABLE_KEYS = {
     "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.preview_every",
-    "train.preview_count", "train.log_every", "train.num_workers", "train.compile",
+    "train.preview_count", "train.log_every", "train.num_workers", "train.compile", "train.parallel",
+    "train.fsdp_unit_params",
 }
 
 
@@ -74,6 +75,7 @@ class Trainer:
         self.domain, self.config, self.run_dir, self.data = domain, config, run_dir, data
         self.device, self.world, self.plugin, self.show_progress = device, world, plugin, progress
         self.train_cfg = config["train"]
+        self.sharded = _parallel_mode(self.train_cfg) == "fsdp" and world.distributed
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.last_loss: float | None = None
@@ -95,15 +97,20 @@ class Trainer:
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = build_diffusion(self.domain, self.config)
+        saved = self._load_checkpoint(existing[-1]) if resume else None
+        if saved is not None:  # weights before sharding, optimizer state after
+            self.model.load_state_dict(saved["model"])
+            self.ema.load_state_dict(saved["ema"])
+        self.forward_model = self._wrap()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.train_cfg["lr"], weight_decay=self.train_cfg["weight_decay"],
-            fused=self.device.type == "cuda",
+            # Sharded parameters take the default (foreach) kernel: FSDP has been run on CPU processes only.
+            fused=self.device.type == "cuda" and not self.sharded,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.noise_generator = torch.Generator().manual_seed(self.train_cfg["seed"] + 1)
-        if resume:
-            self._restore(existing[-1])
-        self.forward_model = self._wrap(self.model)
+        if saved is not None:
+            self._restore_progress(saved, existing[-1])
         if self.world.is_main:
             self._write_run_files()
 
@@ -125,21 +132,28 @@ class Trainer:
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def _wrap(self) -> nn.Module:
+        """The module the loss calls: ``self.model`` sharded in place (FSDP) or wrapped (DDP),
+        optionally compiled."""
+        model = self.model
+        if self.sharded:
+            sharding.shard(self.model, self.train_cfg["fsdp_unit_params"])
+            sharding.shard(self.ema, self.train_cfg["fsdp_unit_params"])  # same units: updates stay local
         if self.train_cfg.get("compile"):
             model = torch.compile(model)
-        if self.world.distributed:
+        if self.world.distributed and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return model
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load(path, map_location=self.device)
+    def _load_checkpoint(self, path: Path) -> dict:
+        state = ckpt.load(path, map_location="cpu")
         ckpt.check_domain(state, self.domain.name, path)
         check_resumable(state["config"], self.config, path)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        return state
+
+    def _restore_progress(self, state: dict, path: Path) -> None:
+        sharding.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.noise_generator.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -208,12 +222,13 @@ class Trainer:
         draws = self._draw_randomness(micro_batches[0], pieces)
         self.model.train()
         total_loss = torch.zeros((), device=self.device)
+        non_blocking = self.device.type == "cuda"  # copies that do not wait keep the host ahead of the GPU
         for k, batch in enumerate(micro_batches):
-            batch = to_device(batch, self.device)
-            t, noise, drop = draws[self.world.rank * accum + k]
-            sync = k == accum - 1 or not self.world.distributed
-            with (contextlib.nullcontext() if sync else self.forward_model.no_sync()), self._autocast():
-                loss = self._loss(batch, t.to(self.device), to_device(noise, self.device), drop.to(self.device))
+            batch = to_device(batch, self.device, non_blocking=non_blocking)
+            t, noise, drop = (to_device(part, self.device, non_blocking=non_blocking)
+                              for part in draws[self.world.rank * accum + k])
+            with self._gradient_sync(k == accum - 1), self._autocast():
+                loss = self._loss(batch, t, noise, drop)
             (loss / accum).backward()
             total_loss += loss.detach() / accum
         if self.train_cfg["grad_clip"]:
@@ -223,6 +238,14 @@ class Trainer:
         self.scheduler.step()
         self._update_ema()
         return total_loss
+
+    def _gradient_sync(self, sync: bool):
+        """Gradients are exchanged across processes only on the last micro-batch of a step."""
+        if self.sharded:
+            sharding.set_gradient_sync(self.model, sync)
+        elif self.world.distributed and not sync:
+            return self.forward_model.no_sync()
+        return contextlib.nullcontext()
 
     def _draw_randomness(self, example: dict, pieces: int) -> list:
         """Times, noise and dropout flags for the whole global batch, cut into ``pieces`` parts.
@@ -293,14 +316,15 @@ class Trainer:
         _tensorboard_scalars(self.run_dir, record)
 
     def _save_checkpoint(self) -> None:
+        if self.world.is_main or self.sharded:  # gathering sharded tensors takes every process
+            weights = {"model": sharding.full_model_state(self.model), "ema": sharding.full_model_state(self.ema),
+                       "optimizer": sharding.full_optimizer_state(self.model, self.optimizer)}
         if self.world.is_main:
             state = {
                 "format": ckpt.FORMAT, "domain": self.domain.name, "plugin": self.plugin[0],
                 "plugin_version": self.plugin[1], "diffkit_version": _diffkit_version(),
-                "config": self.config, "step": self.step,
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": self._rng_states(),
+                "config": self.config, "step": self.step, **weights,
+                "scheduler": self.scheduler.state_dict(), "rng": self._rng_states(),
             }
             self.last_checkpoint = ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.step))
             _prune(self.run_dir, self.train_cfg["keep_checkpoints"])
@@ -314,13 +338,32 @@ class Trainer:
         return states
 
     def _preview(self) -> None:
+        ema = self._whole_ema()
         if self.world.is_main:
             request = SampleRequest(n=self.train_cfg["preview_count"], seed=self.train_cfg["seed"])
-            batch = generate(self.domain, self.ema, self.config, request, device=self.device)
+            batch = generate(self.domain, ema, self.config, request, device=self.device)
             folder = self.run_dir / "previews" / f"step_{self.step:08d}"
             written = self.domain.write_samples(batch, folder, self.config)
             _tensorboard_previews(self.run_dir, written, self.step)
         distributed.barrier(self.world)
+
+    def _whole_ema(self) -> nn.Module | None:
+        """The EMA model, unsharded on rank 0 under FSDP (every rank takes part in gathering it)."""
+        if not self.sharded:
+            return self.ema
+        state = sharding.full_model_state(self.ema)
+        if not self.world.is_main:
+            return None
+        whole = self.domain.build_model(self.config)
+        whole.load_state_dict(state)
+        return whole.to(self.device).eval()
+
+
+def _parallel_mode(train_cfg: dict) -> str:
+    mode = train_cfg["parallel"]
+    if mode not in sharding.PARALLEL_MODES:
+        raise ValueError(f"train.parallel must be one of {', '.join(sharding.PARALLEL_MODES)}, got {mode!r}")
+    return mode
 
 
 def check_resumable(saved: dict, current: dict, path: Path | str) -> None:

@@ -100,10 +100,16 @@ def split(tree: State, size: int) -> tuple[State, State]:
     return tree_map(lambda leaf: leaf[:size], tree), tree_map(lambda leaf: leaf[size:], tree)
 
 
-def to_device(tree: Any, device: torch.device | str) -> Any:
-    """Move every tensor in a (possibly nested) dict to ``device``; other values pass through."""
+def to_device(tree: Any, device: torch.device | str, *, non_blocking: bool = False) -> Any:
+    """Move every tensor in a (possibly nested) dict to ``device``; other values pass through.
+
+    ``non_blocking`` (for a CUDA device) stages CPU tensors in pinned memory and copies them
+    asynchronously: the host goes on queueing work instead of waiting for the device to get there.
+    """
     if isinstance(tree, Tensor):
-        return tree.to(device)
+        if non_blocking and tree.device.type == "cpu" and not tree.is_pinned():
+            tree = tree.pin_memory()
+        return tree.to(device, non_blocking=non_blocking)
     if isinstance(tree, Mapping):
-        return {key: to_device(value, device) for key, value in tree.items()}
+        return {key: to_device(value, device, non_blocking=non_blocking) for key, value in tree.items()}
     return tree
