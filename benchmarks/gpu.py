@@ -1,7 +1,8 @@
 """Training speed of every domain's ``gpu`` preset: samples/s, achieved TFLOP/s and peak memory,
-and for images the same numbers for diffusers' UNet2DModel of similar size in the same run.
+and for images the same numbers for diffusers' UNet2DModel in the same layout, in the same run.
 
-    python benchmarks/gpu.py                      # all domains, on cuda
+    python benchmarks/gpu.py --steps 200          # all domains, on cuda (docs/benchmarks.md)
+    python benchmarks/gpu.py --domains image --compile --steps 200   # adds diffkit + torch.compile
     python benchmarks/gpu.py --domains image --steps 30 --device cpu --preset cpu   # a smoke test
 
 diffkit's numbers come from its own runner (``diffkit.runner.train``: bf16 autocast, fused AdamW,
@@ -20,21 +21,23 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffkit.config import resolve_config
 from diffkit.generate import build_diffusion
 from diffkit.plugins import make_plugin_manager
-from diffkit.runner import train
+from diffkit.runner import MicroBatches, train
+from diffkit.tree import to_device
 
 
 def flops_per_step(domain, config, device) -> float:
     """Forward + backward FLOPs of one training step of the domain's denoiser."""
     dataset = domain.build_dataset(config, None)
-    model = domain.build_model(config).to(device)
-    batch = default_collate([dataset[i % len(dataset)] for i in range(config["train"]["batch_size"])])
-    batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+    model = domain.build_model(config)
+    domain.fit_data(model, dataset, config)
+    model.to(device)
+    items = [dataset[i % len(dataset)] for i in range(config["train"]["batch_size"])]
+    batch = to_device(MicroBatches(1)(items)[0], device)
     diffusion = build_diffusion(domain, config)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -45,6 +48,7 @@ def flops_per_step(domain, config, device) -> float:
 
 
 def measure_diffkit(domain, config, device: str, steps: int) -> dict:
+    """The runner's own samples/s (mean of its log windows after the first) and peak memory."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as folder:
@@ -57,46 +61,70 @@ def measure_diffkit(domain, config, device: str, steps: int) -> dict:
     return result
 
 
-def measure_diffusers_unet(config, device: str, steps: int, target_params: int) -> dict | None:
+def diffusers_unet(config):
+    """diffusers' UNet2DModel in the layout of Ho et al.'s CIFAR-10 U-Net (that of
+    google/ddpm-cifar10-32), which the image ``gpu`` preset also follows: widths 128-256-256-256,
+    two residual blocks per level, self-attention at 16x16 only."""
+    from diffusers import UNet2DModel
+
+    size = config["data"]["image_size"]
+    channels = config["data"]["channels"]
+    base = config["model"]["base_channels"]
+    widths = tuple(base * m for m in config["model"]["channel_mults"])
+    attention = set(config["model"]["attention_resolutions"])
+    down, up, resolution = [], [], size
+    for _ in widths:
+        down.append("AttnDownBlock2D" if resolution in attention else "DownBlock2D")
+        resolution //= 2
+    for block in reversed(down):
+        up.append("AttnUpBlock2D" if block == "AttnDownBlock2D" else "UpBlock2D")
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=widths,
+                       down_block_types=tuple(down), up_block_types=tuple(up),
+                       layers_per_block=config["model"]["blocks_per_level"],
+                       norm_num_groups=config["model"]["groups"], dropout=config["model"]["dropout"])
+
+
+def measure_diffusers_unet(config, device: str, steps: int) -> dict | None:
+    """A bare bf16 training loop (forward, backward, fused AdamW) of diffusers' U-Net."""
     try:
-        from diffusers import UNet2DModel
+        model = diffusers_unet(config).to(device)
     except ImportError:
         return None
-    size = config["data"].get("image_size", 32)
-    channels = config["data"].get("channels", 3)
-    width = 32
-    while True:  # the smallest channel width whose parameter count reaches diffkit's
-        model = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
-                            block_out_channels=(width, 2 * width, 2 * width, 2 * width), layers_per_block=2)
-        params = sum(p.numel() for p in model.parameters())
-        if params >= target_params or width >= 512:
-            break
-        width += 32
-    model.to(device)
+    params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.startswith("cuda"))
     batch_size = config["train"]["batch_size"]
+    size, channels = config["data"]["image_size"], config["data"]["channels"]
     x = torch.randn(batch_size, channels, size, size, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+    def loss_of_step():
+        t = torch.randint(0, 1000, (batch_size,), device=device)
+        noise = torch.randn_like(x)
+        with autocast:
+            return torch.nn.functional.mse_loss(model(x + noise, t).sample.float(), noise)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_of_step().backward()
+    optimizer.zero_grad(set_to_none=True)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        t = torch.randint(0, 1000, (batch_size,), device=device)
-        noise = torch.randn_like(x)
-        with autocast:
-            loss = torch.nn.functional.mse_loss(model(x + noise, t).sample.float(), noise)
-        loss.backward()
+        loss_of_step().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(5):
+    for _ in range(10):
         step()
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     _sync(device)
-    result = {"samples_per_s": steps * batch_size / (time.perf_counter() - start), "params": params}
+    steps_per_s = steps / (time.perf_counter() - start)
+    result = {"samples_per_s": steps_per_s * batch_size, "params": params,
+              "tflops": counter.get_total_flops() * steps_per_s / 1e12}
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
@@ -113,30 +141,46 @@ def main() -> None:
     parser.add_argument("--preset", default="gpu")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--compile", action="store_true", help="also time the image model under torch.compile")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     registry = make_plugin_manager()
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {device_name}; torch {torch.__version__}; preset {args.preset}; {args.steps} steps", flush=True)
+    print(HEADER, flush=True)
     rows = []
+
+    def report(row: dict) -> None:
+        rows.append(row)
+        print(f"{row['domain']:10} {row['impl']:28} {row['params_m']:9.2f} {row['batch']:6d} {row['samples_per_s']:10.1f} "
+              f"{row.get('tflops', float('nan')):8.2f} {row.get('peak_memory_gib', float('nan')):9.2f}", flush=True)
+
     for name in args.domains.split(","):
         domain = registry.domain(name)
         config = resolve_config(domain, preset=args.preset, overrides={"train": {
             "steps": args.steps, "log_every": max(1, args.steps // 5), "checkpoint_every": 0,
             "preview_every": 0}})
-        flops = flops_per_step(domain, config, args.device)
-        params = sum(p.numel() for p in domain.build_model(config).parameters())
-        result = measure_diffkit(domain, config, args.device, args.steps)
-        steps_per_s = result["samples_per_s"] / config["train"]["batch_size"]
-        rows.append({"domain": name, "impl": "diffkit", "params_m": params / 1e6, **result,
-                     "tflops": flops * steps_per_s / 1e12})
-        if name == "image":
-            other = measure_diffusers_unet(config, args.device, args.steps, params)
-            if other is not None:
-                rows.append({"domain": name, "impl": "diffusers UNet2DModel", "params_m": other.pop("params") / 1e6, **other})
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device: {device_name}; preset {args.preset}; {args.steps} steps")
-    print(f"{'domain':10} {'implementation':24} {'params(M)':>9} {'samples/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}")
-    for row in rows:
-        print(f"{row['domain']:10} {row['impl']:24} {row['params_m']:9.2f} {row['samples_per_s']:10.1f} "
-              f"{row.get('tflops', float('nan')):8.2f} {row.get('peak_memory_gib', float('nan')):9.2f}")
+        batch = config["train"]["batch_size"]
+        variants = [("diffkit", False)] + ([("diffkit + torch.compile", True)] if args.compile and name == "image" else [])
+        for label, compiled in variants:
+            config["train"]["compile"] = compiled
+            flops = flops_per_step(domain, config, args.device)
+            params = sum(p.numel() for p in domain.build_model(config).parameters())
+            result = measure_diffkit(domain, config, args.device, args.steps)
+            steps_per_s = result["samples_per_s"] / batch
+            report({"domain": name, "impl": label, "params_m": params / 1e6, "batch": batch, **result,
+                    "tflops": flops * steps_per_s / 1e12})
+            if name == "image" and not compiled:
+                other = measure_diffusers_unet(config, args.device, args.steps)
+                if other is not None:
+                    report({"domain": name, "impl": "diffusers UNet2DModel", "batch": batch,
+                            "params_m": other.pop("params") / 1e6, **other})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                               "preset": args.preset, "steps": args.steps, "rows": rows}, indent=2))
+
+
+HEADER = f"{'domain':10} {'implementation':28} {'params(M)':>9} {'batch':>6} {'samples/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--device", default="cpu", help="where to sample: cpu, cuda or cuda:N")
     parser.add_argument("--reference", default=None, help="reference molecules (default: the bundled QM9 subset)")
     parser.add_argument("--out", required=True, help="folder for samples.smi and results.json")
     args = parser.parse_args()
@@ -41,10 +42,10 @@ def main() -> None:
     source = args.checkpoint or domain.pretrained()
     if source is None:
         raise SystemExit("no checkpoint given and no shipped weights found")
-    model, config = load_for_sampling(domain, source)
+    model, config = load_for_sampling(domain, source, args.device)
     request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
     start, start_cpu = time.perf_counter(), time.process_time()
-    batch = generate(domain, model, config, request)
+    batch = generate(domain, model, config, request, device=args.device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
 
     out = Path(args.out)
@@ -55,13 +56,17 @@ def main() -> None:
     results = {
         "samples": args.n, "checkpoint": str(source), "trained_steps": _trained_steps(source),
         "sampler": request.sampler or config["sample"]["sampler"], "steps": request.steps or config["sample"]["steps"],
-        "threads": args.threads, "sampling_seconds": round(seconds, 1),
+        "device": _device_name(args.device), "threads": args.threads, "sampling_seconds": round(seconds, 1),
         "seconds_per_1000": round(seconds / args.n * 1000, 1),
         # CPU time: what the wall time would be on an otherwise idle machine with these threads.
         "cpu_seconds_per_1000": round(cpu_seconds / args.threads / args.n * 1000, 1), **{k: round(v, 4) for k, v in scores.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 def _trained_steps(source) -> int | None:
