@@ -61,5 +61,17 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a state dict of :func:`full_optimizer_state` into a plain or sharded model's optimizer."""
+    """Load a state dict of :func:`full_optimizer_state` into a plain or sharded model's optimizer
+    (or one of ``optimizer.state_dict()``, keyed by position, as diffkit 0.1.0 checkpoints hold)."""
+    if any(isinstance(key, int) for key in state["state"]):
+        state = _keyed_by_name(state, model)
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _keyed_by_name(state: dict, model: nn.Module) -> dict:
+    # Positions count the parameters in model.parameters() order, the order the runner's
+    # optimizer was built with.
+    names = [name for name, _ in model.named_parameters()]
+    return {"state": {names[index]: value for index, value in state["state"].items()},
+            "param_groups": [{**group, "params": [names[index] for index in group["params"]]}
+                             for group in state["param_groups"]]}

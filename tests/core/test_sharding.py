@@ -92,3 +92,23 @@ def test_two_process_fsdp_run_matches_one_process_and_resumes_without_sharding(t
                         fsdp_unit_params=300, preview_every=12)
     train(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "resumed"), rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_with_optimizer_state_keyed_by_position_still_resumes(tmp_path):
+    config = toy_config(steps=10, checkpoint_every=5, keep_checkpoints=0)
+    train(DOMAIN, config, out=tmp_path / "straight", progress=False)
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    ckpt.checkpoint_path(tmp_path / "resumed", 10).unlink()
+    # Rewrite the step-5 checkpoint's optimizer state the way optimizer.state_dict() keys it.
+    path = ckpt.checkpoint_path(tmp_path / "resumed", 5)
+    state = ckpt.load(path)
+    names = list(state["model"].keys())  # the toy model has no buffers: parameters in order
+    by_name = state["optimizer"]
+    state["optimizer"] = {
+        "state": {names.index(name): value for name, value in by_name["state"].items()},
+        "param_groups": [{**group, "params": [names.index(name) for name in group["params"]]}
+                         for group in by_name["param_groups"]],
+    }
+    ckpt.save_atomic(state, path)
+    train(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"), rtol=0, atol=0)
