@@ -168,14 +168,14 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
     """On --resume the run's own config is the base; explicit options may only change what
     does not alter the steps already taken (checked when the run restores)."""
     from . import checkpoint as ckpt
-    from .config import load_toml, parse_assignment
+    from .config import fill_defaults, load_toml, parse_assignment
     from .domain import merge_config
 
     if preset:
         raise ValueError("--preset cannot be combined with --resume: the run keeps its own settings")
     saved = ckpt.load(ckpt.resolve(run_dir))
     ckpt.check_domain(saved, domain.name, run_dir)
-    config = saved["config"]
+    config = fill_defaults(domain, saved["config"])
     if config_file:
         config = merge_config(config, load_toml(config_file))
     for assignment in sets:

@@ -60,6 +60,11 @@ def default_config(domain: Domain) -> dict:
     return _deep_update(copy.deepcopy(CORE_DEFAULTS), domain.default_config())
 
 
+def fill_defaults(domain: Domain, config: Mapping[str, Any]) -> dict:
+    """``config`` completed with the settings it lacks (added since it was saved) at their defaults."""
+    return _deep_update(default_config(domain), config)
+
+
 def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Path | None = None,
                    overrides: Mapping[str, Any] | None = None, sets: list[str] = ()) -> dict:
     """The effective configuration of a run; every layer is checked against the defaults."""

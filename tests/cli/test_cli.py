@@ -53,6 +53,20 @@ def test_resume_continues_the_run_with_more_steps(tmp_path, toy_installed):
     assert result.exit_code == 1 and "pass --resume" in result.output
 
 
+def test_resume_of_a_run_saved_before_a_setting_existed_uses_its_default(tmp_path, toy_installed):
+    from diffkit import checkpoint as ckpt
+
+    run_dir = tmp_path / "run"
+    assert run("train", "--domain", "toy", "--steps", "20", "--out", str(run_dir), "--no-progress").exit_code == 0
+    path = ckpt.resolve(run_dir)
+    state = ckpt.load(path)
+    del state["config"]["train"]["parallel"]  # as in a checkpoint of diffkit 0.1.0
+    ckpt.save_atomic(state, path)
+    result = run("train", "--domain", "toy", "--steps", "30", "--out", str(run_dir), "--resume", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert ckpt.load(ckpt.resolve(run_dir))["config"]["train"]["parallel"] == "ddp"
+
+
 def test_sampling_is_reproducible_with_a_seed(tmp_path, toy_installed):
     run_dir = str(tmp_path / "run")
     run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
