@@ -93,7 +93,7 @@ def _option_row(option: click.Option, context: click.Context) -> str:
     if option.is_flag:
         value = "flag"
     else:
-        value = f"`{option.make_metavar(context)}`"
+        value = "`{}`".format(option.make_metavar(context).replace("|", "\\|"))  # a choice's bar ends a cell
         if option.multiple:
             value += ", repeatable"
     if option.required:
