@@ -165,19 +165,20 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "accum"), rtol=1e-4, atol=1e-5)
 
 
+def train_in_subprocesses(args: list[str], processes: int = 1, port: int = 29531) -> None:
+    """``diffkit train ARGS`` in a fresh process, or under torchrun with ``processes`` of them."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
+    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "diffkit", "train", *args]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_path, toy_installed):
     common = ["--domain", "toy", "--steps", "12", "--batch-size", "32", "--set", "train.checkpoint_every=12",
               "--no-progress", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "diffkit", "train", *common, "--out", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         "-m", "diffkit", "train", *common, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr
+    train_in_subprocesses([*common, "--out", str(tmp_path / "one")])
+    train_in_subprocesses([*common, "--out", str(tmp_path / "two")], processes=2)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), rtol=1e-4, atol=1e-5)

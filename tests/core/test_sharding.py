@@ -4,10 +4,7 @@ checkpoints that resume without sharding."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ import torch.distributed as dist
 from diffkit import checkpoint as ckpt
 from diffkit import sharding
 from diffkit.runner import train
-from test_runner import DOMAIN, assert_same_weights, final_weights, toy_config
+from test_runner import DOMAIN, assert_same_weights, final_weights, toy_config, train_in_subprocesses
 from toy_domain import PointDenoiser
 
 
@@ -69,17 +66,9 @@ def test_a_single_process_ignores_fsdp(tmp_path):
 def test_two_process_fsdp_run_matches_one_process_and_resumes_without_sharding(tmp_path, toy_installed):
     common = ["--domain", "toy", "--steps", "12", "--batch-size", "32", "--set", "train.checkpoint_every=6",
               "--set", "train.grad_accum=2", "--no-progress", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "diffkit", "train", *common, "--out", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    sharded = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
-         "-m", "diffkit", "train", *common, "--parallel", "fsdp", "--set", "train.fsdp_unit_params=300",
-         "--set", "train.preview_every=12", "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert sharded.returncode == 0, sharded.stderr
+    train_in_subprocesses([*common, "--out", str(tmp_path / "one")])
+    train_in_subprocesses([*common, "--parallel", "fsdp", "--set", "train.fsdp_unit_params=300",
+                           "--set", "train.preview_every=12", "--out", str(tmp_path / "two")], processes=2, port=29537)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), rtol=1e-4, atol=1e-5)
     assert (tmp_path / "two" / "previews" / "step_00000012" / "points.json").exists()
