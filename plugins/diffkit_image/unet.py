@@ -3,8 +3,9 @@
 Residual blocks with group norm whose scale and shift come from the time and class embedding
 (the adaptive group norm of Dhariwal & Nichol 2021), self-attention at the low resolutions,
 strided-convolution downsampling and nearest-neighbour upsampling. Every operation is a
-convolution, a group norm, a pointwise op or a batched matmul, so the network runs in
-``channels_last`` memory format without layout conversions other than around attention.
+convolution, a group norm, a pointwise op or a batched matmul, so the network can run in
+``channels_last`` memory format (on the CPU without layout conversions other than around
+attention; on CUDA, whether group norm keeps the layout depends on the PyTorch version).
 """
 
 from __future__ import annotations
