@@ -30,8 +30,9 @@ from diffkit.runner import MicroBatches, train
 from diffkit.tree import to_device
 
 
-def flops_per_step(domain, config, device) -> float:
-    """Forward + backward FLOPs of one training step of the domain's denoiser."""
+def flops_per_step(domain, config, device) -> tuple[float, int]:
+    """Forward + backward FLOPs of one training step of the domain's denoiser, and its parameter
+    count (the model is built after the dataset, which completes data-dependent settings)."""
     dataset = domain.build_dataset(config, None)
     model = domain.build_model(config)
     domain.fit_data(model, dataset, config)
@@ -44,7 +45,7 @@ def flops_per_step(domain, config, device) -> float:
         loss = diffusion.loss(model, batch["x"], cond=batch.get("cond"), mask=batch.get("mask"),
                               model_kwargs=batch.get("extra", {}))
         loss.backward()
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
 
 
 def measure_diffkit(domain, config, device: str, steps: int) -> dict:
@@ -161,11 +162,10 @@ def main() -> None:
             "steps": args.steps, "log_every": max(1, args.steps // 5), "checkpoint_every": 0,
             "preview_every": 0}})
         batch = config["train"]["batch_size"]
+        flops, params = flops_per_step(domain, config, args.device)
         variants = [("diffkit", False)] + ([("diffkit + torch.compile", True)] if args.compile and name == "image" else [])
         for label, compiled in variants:
             config["train"]["compile"] = compiled
-            flops = flops_per_step(domain, config, args.device)
-            params = sum(p.numel() for p in domain.build_model(config).parameters())
             result = measure_diffkit(domain, config, args.device, args.steps)
             steps_per_s = result["samples_per_s"] / batch
             report({"domain": name, "impl": label, "params_m": params / 1e6, "batch": batch, **result,
