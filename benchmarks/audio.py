@@ -161,7 +161,7 @@ def main() -> None:
             print("espeak-ng not found: skipping the spoken digits", file=sys.stderr)
         weights = domain.pretrained()
         if weights is not None:
-            from diffkit.runner import load_for_sampling
+            from diffkit.loading import load_for_sampling
 
             model, shipped_config = load_for_sampling(domain, weights)
             scores = score(domain, model, shipped_config, None, work / "shipped-samples", args.samples)

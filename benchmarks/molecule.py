@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from diffkit.generate import SampleRequest, generate
-from diffkit.runner import load_for_sampling
+from diffkit.loading import load_for_sampling
 from diffkit_molecule import MoleculeDomain
 from diffkit_molecule.domain import reference_smiles
 from diffkit_molecule.metrics import evaluate_smiles

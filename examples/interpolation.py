@@ -61,7 +61,7 @@ def domain_strip(domain_name: str, checkpoint: str | None, frames: int, out: str
 
     from diffkit.generate import SampleRequest, generate
     from diffkit.plugins import make_plugin_manager
-    from diffkit.runner import load_for_sampling
+    from diffkit.loading import load_for_sampling
 
     domain = make_plugin_manager().domain(domain_name)
     source = checkpoint or domain.pretrained()

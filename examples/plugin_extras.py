@@ -27,6 +27,7 @@ import click
 import torch
 
 import diffkit
+from diffkit.cli import current_registry
 from diffkit.samplers import sample_ddim
 
 
@@ -69,7 +70,7 @@ def diffkit_cli_commands(cli):
 @click.option("--points", type=int, default=5, show_default=True, help="How many times from 0 to 1.")
 def schedule_table(schedule, points):
     """Print t, alpha_bar(t) and log-SNR(t) of a schedule."""
-    chosen = diffkit.make_schedule(schedule)
+    chosen = diffkit.make_schedule(schedule, schedules=current_registry().schedules)
     for t in torch.linspace(0, 1, points, dtype=torch.float64):
         click.echo(f"{float(t):.3f}  {float(chosen.alpha_bar(t)):.6f}  {float(chosen.log_snr(t)):8.3f}")
 # end tutorial: extras
@@ -78,7 +79,8 @@ def schedule_table(schedule, points):
 if __name__ == "__main__":
     import sys
 
-    from diffkit.plugins import make_plugin_manager
-
-    make_plugin_manager(extra=[sys.modules[__name__]])
-    schedule_table.main(["--schedule", "shifted_cosine"], standalone_mode=False)
+    # A registry with this module's hooks, as `diffkit schedule-table` would have once installed.
+    registry = diffkit.make_plugin_manager(extra=[sys.modules[__name__]])
+    with click.Context(schedule_table) as context:
+        context.meta["diffkit.registry"] = registry
+        context.invoke(schedule_table, schedule="shifted_cosine")

@@ -26,7 +26,7 @@ from pathlib import Path
 from diffkit.domain import Domain
 from diffkit.generate import SampleRequest, generate
 from diffkit.plugins import make_plugin_manager
-from diffkit.runner import load_for_sampling
+from diffkit.loading import load_for_sampling
 
 
 class NotReady(SystemExit):
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     request = SampleRequest(n=args.n, init=args.scaffold, steps=args.steps, resample=args.resample, seed=args.seed)
     batch = generate(domain, model, config, request)
     written = domain.write_samples(batch, Path(args.out), config)
-    smiles_file = next(path for path in written if path.suffix == ".smi")
+    smiles_file = next(output.path for output in written if output.path.suffix == ".smi")
     smiles = [line.split()[0] if line.strip() else "" for line in smiles_file.read_text().splitlines()]
     scores = check_molecules(smiles, args.scaffold)
     print(f"{scores['count']} molecules in {smiles_file}: {scores['valid']:.0%} valid, "

@@ -40,6 +40,12 @@ class DiffkitGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+def current_registry() -> Registry:
+    """The plugin registry of the running ``diffkit`` command (for plugin commands: the schedules,
+    samplers and domains usable by name)."""
+    return _registry(click.get_current_context())
+
+
 def _registry(ctx: click.Context) -> Registry:
     root = ctx.find_root()
     root.meta.setdefault("diffkit.registry", None)
@@ -139,7 +145,7 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
             preset = preset or _default_preset(plugin_domain)
             config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets), overrides=overrides)
         result = run_training(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
-                              progress=not no_progress, plugin=_plugin_of(ctx, domain))
+                              progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx))
     except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
@@ -167,15 +173,13 @@ def _default_preset(domain) -> str | None:
 def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, preset):
     """On --resume the run's own config is the base; explicit options may only change what
     does not alter the steps already taken (checked when the run restores)."""
-    from . import checkpoint as ckpt
-    from .config import fill_defaults, load_toml, parse_assignment
+    from .config import load_toml, parse_assignment
     from .domain import merge_config
+    from .loading import load_config
 
     if preset:
         raise ValueError("--preset cannot be combined with --resume: the run keeps its own settings")
-    saved = ckpt.load(ckpt.resolve(run_dir))
-    ckpt.check_domain(saved, domain.name, run_dir)
-    config = fill_defaults(domain, saved["config"])
+    config = load_config(domain, run_dir)
     if config_file:
         config = merge_config(config, load_toml(config_file))
     for assignment in sets:
@@ -197,7 +201,7 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same samples.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--batch-size", type=int, default=None, help="Samples drawn per model batch.")
-@click.option("--init", "--scaffold", "init", default=None, help="Edit this input: a file, or a domain string such as a scaffold SMILES (--scaffold is another name for it).")
+@click.option("--init", "init", default=None, help="Edit this input: a file, or what the domain reads as one (e.g. a SMILES string).")
 @click.option("--mask", default=None, help="With --init: what to keep, as the domain reads it (e.g. a mask image or a time span); without it --init is edited as a whole.")
 @click.option("--strength", type=float, default=0.6, show_default=True, help="With --init and no --mask: how far to noise the input (0..1).")
 @click.option("--resample", type=int, default=1, show_default=True, help="With --mask: resampling rounds per step (RePaint); more agrees better with the kept part.")
@@ -215,7 +219,7 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
     from . import checkpoint as ckpt
     from . import distributed
     from .generate import SampleRequest, generate
-    from .runner import load_for_sampling
+    from .loading import load_for_sampling
 
     plugin_domain = _domain(ctx, domain)
     source = checkpoint or plugin_domain.pretrained()
@@ -229,7 +233,8 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
         torch_device = distributed.pick_device(device, world)
         distributed.init(world, torch_device)
         model, config = load_for_sampling(plugin_domain, source, torch_device)
-        batch = generate(plugin_domain, model, config, request, device=torch_device, world=world)
+        batch = generate(plugin_domain, model, config, request, device=torch_device, world=world,
+                         registry=_registry(ctx))
         if world.is_main:
             written = plugin_domain.write_samples(batch, Path(out), config)
             click.echo(f"wrote {len(written)} file(s) to {out}")
@@ -258,13 +263,12 @@ def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, s
     """
     from . import checkpoint as ckpt
     from .config import resolve_config
+    from .loading import load_config
 
     plugin_domain = _domain(ctx, domain)
     try:
         if checkpoint:
-            state = ckpt.load(ckpt.resolve(checkpoint))
-            ckpt.check_domain(state, plugin_domain.name, checkpoint)
-            config = state["config"]
+            config = load_config(plugin_domain, checkpoint)
         else:
             config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets))
         scores = plugin_domain.evaluate(Path(samples), Path(reference) if reference else None, config)
@@ -295,6 +299,19 @@ def new_plugin(name, directory):
     except (ValueError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"created {root}\nnext: cd {root} && pip install -e \".[dev]\" && python -m pytest")
+
+
+def add_option_alias(cli: click.Group, command: str, option: str, alias: str) -> None:
+    """Give ``option`` of ``command`` another name, e.g. a domain's own word for ``--init``; for
+    plugins, from their ``diffkit_cli_commands`` hook. A name that is taken is refused."""
+    target = cli.commands[command]
+    taken = {name for param in target.params for name in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
+    if alias in taken:
+        raise ValueError(f"the option name {alias!r} of `diffkit {command}` is taken")
+    matches = [param for param in target.params if option in getattr(param, "opts", [])]
+    if not matches:
+        raise ValueError(f"`diffkit {command}` has no option {option!r}")
+    matches[0].opts.append(alias)
 
 
 def _message(error: BaseException) -> str:

@@ -12,7 +12,9 @@ from typing import Any, Mapping
 from .domain import Domain, merge_config, unknown_key_message
 
 CORE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {},
+    "data": {
+        "cache_dir": "",            # derived files; "" = $DIFFKIT_CACHE_DIR, else ~/.cache/diffkit (diffkit.kit.cache)
+    },
     "model": {},
     "diffusion": {
         "schedule": "cosine",       # linear | cosine | sigmoid | a registered name
@@ -38,6 +40,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "keep_checkpoints": 2,
         "preview_every": 500,
         "preview_count": 16,
+        "preview_cond": "",         # the condition of previews, as --cond reads it; "" = the domain's default
         "log_every": 10,
         "num_workers": 0,
         "seed": 0,

@@ -28,10 +28,13 @@ class Diffusion:
             A domain supplies its own for structured states (symmetric edges, zero padding).
         weighting: loss weighting over time, ``"uniform"`` or ``"min_snr"`` (Hang et al. 2023).
         min_snr_gamma: the ``gamma`` of min-SNR weighting.
+        samplers: where sampler names are looked up (a plugin manager's ``Registry.samplers``);
+            the built-in ones by default.
     """
 
     def __init__(self, schedule: str | Schedule | dict = "cosine", prediction: str = "eps", *,
-                 noise: Callable = gaussian_like, weighting: str = "uniform", min_snr_gamma: float = 5.0):
+                 noise: Callable = gaussian_like, weighting: str = "uniform", min_snr_gamma: float = 5.0,
+                 samplers: dict[str, Callable] | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
         if weighting not in WEIGHTINGS:
@@ -46,6 +49,7 @@ class Diffusion:
         self.noise = noise
         self.weighting = weighting
         self.min_snr_gamma = min_snr_gamma
+        self.samplers = samplers
 
     def __repr__(self) -> str:
         return f"Diffusion(schedule={self.schedule!r}, prediction={self.prediction!r}, weighting={self.weighting!r})"
@@ -130,7 +134,7 @@ class Diffusion:
         ``cond``/``guidance``/``uncond`` set classifier-free guidance; ``options`` go to the
         sampler (e.g. ``eta`` for DDIM).
         """
-        sample_fn = get_sampler(sampler)
+        sample_fn = get_sampler(sampler, self.samplers)
         if spacing == "auto":
             spacing = preferred_spacing(sample_fn)
         denoiser = self.denoiser(model, cond=cond, guidance=guidance, uncond=uncond, model_kwargs=model_kwargs)
@@ -156,7 +160,7 @@ class Diffusion:
         times = self.schedule.sample_times(steps, spacing)
         x_T = denoiser.noise_like(known, generator)
         with _progress(progress, steps, callback) as observe:
-            return inpaint_state(get_sampler(sampler), denoiser, x_T, times, known, mask,
+            return inpaint_state(get_sampler(sampler, self.samplers), denoiser, x_T, times, known, mask,
                                  resample=resample, generator=generator, callback=observe, **options)
 
     def edit(self, model: Callable, x0: State, strength: float, *, sampler: str = "ddim", steps: int = 50,

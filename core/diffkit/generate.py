@@ -10,18 +10,22 @@ from torch import nn
 
 from .diffusion import Diffusion
 from .domain import Batch, Domain
+from .plugins import Registry
 from .guidance import slerp
 from .schedules import make_schedule
 from .distributed import World
 from .tree import State, concat, first_leaf, to_device, tree_map
 
 
-def build_diffusion(domain: Domain, config: dict) -> Diffusion:
-    """The :class:`Diffusion` a config's ``diffusion`` section describes, with the domain's noise."""
+def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None) -> Diffusion:
+    """The :class:`Diffusion` a config's ``diffusion`` section describes, with the domain's noise;
+    schedule and sampler names are looked up in ``registry`` (the built-ins when None)."""
     section = config["diffusion"]
-    schedule = make_schedule(section["schedule"], zero_terminal_snr=section.get("zero_terminal_snr", False))
+    schedules, samplers = (registry.schedules, registry.samplers) if registry is not None else (None, None)
+    schedule = make_schedule(section["schedule"], schedules=schedules,
+                             zero_terminal_snr=section.get("zero_terminal_snr", False))
     return Diffusion(schedule, section["prediction"], noise=domain.noise, weighting=section["weighting"],
-                     min_snr_gamma=section["min_snr_gamma"])
+                     min_snr_gamma=section["min_snr_gamma"], samplers=samplers)
 
 
 @dataclass
@@ -44,7 +48,7 @@ class SampleRequest:
 
 
 def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequest,
-             device: torch.device | str = "cpu", world: World = World()) -> Batch | None:
+             device: torch.device | str = "cpu", world: World = World(), registry: Registry | None = None) -> Batch | None:
     """Samples as a batch on the CPU (``x`` decoded by the domain).
 
     They are drawn in chunks of ``sample.batch_size``; chunk ``k`` uses a generator seeded by
@@ -52,7 +56,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     Under torchrun each rank draws every ``world.size``-th chunk and rank 0 returns them all,
     in order (other ranks return ``None``).
     """
-    diffusion = build_diffusion(domain, config)
+    diffusion = build_diffusion(domain, config, registry)
     settings = _settings(config, request)
     model = model.to(device).eval()
     total = request.interpolate or request.n

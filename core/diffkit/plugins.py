@@ -14,14 +14,14 @@ import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
 from .domain import Domain
-from .samplers import register_sampler
-from .schedules import register_schedule
+from .samplers import SAMPLERS, register_sampler
+from .schedules import SCHEDULES, register_schedule
 
 hookimpl = pluggy.HookimplMarker("diffkit")
 
@@ -37,6 +37,7 @@ class PluginInfo:
     error: str = ""
     domains: list[str] = field(default_factory=list)
     builtin: bool = False
+    registered: bool = field(default=False, repr=False)  # known to the manager under ``name``
 
 
 class PluginLoadError(Exception):
@@ -45,11 +46,14 @@ class PluginLoadError(Exception):
 
 @dataclass
 class Registry:
-    """What the loaded plugins provide."""
+    """What the loaded plugins provide: domains, and the samplers and schedules usable by name
+    (the built-in ones plus the plugins'), kept here rather than in module globals."""
 
     manager: pluggy.PluginManager
     plugins: list[PluginInfo]
     domains: dict[str, Domain]
+    samplers: dict[str, Callable] = field(default_factory=lambda: dict(SAMPLERS))
+    schedules: dict[str, Callable] = field(default_factory=lambda: dict(SCHEDULES))
 
     def domain(self, name: str) -> Domain:
         """The domain called ``name``; an unknown name is a ValueError listing the known ones."""
@@ -63,7 +67,8 @@ class Registry:
 
 def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_points: bool | None = None,
                         extra: Iterable[Any] = ()) -> Registry:
-    """Load plugins and collect what they register: a fresh manager per call (no global state).
+    """Load plugins and collect what they register into a new :class:`Registry`: each call has its
+    own manager, domains, samplers and schedules, so registrations never leak between calls.
 
     ``builtins`` are module names of built-in plugins; ``entry_points`` loads the ``diffkit``
     entry-point group (default: unless ``DIFFKIT_DISABLE_PLUGINS`` is set); ``extra`` are plugin
@@ -88,15 +93,44 @@ def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_poin
         name = getattr(plugin, "__name__", type(plugin).__name__)
         infos.append(_register(manager, name, lambda p=plugin: p, version="unknown"))
     domains = _collect_domains(manager, infos)
-    _call_per_plugin(manager, manager.hook.diffkit_register_samplers, lambda info: register_sampler, infos)
-    _call_per_plugin(manager, manager.hook.diffkit_register_schedules, lambda info: register_schedule, infos)
-    return Registry(manager, infos, domains)
+    samplers = _collect_named(manager, manager.hook.diffkit_register_samplers, register_sampler, SAMPLERS, infos)
+    schedules = _collect_named(manager, manager.hook.diffkit_register_schedules, register_schedule, SCHEDULES, infos)
+    # A plugin that failed in any hook contributes nothing.
+    for info in infos:
+        if info.status == "failed":
+            for name in info.domains:
+                domains.pop(name, None)
+    return Registry(manager, infos, domains,
+                    {name: fn for name, (fn, owner) in samplers.items() if _usable(owner)},
+                    {name: fn for name, (fn, owner) in schedules.items() if _usable(owner)})
+
+
+def _usable(owner: PluginInfo | None) -> bool:
+    return owner is None or owner.status != "failed"
+
+
+def _collect_named(manager: pluggy.PluginManager, hook, register: Callable, builtins: dict,
+                   infos: list[PluginInfo]) -> dict[str, tuple[Callable, PluginInfo | None]]:
+    """``name -> (object, owning plugin)`` of the built-ins (no owner) and what each plugin registers."""
+    collected: dict[str, tuple[Callable, PluginInfo | None]] = {name: (fn, None) for name, fn in builtins.items()}
+
+    def make_register(info: PluginInfo):
+        def add(name: str, fn: Callable, **options) -> None:
+            staged = {key: value for key, (value, _) in collected.items()}
+            register(name, fn, registry=staged, **options)
+            collected[name] = (staged[name], info)
+
+        return add
+
+    _call_per_plugin(manager, hook, make_register, infos)
+    return collected
 
 
 def _register(manager: pluggy.PluginManager, name: str, load, *, version: str, builtin: bool = False) -> PluginInfo:
     info = PluginInfo(name=name, version=version, builtin=builtin)
     try:
         manager.register(load(), name=name)
+        info.registered = True
     except Exception as error:  # a broken plugin is reported, the others still load
         info.status, info.error = "failed", f"{type(error).__name__}: {error}"
     return info
@@ -129,7 +163,7 @@ def _check_domain(domain: Any, domains: dict[str, Domain]) -> None:
 def _call_per_plugin(manager: pluggy.PluginManager, hook, make_register, infos: list[PluginInfo]) -> None:
     """Call a registration hook plugin by plugin (not through the hook caller) so that a failure
     marks the plugin that caused it, and the others still register."""
-    by_name = {info.name: info for info in infos}
+    by_name = {info.name: info for info in infos if info.registered}
     trace = manager.trace.root.get("hook")
     for impl in hook.get_hookimpls():
         info = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "unknown")

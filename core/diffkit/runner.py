@@ -1,9 +1,11 @@
 """One training loop for every domain.
 
 Data order, timesteps, noise and condition dropout are pure functions of the seed and the step,
-drawn for the whole global batch on every process and sliced per rank. So a run resumed from a
-checkpoint continues exactly as if it had never stopped, and a run on N processes takes the same
-steps as one process with the same global batch.
+drawn for the whole global batch on every process and sliced per rank; each item's own randomness
+(data augmentation drawn from torch's, numpy's or Python's global generator) is seeded by the
+seed, the step and the item's place in the global batch (:class:`SeededItems`). So a run resumed
+from a checkpoint continues exactly as if it had never stopped, and a run on N processes takes the
+same steps as one process with the same global batch.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import checkpoint as ckpt
-from . import distributed, sharding
+from . import distributed, kit, sharding
 from .domain import Domain
 from .generate import SampleRequest, build_diffusion, generate
 from .guidance import replace_condition
+from .plugins import Registry
 from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
 
 # Keys that may change when a run is resumed: they do not alter the steps already taken.
@@ -49,17 +53,19 @@ class RunResult:
 
 
 def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = None, resume: bool = False,
-          device: str | None = None, progress: bool = True, plugin: tuple[str, str] = ("", "")) -> RunResult:
+          device: str | None = None, progress: bool = True, plugin: tuple[str, str] = ("", ""),
+          registry: Registry | None = None) -> RunResult:
     """Train ``domain`` with ``config`` into the run folder ``out``; see the module docstring.
 
     ``resume=True`` continues from the latest checkpoint in ``out``. ``plugin`` is the
-    ``(name, version)`` of the plugin providing the domain, recorded in checkpoints.
+    ``(name, version)`` of the plugin providing the domain, recorded in checkpoints; ``registry``
+    resolves schedule and sampler names registered by plugins.
     """
     world = distributed.world_from_env()
     device = distributed.pick_device(device, world)
     distributed.init(world, device)
     try:
-        trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress)
+        trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress, registry)
         trainer.start(resume)
         result = trainer.run()
     except BaseException:
@@ -71,8 +77,8 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
 
 class Trainer:
     def __init__(self, domain: Domain, config: dict, run_dir: Path, data: str | None, device: torch.device,
-                 world: distributed.World, plugin: tuple[str, str], progress: bool):
-        self.domain, self.config, self.run_dir, self.data = domain, config, run_dir, data
+                 world: distributed.World, plugin: tuple[str, str], progress: bool, registry: Registry | None = None):
+        self.domain, self.config, self.run_dir, self.data, self.registry = domain, config, run_dir, data, registry
         self.device, self.world, self.plugin, self.show_progress = device, world, plugin, progress
         self.train_cfg = config["train"]
         self.sharded = _parallel_mode(self.train_cfg) == "fsdp" and world.distributed
@@ -96,7 +102,7 @@ class Trainer:
         self.domain.fit_data(self.model, self.dataset, self.config)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.diffusion = build_diffusion(self.domain, self.config)
+        self.diffusion = build_diffusion(self.domain, self.config, self.registry)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after
             self.model.load_state_dict(saved["model"])
@@ -211,7 +217,7 @@ class Trainer:
         sampler = GlobalBatchSampler(len(self.dataset), self.train_cfg["batch_size"], self.train_cfg["seed"],
                                      start, total, self.world)
         workers = self.train_cfg["num_workers"]
-        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=MicroBatches(self.train_cfg["grad_accum"]),
+        return DataLoader(SeededItems(self.dataset), batch_sampler=sampler, collate_fn=MicroBatches(self.train_cfg["grad_accum"]),
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=workers > 0)
 
@@ -340,8 +346,9 @@ class Trainer:
     def _preview(self) -> None:
         ema = self._whole_ema()
         if self.world.is_main:
-            request = SampleRequest(n=self.train_cfg["preview_count"], seed=self.train_cfg["seed"])
-            batch = generate(self.domain, ema, self.config, request, device=self.device)
+            request = SampleRequest(n=self.train_cfg["preview_count"], seed=self.train_cfg["seed"],
+                                    cond=self.train_cfg["preview_cond"] or None)
+            batch = generate(self.domain, ema, self.config, request, device=self.device, registry=self.registry)
             folder = self.run_dir / "previews" / f"step_{self.step:08d}"
             written = self.domain.write_samples(batch, folder, self.config)
             _tensorboard_previews(self.run_dir, written, self.step)
@@ -389,9 +396,10 @@ def _lookup(config: dict, dotted: str) -> Any:
 
 
 class GlobalBatchSampler:
-    """Yields this rank's share of the global batches ``start .. total - 1``: each epoch is a
-    permutation seeded by ``(seed, epoch)``, cut into full batches, so batch ``k`` depends only on
-    ``k``; rank ``r`` of ``R`` takes the ``r``-th contiguous ``1 / R`` of each."""
+    """Yields this rank's share of the global batches ``start .. total - 1`` as ``(index, seed)``
+    pairs: each epoch is a permutation seeded by ``(seed, epoch)``, cut into full batches, so batch
+    ``k`` depends only on ``k``; rank ``r`` of ``R`` takes the ``r``-th contiguous ``1 / R`` of
+    each. An item's seed depends on the run's seed, the step and its place in the global batch."""
 
     def __init__(self, size: int, batch_size: int, seed: int, start: int, total: int,
                  world: distributed.World = distributed.World()):
@@ -400,17 +408,49 @@ class GlobalBatchSampler:
         self.share = batch_size // world.size
         self.rank_offset = world.rank * self.share
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, order = -1, None
         for step in range(self.start, self.total):
             if step // self.per_epoch != epoch:
                 epoch = step // self.per_epoch
                 order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
             offset = (step % self.per_epoch) * self.batch_size + self.rank_offset
-            yield order[offset:offset + self.share].tolist()
+            places = range(self.rank_offset, self.rank_offset + self.share)
+            yield [(index, self._item_seed(step, place))
+                   for index, place in zip(order[offset:offset + self.share].tolist(), places)]
+
+    def _item_seed(self, step: int, place: int) -> int:
+        return ((self.seed * 1_000_003 + step) * 1_000_033 + place) % 2**63
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
+
+
+class SeededItems(Dataset):
+    """``dataset`` read with ``(index, seed)`` keys: the item is made with torch's, numpy's and
+    Python's global generators seeded by ``seed`` (and restored afterwards), so augmentation a
+    dataset draws from them is the same in every process and on every resume."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        import random
+
+        index, seed = key
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class MicroBatches:
@@ -484,24 +524,21 @@ def _tensorboard_scalars(run_dir: Path, record: dict) -> None:
         writer.flush()
 
 
-def _tensorboard_previews(run_dir: Path, written: list[Path], step: int) -> None:
-    """Show a preview's pictures (a grid when there is one) and first sound in TensorBoard."""
+def _tensorboard_previews(run_dir: Path, written: list, step: int) -> None:
+    """Show a preview's first picture (an overview when there is one) and first sound in TensorBoard,
+    from the pixels and samples the domain's writer kept in its output records."""
     writer = _tensorboard_writer(run_dir)
     if writer is None:
         return
-    pictures = sorted((Path(p) for p in written if Path(p).suffix == ".png"), key=lambda p: "grid" not in p.name)
-    sounds = [Path(p) for p in written if Path(p).suffix == ".wav"]
+    outputs = [output for output in kit.outputs_of(written) if output.content is not None]
+    pictures = sorted((o for o in outputs if o.kind == "image"), key=lambda o: o.role != "overview")
+    sounds = [o for o in outputs if o.kind == "audio" and o.sample_rate]
     if pictures:
-        import numpy as np
-        from PIL import Image
-
-        image = np.asarray(Image.open(pictures[0]).convert("RGB"))
-        writer.add_image("preview", image, step, dataformats="HWC")
+        image = np.asarray(pictures[0].content)
+        writer.add_image("preview", image if image.ndim == 3 else image[..., None], step, dataformats="HWC")
     if sounds:
-        import soundfile
-
-        audio, rate = soundfile.read(sounds[0], dtype="float32", always_2d=True)
-        writer.add_audio("preview", torch.from_numpy(audio[:, 0]), step, sample_rate=rate)
+        writer.add_audio("preview", torch.as_tensor(np.asarray(sounds[0].content), dtype=torch.float32).reshape(-1),
+                         step, sample_rate=sounds[0].sample_rate)
     writer.flush()
 
 
@@ -509,18 +546,3 @@ def _diffkit_version() -> str:
     from . import __version__
 
     return __version__
-
-
-def load_for_sampling(domain: Domain, path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The EMA model and config of a checkpoint file or run folder, checked against ``domain``."""
-    path = ckpt.resolve(path)
-    state = ckpt.load(path)
-    ckpt.check_domain(state, domain.name, path)
-    model = domain.build_model(state["config"])
-    try:
-        model.load_state_dict(ckpt.sampling_weights(state))
-    except RuntimeError as error:
-        raise ckpt.CheckpointError(f"checkpoint {str(path)!r} does not fit the {domain.name} model "
-                                   f"its config describes: {error}") from None
-    return model.to(device).eval(), state["config"]
-

@@ -7,6 +7,11 @@
 given, receives ``{"step", "t", "x", "x0"}`` after every step. Samplers are registered by name;
 plugins add more through the ``diffkit_register_samplers`` hook.
 
+:data:`SAMPLERS` holds the built-in samplers and those registered directly with
+:func:`register_sampler`; a plugin manager keeps its own copy with its plugins' samplers added
+(``Registry.samplers``), and a :class:`~diffkit.Diffusion` made with ``samplers=`` looks names
+up there.
+
 A sampler may carry two attributes: ``spacing``, the time spacing it works best with (used when
 the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 otherwise).
 
@@ -34,30 +39,34 @@ SAMPLERS: dict[str, Sampler] = {}
 
 
 def register_sampler(name: str, sampler: Sampler | None = None, *, spacing: str | None = None,
-                     calls_per_step: int | None = None):
-    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once.
+                     calls_per_step: int | None = None, registry: dict[str, Sampler] | None = None):
+    """Register ``sampler`` under ``name`` in ``registry`` (:data:`SAMPLERS` by default); usable
+    as a decorator. A name may be taken once.
 
     ``spacing`` records the time spacing the sampler prefers (see :func:`preferred_spacing`).
     """
+    target = SAMPLERS if registry is None else registry
 
     def add(fn: Sampler) -> Sampler:
-        if name in SAMPLERS and SAMPLERS[name] is not fn:
+        if name in target and target[name] is not fn:
             raise ValueError(f"a sampler named {name!r} is already registered")
         if spacing is not None:
             fn.spacing = spacing
         if calls_per_step is not None:
             fn.calls_per_step = calls_per_step
-        SAMPLERS[name] = fn
+        target[name] = fn
         return fn
 
     return add(sampler) if sampler is not None else add
 
 
-def get_sampler(name: str) -> Sampler:
+def get_sampler(name: str, registry: dict[str, Sampler] | None = None) -> Sampler:
+    """The sampler called ``name`` in ``registry`` (:data:`SAMPLERS` by default)."""
+    known = SAMPLERS if registry is None else registry
     try:
-        return SAMPLERS[name]
+        return known[name]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(SAMPLERS))}") from None
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(known))}") from None
 
 
 def preferred_spacing(sampler: str | Sampler) -> str:

@@ -190,19 +190,24 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
 }
 
 
-def register_schedule(name: str, factory: Callable[..., Schedule]) -> None:
-    """Make ``factory`` available as ``make_schedule(name)``; a name may be registered once."""
-    if name in SCHEDULES and SCHEDULES[name] is not factory:
+def register_schedule(name: str, factory: Callable[..., Schedule], *,
+                      registry: dict[str, Callable[..., Schedule]] | None = None) -> None:
+    """Make ``factory`` available as ``make_schedule(name)`` (in ``registry``, :data:`SCHEDULES`
+    by default; a plugin manager keeps its own copy); a name may be registered once."""
+    target = SCHEDULES if registry is None else registry
+    if name in target and target[name] is not factory:
         raise ValueError(f"a schedule named {name!r} is already registered")
-    SCHEDULES[name] = factory
+    target[name] = factory
 
 
-def make_schedule(spec: str | Schedule | dict, **options) -> Schedule:
+def make_schedule(spec: str | Schedule | dict, *, schedules: dict[str, Callable[..., Schedule]] | None = None,
+                  **options) -> Schedule:
     """A schedule from a name (``"cosine"``), a config dict (``{"name": "linear", ...}``) or itself.
 
-    ``zero_terminal_snr=True`` applies :class:`ZeroTerminalSNR`; ``num_steps=T`` on a continuous
-    schedule makes it discrete.
+    Names are looked up in ``schedules`` (:data:`SCHEDULES` by default). ``zero_terminal_snr=True``
+    applies :class:`ZeroTerminalSNR`; ``num_steps=T`` on a continuous schedule makes it discrete.
     """
+    known = SCHEDULES if schedules is None else schedules
     if isinstance(spec, Schedule):
         return spec
     if isinstance(spec, dict):
@@ -210,9 +215,9 @@ def make_schedule(spec: str | Schedule | dict, **options) -> Schedule:
         spec = options.pop("name")
     zero_terminal = options.pop("zero_terminal_snr", False)
     num_steps = options.pop("num_steps", None)
-    if spec not in SCHEDULES:
-        raise ValueError(f"unknown schedule {spec!r}; valid: {', '.join(sorted(SCHEDULES))}")
-    factory = SCHEDULES[spec]
+    if spec not in known:
+        raise ValueError(f"unknown schedule {spec!r}; valid: {', '.join(sorted(known))}")
+    factory = known[spec]
     if num_steps is not None and factory is LinearSchedule:
         options["num_steps"] = num_steps
     schedule = factory(**options)

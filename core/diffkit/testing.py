@@ -24,6 +24,7 @@ from torch.utils.data import default_collate
 from .config import default_config
 from .domain import Domain, merge_config
 from .generate import build_diffusion
+from .kit import Output
 from .tree import State, leaves
 
 
@@ -207,10 +208,30 @@ def check_sampling(context: dict) -> None:
     out = context["tmp"] / "conformance-samples"
     written = domain.write_samples(batch, out, config)
     if not written:
-        _fail(context, "write_samples() returned no paths")
-    for path in written:
-        if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        _fail(context, "write_samples() returned no outputs")
+    if not all(isinstance(item, Output) for item in written):
+        _fail(context, "write_samples() should return diffkit.kit.Output records (path, kind, role), "
+                       "which the runner and TensorBoard read")
+    paths = [item.path if isinstance(item, Output) else Path(item) for item in written]
+    for path in paths:
+        if not path.is_file() or path.stat().st_size == 0:
             _fail(context, f"write_samples() reported {path}, which is missing or empty")
+    _check_no_overwrite(context, domain, batch, out, config, paths)
+
+
+def _check_no_overwrite(context: dict, domain: Domain, batch: dict, out: Path, config: dict, paths: list[Path]) -> None:
+    """Writing to the same place again must fail with FileExistsError and change nothing."""
+    before = {path: path.read_bytes() for path in paths if path.is_file()}
+    try:
+        domain.write_samples(batch, out, config)
+    except FileExistsError:
+        pass
+    else:
+        _fail(context, f"write_samples() wrote to {out} again without an error; outputs must never "
+                       "overwrite (use diffkit.kit.check_new / write_new)")
+    changed = [str(path) for path, content in before.items() if not path.is_file() or path.read_bytes() != content]
+    if changed:
+        _fail(context, f"writing to {out} a second time changed {changed[0]}")
 
 
 CHECKS: list[Callable[[dict], None]] = [check_identity, check_config, check_dataset, check_model, check_noise,

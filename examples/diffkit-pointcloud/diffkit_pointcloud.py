@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 import diffkit
-from diffkit import Domain
+from diffkit import Domain, kit
 
 # tutorial: shapes
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -154,15 +154,6 @@ def score_clouds(samples: Tensor, reference: Tensor, sample_labels: Tensor, refe
 # end tutorial: metrics
 
 
-def parse_label(text: str) -> int:
-    """A shape name or index -> its label."""
-    if text in SHAPES:
-        return SHAPES.index(text)
-    if text.isdigit() and int(text) < len(SHAPES):
-        return int(text)
-    raise ValueError(f"unknown shape {text!r}; expected one of {', '.join(SHAPES)} (or 0..{len(SHAPES) - 1})")
-
-
 HALVES = {"left": (0, -1.0), "right": (0, 1.0), "bottom": (1, -1.0), "top": (1, 1.0)}
 
 
@@ -198,8 +189,15 @@ class PointCloudDomain(Domain):
 
     def prepare_sampling(self, model, n, config, *, cond=None, generator=None) -> dict:
         # Without --cond the samples are unconditional: every shape, and smooth --interpolate strips.
-        label = len(SHAPES) if cond is None else parse_label(cond)
-        return {"x": torch.zeros(n, config["data"]["points"], 2), "cond": torch.full((n,), label)}
+        labels = torch.full((n,), len(SHAPES)) if cond is None else self.labels(cond, n)
+        return {"x": torch.zeros(n, config["data"]["points"], 2), "cond": labels}
+
+    @staticmethod
+    def labels(cond, n: int) -> Tensor:
+        """The kit's label rules (a shape name or index, a list cycled, "none"); its null label
+        becomes this model's "no label" row."""
+        labels = kit.parse_labels(cond, SHAPES, n)
+        return torch.where(labels == kit.NULL_LABEL, len(SHAPES), labels)
     # end tutorial: domain
 
     # tutorial: editing
@@ -226,20 +224,17 @@ class PointCloudDomain(Domain):
     # end tutorial: editing
 
     # tutorial: writer
-    def write_samples(self, samples: dict, out: Path, config: dict) -> list[Path]:
+    def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
         """``samples.npz`` (``points``, ``labels``) and ``samples.png`` (a scatter grid) in the folder
         ``out``, or ``out`` itself when it ends in ``.npz`` (the picture beside it). Existing files
-        are never replaced."""
+        are never replaced (the kit refuses before anything is written)."""
         path = out if out.suffix == ".npz" else out / "samples.npz"
-        for existing in (path, path.with_suffix(".png")):
-            if existing.exists():
-                raise FileExistsError(f"{existing} already exists; choose another --out or remove it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        points, labels = samples["x"].float().numpy(), samples["cond"].numpy()
-        np.savez(path, points=points, labels=labels)
         picture = path.with_suffix(".png")
-        draw_grid(points, labels, picture)
-        return [path, picture]
+        kit.check_new([path, picture])
+        points, labels = samples["x"].float().numpy(), samples["cond"].numpy()
+        kit.write_new(path, lambda file: np.savez(file, points=points, labels=labels))
+        kit.write_new(picture, lambda file: draw_grid(points, labels, file))
+        return [kit.Output(path, "data"), kit.Output(picture, "image", "overview")]
     # end tutorial: writer
 
     # tutorial: evaluate
@@ -255,8 +250,8 @@ class PointCloudDomain(Domain):
     # end tutorial: evaluate
 
 
-def draw_grid(points: np.ndarray, labels: np.ndarray, path: Path, columns: int = 8) -> None:
-    """A PNG with one scatter plot per cloud, in rows of ``columns``."""
+def draw_grid(points: np.ndarray, labels: np.ndarray, file, columns: int = 8) -> None:
+    """A PNG with one scatter plot per cloud, in rows of ``columns``, written to a path or binary file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,7 +268,7 @@ def draw_grid(points: np.ndarray, labels: np.ndarray, path: Path, columns: int =
             if labels[index] < len(SHAPES):
                 axis.set_title(SHAPES[labels[index]], fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    figure.savefig(file, format="png", dpi=80)
     plt.close(figure)
 
 

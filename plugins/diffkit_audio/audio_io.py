@@ -80,11 +80,16 @@ def load_clip(path: str | Path, sample_rate: int, channels: int, normalise: bool
     return peak_normalise(wave) if normalise else wave
 
 
-def write_wav(path: Path, wave: Tensor, sample_rate: int) -> Path:
-    """Write ``(C, T)`` in [-1, 1] as 16-bit PCM (the format follows the suffix: .wav, .flac, .ogg)."""
+def encode_audio(wave: Tensor, sample_rate: int, suffix: str = ".wav") -> bytes:
+    """``(C, T)`` in [-1, 1] encoded as a file of the format ``suffix`` names (.wav, .flac: 16-bit
+    PCM; .ogg: Vorbis)."""
+    import io
+
     import soundfile
 
     data = wave.detach().float().clamp(-1, 1).cpu().numpy().T
-    subtype = "PCM_16" if path.suffix.lower() in (".wav", ".flac") else None
-    soundfile.write(str(path), data, sample_rate, subtype=subtype)
-    return path
+    file_format = suffix.lower().lstrip(".").upper()
+    subtype = "PCM_16" if file_format in ("WAV", "FLAC") else None
+    buffer = io.BytesIO()
+    soundfile.write(buffer, data, sample_rate, format=file_format, subtype=subtype)
+    return buffer.getvalue()

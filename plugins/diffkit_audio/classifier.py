@@ -2,20 +2,20 @@
 features give the classifier Fréchet distance and whose class probabilities give the Inception
 score (the role Inception-v3 plays for images, made to measure for each reference set).
 
-The cache lives in ``$DIFFKIT_CACHE_DIR`` (else ``$XDG_CACHE_HOME/diffkit``, else
-``~/.cache/diffkit``) under ``audio/``, keyed by a hash of the reference clips, the feature
-settings and the training settings, so a changed reference set trains a new classifier.
+It is kept in the audio domain's cache folder (:func:`diffkit.kit.cache_dir`), keyed by a hash
+of the reference clips, the feature settings and the training settings, so a changed reference
+set trains a new classifier.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from diffkit.kit import cached_network, content_key
 
 from .metrics import log_mel
 
@@ -48,23 +48,6 @@ class MelClassifier(nn.Module):
 
     def forward(self, mel: Tensor) -> Tensor:
         return self.head(self.features(mel))
-
-
-def cache_dir() -> Path:
-    if os.environ.get("DIFFKIT_CACHE_DIR"):
-        return Path(os.environ["DIFFKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "diffkit"
-
-
-def cache_key(waves: Tensor, labels: Tensor, settings: dict) -> str:
-    """A hash of the reference clips (their exact samples), labels and settings."""
-    digest = hashlib.sha256()
-    digest.update(repr(sorted(settings.items())).encode())
-    digest.update(f"v{CLASSIFIER_VERSION}".encode())
-    digest.update(waves.float().contiguous().numpy().tobytes())
-    digest.update(labels.long().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
 
 
 def train_classifier(waves: Tensor, labels: Tensor, num_classes: int, sample_rate: int, n_mels: int, *,
@@ -103,25 +86,17 @@ def train_classifier(waves: Tensor, labels: Tensor, num_classes: int, sample_rat
 
 
 def reference_classifier(waves: Tensor, labels: Tensor, num_classes: int, sample_rate: int,
-                         n_mels: int, steps: int) -> MelClassifier:
-    """The classifier for these reference clips ``(N, C, T)``: from the cache, or trained and cached."""
+                         n_mels: int, steps: int, *, cache: Path | None = None) -> MelClassifier:
+    """The classifier for these reference clips ``(N, C, T)``: from ``cache``, or trained and kept there."""
     settings = {"sample_rate": sample_rate, "n_mels": n_mels, "steps": steps, "num_classes": num_classes}
-    path = cache_dir() / "audio" / f"classifier-{cache_key(waves, labels, settings)}.pt"
-    if path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        model = MelClassifier(n_mels, num_classes)
-        model.load_state_dict(stored["state"])
-        return model.eval()
-    model = train_classifier(waves, labels, num_classes, sample_rate, n_mels, steps=steps)
-    save_atomically({"state": model.state_dict(), "settings": settings}, path)
+
+    def train(model: MelClassifier) -> dict:
+        model.load_state_dict(train_classifier(waves, labels, num_classes, sample_rate, n_mels, steps=steps).state_dict())
+        return {"settings": repr(settings)}
+
+    key = content_key("classifier", CLASSIFIER_VERSION, settings, waves.float(), labels.long())
+    model, _ = cached_network(cache, key, lambda: MelClassifier(n_mels, num_classes), train)
     return model
-
-
-def save_atomically(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """The audio domain: class-conditional diffusion on raw waveforms ``(B, C, T)`` in [-1, 1].
 
-Conditions are class labels ``(B,)`` long; ``-1`` is the null label of classifier-free
-guidance (the network maps it to its extra "no label" embedding row).
+Conditions are class labels ``(B,)`` long (:mod:`diffkit.kit.conditions`); the kit's null label
+is the one of classifier-free guidance (the network maps it to its extra "no label" embedding row).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import torch
 from torch import Tensor, nn
 
 import diffkit
+from diffkit import kit
 
-NULL_LABEL = -1
 WEIGHTS = Path(__file__).parent / "weights" / "audio.pt"
-UNCONDITIONAL_WORDS = ("", "none", "null", "uncond", "unconditional")
 
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
 CPU_PRESET: dict[str, dict[str, Any]] = {
@@ -110,21 +109,22 @@ class AudioDomain(diffkit.Domain):
     def null_cond(self, cond: Any) -> Any:
         if cond is None:
             return None
-        return torch.full_like(cond, NULL_LABEL)
+        return torch.full_like(cond, kit.NULL_LABEL)
 
     # -- sampling ---------------------------------------------------------------------------
 
     def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,
                          generator: torch.Generator | None = None) -> dict:
-        """``cond``: None cycles through the model's labels; a label name or index (``C4``, ``3``)
-        or a comma-separated list of them (cycled); ``none`` for unconditional samples."""
+        """``cond``: labels as :mod:`diffkit.kit.conditions` reads them (``C4``, ``3``, ``C4,E4``,
+        ``none``); ``None`` draws them uniformly from the model's labels."""
         from .data import clip_length
 
         network = _unwrap(model)
         device = next(network.parameters()).device
-        labels = parse_labels(cond, network.label_names.names, network.num_classes, n)
+        names = network.label_names.names
+        labels = kit.draw_labels(n, len(names), generator=generator) if cond is None else kit.parse_labels(cond, names, n)
         x = torch.zeros(n, int(config["data"]["channels"]), clip_length(config["data"]), device=device)
-        return {"x": x, "cond": labels.to(device), "names": label_texts(labels, network.label_names.names),
+        return {"x": x, "cond": labels.to(device), "names": kit.label_texts(labels, names),
                 "scale": float(config["data"].get("scale", 1.0))}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
@@ -136,9 +136,9 @@ class AudioDomain(diffkit.Domain):
 
         known, keep = known_clip(init, mask, config["data"], clip_length(config["data"]))
         names = _unwrap(model).label_names.names if model is not None else []
-        labels = parse_labels("none" if cond is None else cond, names, int(config["model"]["num_classes"]), n)
+        labels = kit.parse_labels("none" if cond is None else cond, names, n)
         scale = float(config["data"].get("scale", 1.0))
-        batch = {"x": known[None].expand(n, -1, -1) * scale, "cond": labels, "names": label_texts(labels, names),
+        batch = {"x": known[None].expand(n, -1, -1) * scale, "cond": labels, "names": kit.label_texts(labels, names),
                  "scale": scale}
         if keep is not None:
             batch["keep"] = keep[None].expand(n, -1, -1).clone()
@@ -148,7 +148,7 @@ class AudioDomain(diffkit.Domain):
         """The model's state back to a waveform in [-1, 1]."""
         return (x / float(batch.get("scale", 1.0))).clamp(-1.0, 1.0)
 
-    def write_samples(self, samples: dict, out: Path, config: dict) -> list[Path]:
+    def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
         """WAV files at the data's rate plus a spectrogram PNG each and a grid PNG of all.
 
         ``out`` is a folder (``sample_000_<label>.wav`` ...) or a file name ending in .wav, .flac
@@ -157,7 +157,7 @@ class AudioDomain(diffkit.Domain):
         from .writer import write_clips
 
         waves = samples["x"].detach().float().cpu()
-        names = samples.get("names") or label_texts(samples.get("cond"), [], n=waves.shape[0])
+        names = samples.get("names") or kit.label_texts(samples.get("cond"), [], n=waves.shape[0])
         return write_clips(waves, list(names), Path(out), int(config["data"]["sample_rate"]))
 
     # -- evaluation and weights -------------------------------------------------------------
@@ -165,47 +165,10 @@ class AudioDomain(diffkit.Domain):
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
         from .evaluation import evaluate_audio
 
-        # Settings missing from an older checkpoint's config take their defaults.
-        config = _deep_merge(self.default_config(), config)
         return evaluate_audio(Path(samples), None if reference is None else Path(reference), config)
 
     def pretrained(self) -> Path | None:
         return WEIGHTS if WEIGHTS.is_file() else None
-
-
-def parse_labels(cond: Any, names: list[str], capacity: int, n: int) -> Tensor:
-    """The labels ``(n,)`` asked for by a ``--cond`` string (see :meth:`AudioDomain.prepare_sampling`)."""
-    if isinstance(cond, Tensor):
-        return cond.long().reshape(-1).expand(n) if cond.numel() == 1 else cond.long()
-    if cond is None:
-        cycle = list(range(len(names))) or [NULL_LABEL]
-    elif str(cond).strip().lower() in UNCONDITIONAL_WORDS:
-        cycle = [NULL_LABEL]
-    else:
-        cycle = [label_index(part.strip(), names, capacity) for part in str(cond).split(",")]
-    return torch.tensor([cycle[i % len(cycle)] for i in range(n)], dtype=torch.long)
-
-
-def label_index(text: str, names: list[str], capacity: int) -> int:
-    if text in names:
-        return names.index(text)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < (len(names) or capacity):
-        return int(text)
-    known = ", ".join(names) if names else f"indices 0..{capacity - 1}"
-    raise ValueError(f"--cond {text!r} is not a label of this model; known: {known}, or 'none'")
-
-
-def label_texts(labels: Tensor | None, names: list[str], n: int | None = None) -> list[str]:
-    """Readable labels for file names: the label's name, its index, or ``uncond``."""
-    if labels is None:
-        return ["uncond"] * (n or 0)
-    texts = []
-    for label in labels.reshape(-1).tolist():
-        if label < 0:
-            texts.append("uncond")
-        else:
-            texts.append(names[label] if label < len(names) else str(label))
-    return texts
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffkit.kit import cache_dir, frechet_distance
+
 from .audio_io import UnreadableAudio, fit_length, load_clip
 from .classifier import classify, reference_classifier
 from .data import ClipDataset, find_audio_files, folder_dataset, notes_dataset, split_files, warn_skipped
-from .metrics import feature_frechet, frame_features, inception_score
+from .metrics import frame_features, inception_score
 
 
 def stack_clips(dataset: ClipDataset) -> tuple[Tensor, Tensor]:
@@ -115,8 +117,8 @@ def evaluate_audio(samples: Path, reference: Path | None, config: dict) -> dict[
 
     reference_frames = frame_features(reference_waves, rate, n_mels)
     scores = {
-        "fd_logmel": feature_frechet(frame_features(sample_waves, rate, n_mels), reference_frames),
-        "fd_logmel_heldout": feature_frechet(frame_features(heldout_waves, rate, n_mels), reference_frames),
+        "fd_logmel": frechet_distance(frame_features(sample_waves, rate, n_mels), reference_frames),
+        "fd_logmel_heldout": frechet_distance(frame_features(heldout_waves, rate, n_mels), reference_frames),
         "n_samples": float(len(sample_waves)),
         "n_reference": float(len(reference_waves)),
         "n_heldout": float(len(heldout_waves)),
@@ -125,7 +127,7 @@ def evaluate_audio(samples: Path, reference: Path | None, config: dict) -> dict[
         warnings.warn("the reference data has a single label, so the classifier scores are left out", stacklevel=2)
         return scores
     classifier = reference_classifier(reference_waves, reference_labels, reference_set.num_classes, rate,
-                                      n_mels, int(settings["classifier_steps"]))
+                                      n_mels, int(settings["classifier_steps"]), cache=cache_dir("audio", config))
     scores.update(classifier_scores(classifier, sample_waves, heldout_waves, reference_waves, rate, n_mels))
     _, heldout_probabilities = classify(classifier, heldout_waves, rate, n_mels)
     scores["label_accuracy_heldout"] = float(np.mean(heldout_probabilities.argmax(axis=1) == heldout_labels.numpy()))
@@ -142,8 +144,8 @@ def classifier_scores(classifier, sample_waves: Tensor, heldout_waves: Tensor, r
     heldout_features, heldout_probabilities = classify(classifier, heldout_waves, rate, n_mels)
     reference_features, _ = classify(classifier, reference_waves, rate, n_mels)
     return {
-        "fd_classifier": feature_frechet(sample_features, reference_features),
-        "fd_classifier_heldout": feature_frechet(heldout_features, reference_features),
+        "fd_classifier": frechet_distance(sample_features, reference_features),
+        "fd_classifier_heldout": frechet_distance(heldout_features, reference_features),
         "is": inception_score(sample_probabilities),
         "is_heldout": inception_score(heldout_probabilities),
     }

@@ -71,6 +71,10 @@ def grid_image(images: list, captions: list[str], columns: int = 8):
     return grid
 
 
-def save_png(image, path: Path) -> Path:
-    image.save(path, format="PNG")
-    return path
+def png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,14 +1,18 @@
-"""Writing generated clips: an audio file and a spectrogram PNG per clip, and one grid PNG."""
+"""Writing generated clips: an audio file and a spectrogram PNG per clip, and one grid PNG
+(never over existing files: the kit's output policy)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 
-from .audio_io import write_wav
-from .render import grid_image, save_png, spectrogram_image
+from diffkit.kit import Output, check_new, write_new
+
+from .audio_io import encode_audio
+from .render import grid_image, png_bytes, spectrogram_image
 
 AUDIO_OUT_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -32,24 +36,22 @@ def target_paths(out: Path, names: list[str]) -> tuple[list[Path], Path]:
     return paths, out / "grid.png"
 
 
-def write_clips(waves: Tensor, names: list[str], out: Path, sample_rate: int) -> list[Path]:
-    """Write ``(N, C, T)`` clips with their labels ``names``; returns the files written.
+def write_clips(waves: Tensor, names: list[str], out: Path, sample_rate: int) -> list[Output]:
+    """Write ``(N, C, T)`` clips with their labels ``names``; returns the outputs.
 
     Refuses (before writing anything) when any target file exists already."""
     if len(names) != waves.shape[0]:
         raise ValueError(f"{waves.shape[0]} clips but {len(names)} names")
     audio_paths, grid_path = target_paths(out, names)
-    images_paths = [path.with_suffix(".png") for path in audio_paths]
-    existing = [str(path) for path in [*audio_paths, *images_paths, grid_path] if path.exists()]
-    if existing:
-        raise ValueError(f"not overwriting {len(existing)} existing file(s), e.g. {existing[0]!r}; "
-                              f"choose another --out")
-    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    image_paths = [path.with_suffix(".png") for path in audio_paths]
+    check_new([*audio_paths, *image_paths, grid_path])
     written, images = [], []
-    for wave, audio_path, image_path in zip(waves, audio_paths, images_paths):
-        written.append(write_wav(audio_path, wave, sample_rate))
+    for wave, audio_path, image_path in zip(waves, audio_paths, image_paths):
+        write_new(audio_path, encode_audio(wave, sample_rate, audio_path.suffix))
+        written.append(Output(audio_path, "audio", content=wave.float().mean(dim=0).numpy(), sample_rate=sample_rate))
         image = spectrogram_image(wave, sample_rate)
-        written.append(save_png(image, image_path))
+        written.append(Output(write_new(image_path, png_bytes(image)), "image"))
         images.append(image)
-    written.append(save_png(grid_image(images, names, columns=8), grid_path))
+    grid = grid_image(images, names, columns=8)
+    written.append(Output(write_new(grid_path, png_bytes(grid)), "image", "overview", content=np.asarray(grid)))
     return written

@@ -1,7 +1,7 @@
 """Image data: the embedded handwritten digits and folders of the user's pictures.
 
 Pixels are stored as ``uint8`` tensors ``(N, C, H, W)`` and turned into floats in [-1, 1] per item.
-A folder is decoded once and cached under the diffkit cache (see :func:`cache_dir`), keyed by the
+A folder is decoded once and cached under the diffkit cache (:func:`diffkit.kit.cache_dir`), keyed by the
 files' names, sizes and modification times and by the size and channel settings, so a changed
 folder or setting is noticed and decoded again.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +19,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from diffkit.kit import save_torch_atomic
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CACHE_VERSION = 1
-
-
-def cache_dir(configured: str = "") -> Path:
-    """Where diffkit keeps derived files: ``configured`` if set, else ``$DIFFKIT_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/diffkit``, else ``~/.cache/diffkit``; the image domain uses ``image/`` in it."""
-    if configured:
-        return Path(configured).expanduser() / "image"
-    if os.environ.get("DIFFKIT_CACHE_DIR"):
-        return Path(os.environ["DIFFKIT_CACHE_DIR"]).expanduser() / "image"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "diffkit" / "image"
 
 
 @dataclass
@@ -126,7 +116,7 @@ def load_folder(root: str | Path, image_size: int, channels: int, *, cache: Path
     images = _decode_all(root, files, image_size, channels)
     images.class_names = class_names
     if cache_file is not None:
-        _save_atomically({"pixels": images.pixels, "labels": images.labels, "class_names": class_names}, cache_file)
+        save_torch_atomic({"pixels": images.pixels, "labels": images.labels, "class_names": class_names}, cache_file)
     return images
 
 
@@ -176,13 +166,6 @@ def _folder_key(root: Path, files: Sequence[tuple[Path, int]], image_size: int, 
         stat = path.stat()
         digest.update(f"\n{path.relative_to(root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
-
-
-def _save_atomically(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
 
 
 # -- one picture ------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import diffkit
+from diffkit import kit
 
 WEIGHTS = Path(__file__).parent / "weights" / "image-cpu.pt"
 
@@ -18,7 +19,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "image_size": 16,          # pictures are scaled and center-cropped to this side
         "channels": 1,             # 1 gray, 3 RGB
         "hflip": False,            # random horizontal flips (photos yes, digits and text no)
-        "cache": True,             # keep decoded folders under the cache (evaluate.cache_dir)
+        "cache": True,             # keep decoded folders under the cache (data.cache_dir)
     },
     "model": {
         "base_channels": 32,
@@ -45,7 +46,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "preview_count": 64,
     },
     "evaluate": {
-        "cache_dir": "",           # "" = $DIFFKIT_CACHE_DIR, else $XDG_CACHE_HOME/diffkit, else ~/.cache/diffkit
         "classifier_epochs": 15,   # training of the feature classifier of the Fréchet distance
     },
 }
@@ -64,10 +64,6 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-NULL_LABEL = -1
-UNCONDITIONAL_WORDS = ("none", "null", "uncond", "unconditional")
-
-
 class ImageDomain(diffkit.Domain):
     name = "image"
     description = "pictures (B, C, H, W): class-conditional U-Net; handwritten digits built in"
@@ -82,16 +78,9 @@ class ImageDomain(diffkit.Domain):
 
     def build_dataset(self, config: dict, data: str | None = None):
         """The 1,797 handwritten digits for ``data`` None or ``"digits"``, else a folder of pictures."""
-        from .data import ImageDataset, cache_dir, load_digits, load_folder
+        from .data import ImageDataset
 
-        settings = config["data"]
-        size, channels = int(settings["image_size"]), int(settings["channels"])
-        if data in (None, "", "digits"):
-            images = load_digits(size, channels)
-        else:
-            cache = cache_dir(config["evaluate"]["cache_dir"]) if settings["cache"] else None
-            images = load_folder(data, size, channels, cache=cache)
-        return ImageDataset(images, hflip=bool(settings["hflip"]))
+        return ImageDataset(_images(data, config), hflip=bool(config["data"]["hflip"]))
 
     def build_model(self, config: dict) -> nn.Module:
         from .unet import build_unet
@@ -103,23 +92,22 @@ class ImageDomain(diffkit.Domain):
         _unwrap(model).set_classes(dataset.class_names, counts)
 
     def null_cond(self, cond: Any) -> Any:
-        """Label ``-1`` (the model's null class) for every sample."""
-        return None if cond is None else torch.full_like(cond, NULL_LABEL)
+        """The null label (the model's null class) for every sample."""
+        return None if cond is None else torch.full_like(cond, kit.NULL_LABEL)
 
     # -- sampling -----------------------------------------------------------------------------
 
     def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,
                          generator: torch.Generator | None = None) -> dict:
-        """``cond``: a class name or label (``"7"``), a comma-separated list cycled over the
-        samples (``"0,1,2"``), ``"none"`` for unconditional samples, or ``None`` for labels drawn
-        with the training data's class frequencies."""
+        """``cond``: class labels as :mod:`diffkit.kit.conditions` reads them, or ``None`` for
+        labels drawn with the training data's class frequencies."""
         unet = _unwrap(model)
         device = next(unet.parameters()).device
         x = torch.zeros(n, unet.channels, unet.image_size, unet.image_size, device=device)
         if cond is None:
-            labels = _draw_labels(unet.class_counts, unet.class_names, n, generator)
+            labels = kit.draw_labels(n, len(unet.class_names), unet.class_counts, generator)
         else:
-            labels = parse_labels(str(cond), unet.class_names, n)
+            labels = kit.parse_labels(cond, unet.class_names, n)
         return {"x": x, "cond": labels.to(device)}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model=None,
@@ -136,13 +124,13 @@ class ImageDomain(diffkit.Domain):
             batch["keep"] = keep.expand(n, *keep.shape).clone()
         if cond is not None:
             names = [str(i) for i in range(int(config["model"]["num_classes"]))]
-            batch["cond"] = parse_labels(str(cond), names, n)
+            batch["cond"] = kit.parse_labels(cond, names, n)
         return batch
 
     def decode(self, x: Tensor, batch: dict) -> Tensor:
         return x.clamp(-1.0, 1.0)
 
-    def write_samples(self, samples: dict, out: Path, config: dict) -> list[Path]:
+    def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
         """PNGs in the folder ``out`` (one per sample plus ``grid.png``), or one grid if ``out``
         ends in ``.png``. Existing files are never overwritten."""
         from .files import write_images
@@ -154,53 +142,29 @@ class ImageDomain(diffkit.Domain):
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
         """Fréchet distance in the features of a cached classifier trained on the reference, and
         nearest-neighbour memorisation scores (see :mod:`diffkit_image.evaluation`)."""
-        from .data import cache_dir, load_digits, load_folder
         from .evaluation import score
         from .files import read_images
 
         settings = config["data"]
-        size, channels = int(settings["image_size"]), int(settings["channels"])
-        cache = cache_dir(config["evaluate"]["cache_dir"])
-        if reference is None or str(reference) == "digits":
-            reference_images = load_digits(size, channels)
-        else:
-            reference_images = load_folder(reference, size, channels, cache=cache if settings["cache"] else None)
-        pictures = read_images(Path(samples), size, channels)
-        return score(pictures, reference_images, epochs=int(config["evaluate"]["classifier_epochs"]), cache=cache)
+        pictures = read_images(Path(samples), int(settings["image_size"]), int(settings["channels"]))
+        return score(pictures, _images(reference, config), epochs=int(config["evaluate"]["classifier_epochs"]),
+                     cache=kit.cache_dir(self.name, config))
 
     def pretrained(self) -> Path | None:
         return WEIGHTS if WEIGHTS.is_file() else None
 
 
-def parse_labels(text: str, class_names: Sequence[str], n: int) -> Tensor:
-    """Labels ``(n,)`` from a class name or index, or a comma-separated list of them (cycled);
-    ``"none"`` gives the null label (unconditional sampling)."""
-    tokens = [token.strip() for token in text.split(",") if token.strip()]
-    if not tokens:
-        raise ValueError("--cond is empty; give a class name or label, e.g. --cond 3")
-    labels = [_parse_label(token, class_names) for token in tokens]
-    return torch.tensor([labels[i % len(labels)] for i in range(n)], dtype=torch.long)
+def _images(source: str | Path | None, config: dict):
+    """The bundled digits for ``None`` or ``"digits"``, else the pictures of a folder (decoded once
+    into the cache when ``data.cache``)."""
+    from .data import load_digits, load_folder
 
-
-def _parse_label(token: str, class_names: Sequence[str]) -> int:
-    if token.lower() in UNCONDITIONAL_WORDS:
-        return NULL_LABEL
-    if token in class_names:
-        return list(class_names).index(token)
-    if token.lstrip("-").isdigit() and 0 <= int(token) < len(class_names):
-        return int(token)
-    shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
-    raise ValueError(f"--cond {token!r} is not a class of this model; classes: {shown} "
-                     f"(or a label 0..{len(class_names) - 1}, or 'none')")
-
-
-def _draw_labels(counts: Tensor, class_names: Sequence[str], n: int, generator: torch.Generator | None) -> Tensor:
-    """Labels with the training data's class frequencies (uniform when unknown)."""
-    weights = counts.detach().float().cpu()
-    if weights.sum() <= 0:
-        weights = torch.ones(len(class_names))
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.multinomial(weights.to(device), n, replacement=True, generator=generator).cpu()
+    settings = config["data"]
+    size, channels = int(settings["image_size"]), int(settings["channels"])
+    if source in (None, "", "digits"):
+        return load_digits(size, channels)
+    cache = kit.cache_dir("image", config) if settings["cache"] else None
+    return load_folder(source, size, channels, cache=cache)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

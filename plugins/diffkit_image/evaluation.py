@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from diffkit.kit import cached_network, content_key, frechet_distance
 
 from .data import ImageSet, to_unit_range
 
@@ -62,34 +62,21 @@ def feature_network(reference: ImageSet, *, epochs: int, cache: Path | None) -> 
     """The feature network for ``reference`` and its held-out accuracy (NaN when untrained).
 
     Trained with a fixed seed on 90% of the pictures (random shifts of up to 1/8 of the side as
-    augmentation), checked on the other 10%, and stored in ``cache/classifiers/<key>.pt`` where the
-    key hashes the pictures, labels, epochs and network version.
-    """
-    channels = reference.pixels.shape[1]
-    num_classes = len(reference.class_names)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)  # fixed initial (and, for unlabelled pictures, final) weights
-        net = FeatureNet(channels, num_classes)
-    path = cache / "classifiers" / f"{_reference_key(reference, epochs)}.pt" if cache is not None else None
-    if path is not None and path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(stored["state"])
-        return net.eval(), float(stored["accuracy"])
-    accuracy = _train(net, reference, epochs) if num_classes > 1 else float("nan")
-    net.cpu()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        torch.save({"state": net.state_dict(), "accuracy": accuracy}, partial)
-        os.replace(partial, path)
-    return net.eval(), accuracy
+    augmentation), checked on the other 10%, and kept in ``cache/classifiers/`` under a hash of
+    the pictures, labels, epochs and network version."""
+    channels, num_classes = reference.pixels.shape[1], len(reference.class_names)
 
+    def build() -> FeatureNet:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # fixed initial (and, for unlabelled pictures, final) weights
+            return FeatureNet(channels, num_classes)
 
-def _reference_key(reference: ImageSet, epochs: int) -> str:
-    digest = hashlib.sha256(f"featurenet v{FEATURE_NET_VERSION} epochs {epochs} ".encode())
-    digest.update(reference.pixels.contiguous().numpy().tobytes())
-    digest.update(reference.labels.numpy().tobytes())
-    return digest.hexdigest()[:24]
+    def train(net: FeatureNet) -> dict:
+        return {"accuracy": _train(net, reference, epochs) if num_classes > 1 else float("nan")}
+
+    key = content_key("featurenet", FEATURE_NET_VERSION, epochs, reference.pixels, reference.labels)
+    net, info = cached_network(cache / "classifiers" if cache is not None else None, key, build, train)
+    return net, float(info["accuracy"])
 
 
 def _train(net: FeatureNet, reference: ImageSet, epochs: int, batch_size: int = 64) -> float:
@@ -102,8 +89,7 @@ def _train(net: FeatureNet, reference: ImageSet, epochs: int, batch_size: int = 
     test, train = order[:held_out].to(device), order[held_out:]
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
-    with torch.enable_grad():  # callers may be sampling under no_grad
-        _fit(net, reference, train, optimizer, epochs, batch_size, generator)
+    _fit(net, reference, train, optimizer, epochs, batch_size, generator)
     net.eval()
     with torch.no_grad():
         predicted = net(to_unit_range(reference.pixels[test])).argmax(dim=1)
@@ -142,28 +128,6 @@ def extract_features(net: FeatureNet, pixels: Tensor, batch_size: int = 512) -> 
 
 
 # -- the scores ---------------------------------------------------------------------------------
-
-def frechet_distance(a: Tensor, b: Tensor) -> float:
-    """The Fréchet distance between Gaussians fitted to feature sets ``a (N, D)`` and ``b (M, D)``:
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
-
-    The trace of the matrix square root is taken as the sum of square roots of the eigenvalues of
-    the symmetric ``S_a^(1/2) S_b S_a^(1/2)``, which has the same spectrum as ``S_a S_b``."""
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"the Fréchet distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
-    a, b = a.double(), b.double()
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    root_a = _psd_sqrt(cov_a)
-    middle = root_a @ cov_b @ root_a
-    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
-    mean_term = (a.mean(0) - b.mean(0)).square().sum()
-    return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * trace_root)
-
-
-def _psd_sqrt(matrix: Tensor) -> Tensor:
-    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-
 
 def nearest_distances(queries: Tensor, pool: Tensor, *, k: int = 1, exclude_self: bool = False,
                       chunk: int = 256) -> Tensor:

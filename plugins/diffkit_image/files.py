@@ -1,7 +1,7 @@
 """Reading and writing image files: sample PNGs, grids, and the inputs of editing.
 
-Files are created exclusively: an existing file is never overwritten. Samples written into a
-folder take the first free numbers, so repeated runs (or processes sharing a folder) add files.
+Outputs follow the kit's policy: an existing file is never overwritten, and a run that would
+replace one writes nothing.
 """
 
 from __future__ import annotations
@@ -9,14 +9,16 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
+from diffkit.kit import Output, check_new, write_new
+
 from .data import fit_image, to_pixels
 
 GRID_NAME = "grid"
+GRID_FILE = f"{GRID_NAME}.png"
 OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 #: Tiles of a grid are enlarged (nearest neighbour) to at least this many pixels a side.
 GRID_MIN_TILE = 64
@@ -24,30 +26,37 @@ GRID_MIN_TILE = 64
 GRID_MAX_SAMPLES = 256
 
 
-def write_images(images: Tensor, out: Path) -> list[Path]:
+def write_images(images: Tensor, out: Path) -> list[Output]:
     """Write ``(B, C, H, W)`` images in [-1, 1] as PNGs.
 
     ``out`` ending in ``.png`` gets one grid; any other path is a folder that gets
-    ``sample-00000.png``, ... (numbered after those already there) and a ``grid.png`` (or
-    ``grid-1.png``, ... when taken). Grids show the first ``GRID_MAX_SAMPLES`` images. Returns
-    the files written, individual ones first.
-    """
+    ``sample-00000.png``, ... and ``grid.png``. Grids show the first ``GRID_MAX_SAMPLES`` images.
+    Returns the outputs, individual ones first."""
     out = Path(out)
     if len(images) == 0:
         raise ValueError(f"no samples to write to {str(out)!r}")
-    grid = png_bytes(make_grid(images[:GRID_MAX_SAMPLES]))
-    if out.suffix.lower() == ".png":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _create(out, grid)
-        return [out]
     if out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
         raise ValueError(f"--out {str(out)!r}: the image domain writes a folder or a .png grid, "
                          f"not {out.suffix!r} files")
-    out.mkdir(parents=True, exist_ok=True)
-    start = _next_sample_number(out)
-    written = [_create_first_free(out, _sample_name, png_bytes(image), start + i) for i, image in enumerate(images)]
-    written.append(_create_first_free(out, _grid_name, grid))
-    return written
+    grid = make_grid(images[:GRID_MAX_SAMPLES])
+    if out.suffix.lower() == ".png":
+        return [_write_png(out, grid, "overview")]
+    paths = [out / f"sample-{index:05d}.png" for index in range(len(images))]
+    check_new([*paths, out / GRID_FILE])
+    written = [_write_png(path, image, "samples") for path, image in zip(paths, images)]
+    return written + [_write_png(out / GRID_FILE, grid, "overview")]
+
+
+def _write_png(path: Path, image: Tensor, role: str) -> Output:
+    write_new(path, png_bytes(image))
+    # Overviews keep their pixels for previews; single samples are many and need not.
+    return Output(path, "image", role, content=_hwc_pixels(image) if role == "overview" else None)
+
+
+def _hwc_pixels(image: Tensor):
+    """A ``(C, H, W)`` image in [-1, 1] as an ``(H, W)`` or ``(H, W, 3)`` uint8 array."""
+    pixels = to_pixels(image).permute(1, 2, 0).numpy()
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 
 def grid_columns(n: int) -> int:
@@ -75,47 +84,10 @@ def png_bytes(image: Tensor) -> bytes:
     """A ``(C, H, W)`` image in [-1, 1] (C = 1 or 3) encoded as PNG."""
     from PIL import Image
 
-    pixels = to_pixels(image).permute(1, 2, 0).numpy()
-    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    picture = Image.fromarray(_hwc_pixels(image))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _create(path: Path, content: bytes) -> None:
-    try:
-        with open(path, "xb") as handle:
-            handle.write(content)
-    except FileExistsError:
-        raise FileExistsError(f"{str(path)!r} already exists; choose another --out or remove it") from None
-
-
-def _create_first_free(folder: Path, name_for: Callable[[int], str], content: bytes, start: int = 0) -> Path:
-    """Create ``folder / name_for(i)`` for the first free ``i >= start``; exclusive creation makes
-    this safe when several processes write into the same folder."""
-    index = start
-    while True:
-        path = folder / name_for(index)
-        try:
-            with open(path, "xb") as handle:
-                handle.write(content)
-            return path
-        except FileExistsError:
-            index += 1
-
-
-def _sample_name(index: int) -> str:
-    return f"sample-{index:05d}.png"
-
-
-def _grid_name(index: int) -> str:
-    return f"{GRID_NAME}.png" if index == 0 else f"{GRID_NAME}-{index}.png"
-
-
-def _next_sample_number(folder: Path) -> int:
-    """One past the highest ``sample-N.png`` in ``folder`` (so new files follow the old ones)."""
-    numbers = [int(p.stem[len("sample-"):]) for p in folder.glob("sample-*.png") if p.stem[len("sample-"):].isdigit()]
-    return max(numbers, default=-1) + 1
 
 
 def read_images(folder: Path, image_size: int, channels: int) -> Tensor:

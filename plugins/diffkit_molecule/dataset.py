@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from diffkit.kit import write_atomic
 
 from . import chem, properties
 from .sources import read_molecules
@@ -117,14 +118,6 @@ def cache_key(source: Path, spec: Featurisation) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def default_cache_dir() -> Path:
-    """``$DIFFKIT_CACHE/molecule``, else ``$XDG_CACHE_HOME/diffkit/molecule``, else ``~/.cache/...``."""
-    if os.environ.get("DIFFKIT_CACHE"):
-        return Path(os.environ["DIFFKIT_CACHE"]) / "molecule"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "diffkit" / "molecule"
-
-
 def _graph_dataset_class():
     """Defined lazily so that importing the plugin does not import torch-geometric."""
     from torch_geometric.data import InMemoryDataset
@@ -165,17 +158,18 @@ def _graph_dataset_class():
             self.save(graphs, self.processed_paths[0])
             info = {"vocabulary": vocabulary, "total": skipped.total, "skipped": dict(skipped.reasons),
                     "source": str(self.source), "featurisation": asdict(self.spec)}
-            Path(self.processed_paths[1]).write_text(json.dumps(info, indent=1) + "\n")
+            write_atomic(self.processed_paths[1], (json.dumps(info, indent=1) + "\n").encode())
 
     return MoleculeGraphs
 
 
-def molecule_graphs(source: Path, spec: Featurisation, cache_dir: Path | None = None):
-    """The cached torch-geometric dataset of ``source`` (see :func:`featurise`), all sizes."""
-    return _graph_dataset_class()(source, spec, cache_dir or default_cache_dir())
+def molecule_graphs(source: Path, spec: Featurisation, cache_dir: Path):
+    """The torch-geometric dataset of ``source`` (see :func:`featurise`), all sizes, processed
+    once into ``cache_dir``."""
+    return _graph_dataset_class()(source, spec, cache_dir)
 
 
-def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Path | None = None,
+def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Path,
                 atom_types: list[str] | None = None):
     """The graphs of ``source`` with at most ``max_atoms`` atoms and, when ``atom_types`` is given,
     only those types (renumbered to that order). Returns ``(graphs, vocabulary)``. Everything left

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import diffkit
+from diffkit import kit
 
 WEIGHTS_FILE = "molecule.pt"
 
@@ -28,7 +29,6 @@ class MoleculeDomain(diffkit.Domain):
                 "max_atoms": 40,           # larger molecules are skipped; lowered to the largest one kept
                 "smiles_column": "smiles",  # for .csv files
                 "properties": ["qed", "logp", "mol_weight"],  # conditions for guidance; [] for none
-                "cache_dir": "",           # processed graphs; default $DIFFKIT_CACHE or ~/.cache/diffkit
             },
             "model": {
                 "hidden": 128, "edge_hidden": 64, "heads": 8, "layers": 6,
@@ -58,14 +58,14 @@ class MoleculeDomain(diffkit.Domain):
         """The bundled QM9 subset (``data=None``), all of QM9 (``"qm9"``, needs qm9pack) or a
         .smi/.txt/.csv/.sdf file. Completes ``config["data"]``: ``atom_types`` when it was empty,
         and ``max_atoms`` lowered to the largest molecule kept."""
-        from .dataset import DenseMolecules, Featurisation, default_cache_dir, load_graphs
+        from .dataset import DenseMolecules, Featurisation, load_graphs
         from .properties import check_names
         from .qm9 import qm9_file
         from .sources import bundled_path
 
         section = config["data"]
         check_names(section["properties"])
-        cache_dir = Path(section["cache_dir"]) if section["cache_dir"] else default_cache_dir()
+        cache_dir = kit.cache_dir(self.name, config)
         if data is None:
             source = bundled_path()
         elif str(data).lower() == "qm9" and not Path(data).exists():
@@ -114,25 +114,33 @@ class MoleculeDomain(diffkit.Domain):
     def prepare_sampling(self, model: nn.Module, n: int, config: dict, *, cond: Any = None,
                          generator: torch.Generator | None = None) -> dict:
         """``n`` graphs whose atom counts are drawn from the training distribution, or fixed by
-        ``sample.num_atoms`` or ``--cond atoms=K``; ``--cond "qed=0.8,logp=1"`` conditions."""
-        from .properties import condition_tensor, parse_condition
-
+        ``sample.num_atoms`` or ``--cond atoms=K``; ``cond`` sets property values as
+        :func:`diffkit.kit.parse_values` reads them (``"qed=0.8,logp=1"``, ``"qed=0.5;qed=0.7"``
+        for one value per sample, a dict or a list of dicts); properties not named stay free."""
         model = _unwrap(model)
-        values, atoms = parse_condition(cond, model.property_names) if isinstance(cond, str) else ({}, None)
-        atoms = atoms or int(config["sample"]["num_atoms"]) or None
-        sizes = self._draw_sizes(model, n, atoms, generator)
+        values, extras = kit.parse_values(cond, model.property_names, n, extra_keys=("atoms",))
+        sizes = self._draw_sizes(model, n, int(config["sample"]["num_atoms"]) or None, generator)
+        asked = [extra.get("atoms") for extra in extras]
+        if any(atoms is not None for atoms in asked):
+            sizes = torch.tensor([self._checked_atoms(model, atoms) if atoms is not None else int(size)
+                                  for atoms, size in zip(asked, sizes)], dtype=torch.long, device=sizes.device)
         batch = self._blank_batch(model, sizes)
-        if values:
-            batch["cond"] = condition_tensor(values, model.property_names, n).to(sizes.device)
+        if not torch.isnan(values).all():
+            batch["cond"] = values.to(sizes.device)
         return batch
+
+    @staticmethod
+    def _checked_atoms(model: nn.Module, atoms: float, at_least: int = 1) -> int:
+        largest = len(model.size_counts) - 1
+        if atoms != int(atoms) or not at_least <= atoms <= largest:
+            raise ValueError(f"--cond atoms={atoms:g}: the atom count must be a whole number this model "
+                             f"can generate ({at_least}..{largest})")
+        return int(atoms)
 
     def _draw_sizes(self, model: nn.Module, n: int, atoms: int | None, generator, at_least: int = 1) -> Tensor:
         counts = model.size_counts
-        largest = len(counts) - 1
         if atoms is not None:
-            if not at_least <= atoms <= largest:
-                raise ValueError(f"atoms={atoms} is outside what this model can generate ({at_least}..{largest})")
-            return torch.full((n,), atoms, dtype=torch.long, device=counts.device)
+            return torch.full((n,), self._checked_atoms(model, atoms, at_least), dtype=torch.long, device=counts.device)
         weights = counts.clone()
         weights[:at_least] = 0
         if weights.sum() <= 0:
@@ -167,7 +175,7 @@ class MoleculeDomain(diffkit.Domain):
 
         return decode(x, batch["extra"]["node_mask"])
 
-    def write_samples(self, samples: dict, out: Path, config: dict) -> list[Path]:
+    def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
         from .outputs import molecules_from_graphs, write_molecules
 
         mols = molecules_from_graphs(samples["x"]["nodes"], samples["x"]["edges"], config["data"]["atom_types"])

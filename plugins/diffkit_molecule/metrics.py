@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from diffkit.kit import frechet_distance
+
 from . import chem, properties
 
 EVALUATED_PROPERTIES = ("qed", "logp", "mol_weight")
@@ -66,24 +68,6 @@ def _property_table(smiles: Sequence[str]) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, len(EVALUATED_PROPERTIES))
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """``||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})`` between two Gaussians.
-
-    ``tr((S1 S2)^{1/2})`` is the sum of the square roots of the eigenvalues of the symmetric
-    ``S1^{1/2} S2 S1^{1/2}`` (similar to ``S1 S2``): two symmetric eigendecompositions, much
-    faster and steadier than a general matrix square root of a 512 x 512 product."""
-    root1 = _symmetric_sqrt(sigma1)
-    middle = root1 @ sigma2 @ root1
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
-    trace_root = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root)
-
-
-def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
-    eigenvalues, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
-
-
 def chemnet_activations(smiles: Sequence[str], batch_size: int = 512) -> np.ndarray:
     """ChemNet's penultimate activations ``(M, 512)`` for SMILES (fcd-torch's weights)."""
     import os
@@ -108,7 +92,7 @@ def fcd(samples: Sequence[str], reference: Sequence[str]) -> float:
     if len(mine) < 2 or len(theirs) < 2:
         return math.nan
     a, b = chemnet_activations(mine), chemnet_activations(theirs)
-    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    return frechet_distance(a, b)
 
 
 def evaluate_smiles(samples: Sequence[str], reference: Sequence[str], *, with_fcd: bool = True) -> dict[str, float]:

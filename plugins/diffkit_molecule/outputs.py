@@ -12,6 +12,8 @@ from typing import Sequence
 
 from torch import Tensor
 
+from diffkit.kit import Output, check_new, write_new
+
 from . import chem
 
 WRITERS = (".smi", ".sdf", ".png")
@@ -35,10 +37,10 @@ def smiles_lines(mols: list) -> list[str]:
     return lines
 
 
-def write_molecules(mols: list, out: Path) -> list[Path]:
+def write_molecules(mols: list, out: Path) -> list[Output]:
     """``out`` ending in .smi, .sdf or .png writes that file; any other path is a folder that
     receives ``samples.smi``, ``samples.sdf`` (when a molecule is valid) and ``grid.png``.
-    Existing files are never replaced."""
+    Existing files are never replaced: nothing is written when one of them exists."""
     suffix = out.suffix.lower()
     if suffix in WRITERS:
         targets = [out]
@@ -48,25 +50,28 @@ def write_molecules(mols: list, out: Path) -> list[Path]:
         targets = [out / "samples.smi", out / "samples.sdf", out / "grid.png"]
         if not any(chem.sanitized(mol) is not None for mol in mols):
             targets.remove(out / "samples.sdf")  # an SDF holds valid molecules only: none here
-    existing = [str(path) for path in targets if path.exists()]
-    if existing:
-        raise FileExistsError(f"{existing[0]} already exists; choose another --out or remove it")
+    check_new(targets)
+    written = []
     for path in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        {".smi": _write_smiles, ".sdf": _write_sdf, ".png": _write_grid}[path.suffix.lower()](mols, path)
-    return targets
+        encode, kind, role = ENCODERS[path.suffix.lower()]
+        write_new(path, encode(mols))
+        written.append(Output(path, kind, role))
+    return written
 
 
-def _write_smiles(mols: list, path: Path) -> None:
-    path.write_text("".join(line + "\n" for line in smiles_lines(mols)))
+def _smiles_file(mols: list) -> bytes:
+    return "".join(line + "\n" for line in smiles_lines(mols)).encode()
 
 
-def _write_sdf(mols: list, path: Path) -> None:
+def _sdf_file(mols: list) -> bytes:
     """Valid molecules with 2D coordinates; invalid ones are left out (their SMILES file line says why)."""
+    import io
+
     Chem = chem.rdkit()
     from rdkit.Chem import AllChem
 
-    with Chem.SDWriter(str(path)) as writer:
+    text = io.StringIO()
+    with Chem.SDWriter(text) as writer:
         for index, mol in enumerate(mols):
             clean = chem.sanitized(mol)
             if clean is None:
@@ -74,6 +79,7 @@ def _write_sdf(mols: list, path: Path) -> None:
             AllChem.Compute2DCoords(clean)
             clean.SetProp("_Name", f"sample_{index}")
             writer.write(clean)
+    return text.getvalue().encode()
 
 
 def _drawable(mol):
@@ -85,8 +91,10 @@ def _drawable(mol):
     return mol
 
 
-def _write_grid(mols: list, path: Path) -> None:
-    """The first molecules in a grid (one row for a short strip, e.g. an interpolation)."""
+def _grid_picture(mols: list) -> bytes:
+    """The first molecules in a grid (one row for a short strip, e.g. an interpolation), as PNG."""
+    import io
+
     from rdkit.Chem import Draw
 
     shown = mols[:GRID_LIMIT]
@@ -95,4 +103,11 @@ def _write_grid(mols: list, path: Path) -> None:
     cells = [m if m is not None else _drawable(raw) for m, raw in zip(clean, shown)]
     per_row = len(shown) if len(shown) <= 10 else 8
     image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
-    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+#: suffix -> (encoder, Output kind, Output role)
+ENCODERS = {".smi": (_smiles_file, "molecules", "samples"), ".sdf": (_sdf_file, "molecules", "samples"),
+            ".png": (_grid_picture, "image", "overview")}

@@ -91,11 +91,30 @@ class _SamplerPlugin:
         register("one_shot_test", _halfway)
 
 
-def test_plugin_sampler_becomes_usable_by_name():
-    make_plugin_manager(builtins=(), entry_points=False, extra=[_SamplerPlugin()])
+def test_plugin_sampler_becomes_usable_by_name_within_its_registry_only():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_SamplerPlugin()])
     model = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731  x0-prediction of 0
-    out = diffkit.Diffusion("cosine", "x0").sample(model, (3, 2), sampler="one_shot_test", steps=4)
+    diffusion = diffkit.Diffusion("cosine", "x0", samplers=registry.samplers)
+    out = diffusion.sample(model, (3, 2), sampler="one_shot_test", steps=4)
     assert torch.equal(out, torch.zeros(3, 2))
+    assert "one_shot_test" not in diffkit.SAMPLERS  # nothing leaks into the built-in registry
+    assert "one_shot_test" not in make_plugin_manager(builtins=(), entry_points=False).samplers
+
+
+class _HalfBrokenPlugin:
+    @diffkit.hookimpl
+    def diffkit_register_domains(self, register):
+        raise RuntimeError("no domain today")
+
+    @diffkit.hookimpl
+    def diffkit_register_samplers(self, register):
+        register("half_broken_test", _halfway)
+
+
+def test_a_plugin_that_fails_in_one_hook_contributes_nothing():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_HalfBrokenPlugin()])
+    assert registry.plugins[0].status == "failed" and "no domain today" in registry.plugins[0].error
+    assert "half_broken_test" not in registry.samplers
 
 
 class _CommandPlugin:

@@ -13,7 +13,8 @@ import torch
 
 from diffkit import checkpoint as ckpt
 from diffkit.config import resolve_config
-from diffkit.runner import Trainer, TrainingError, load_for_sampling, train
+from diffkit.loading import load_for_sampling
+from diffkit.runner import Trainer, TrainingError, train
 from toy_domain import PointDenoiser, ToyDomain
 
 DOMAIN = ToyDomain()
@@ -182,3 +183,28 @@ def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_
     train_in_subprocesses([*common, "--out", str(tmp_path / "two")], processes=2)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), rtol=1e-4, atol=1e-5)
+
+
+def test_item_randomness_depends_on_the_step_and_place_not_on_the_process():
+    from diffkit.distributed import World
+    from diffkit.runner import GlobalBatchSampler, SeededItems
+
+    class Flips(torch.utils.data.Dataset):  # augmentation drawn from the global generator
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            return index + torch.rand(()).item()
+
+    one = list(GlobalBatchSampler(12, 8, seed=3, start=0, total=4))
+    halves = [list(GlobalBatchSampler(12, 8, seed=3, start=0, total=4, world=World(rank=r, size=2))) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == one  # the same (index, seed) pairs, split by rank
+    items = SeededItems(Flips())
+    torch.manual_seed(0)
+    before = torch.rand(())
+    first = [items[key] for batch in one for key in batch]
+    torch.manual_seed(0)
+    assert torch.rand(()) == before  # the caller's generator is left as it was
+    again = [items[key] for batch in reversed(one) for key in reversed(batch)][::-1]
+    assert first == again  # order of reading does not matter
+    assert len({round(value % 1, 6) for value in first}) == len(first)  # every place draws anew

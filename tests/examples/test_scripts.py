@@ -51,12 +51,12 @@ def test_plugin_extras_register_a_schedule_a_sampler_and_a_command(example):
     hooks = ("diffkit_register_schedules", "diffkit_register_samplers", "diffkit_cli_commands")
     assert all(getattr(registry.manager.hook, hook).get_hookimpls() for hook in hooks)
     # shifted by 2 log(64 / 128): alpha_bar(0.5) = sigmoid(0 - 2 log 2) = 1 / 5
-    schedule = diffkit.make_schedule("shifted_cosine")
+    schedule = diffkit.make_schedule("shifted_cosine", schedules=registry.schedules)
     assert float(schedule.alpha_bar(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(0.2)
     assert float(schedule.t_from_log_snr(schedule.log_snr(torch.tensor(0.3)))) == pytest.approx(0.3, abs=1e-5)
     # the stochastic DDIM draws from N(1, 0.5^2) with the exact denoiser of that Gaussian (with
     # 50 steps ancestral sampling still underestimates the std by about 6%; 200 steps by about 2%)
-    diffusion = diffkit.Diffusion(schedule, "eps")
+    diffusion = diffkit.Diffusion(schedule, "eps", samplers=registry.samplers)
     gaussian = GaussianMixture(torch.ones(1), torch.ones(1, 1), stds=torch.tensor([0.5]))
     x = diffusion.sample(gaussian.denoiser(schedule, "eps"), torch.zeros(4000, 1, dtype=torch.float64),
                          sampler="ddim_eta1", steps=200, generator=torch.Generator().manual_seed(0))

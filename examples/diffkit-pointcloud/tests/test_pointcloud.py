@@ -73,11 +73,12 @@ def test_written_samples_read_back_as_training_data(tmp_path):
     config = {"data": {"points": 16, "count": 8, "seed": 0}}
     clouds, labels = make_shapes(8, 16)
     written = domain.write_samples({"x": clouds, "cond": labels}, tmp_path / "out", config)
-    assert [path.name for path in written] == ["samples.npz", "samples.png"]
-    dataset = domain.build_dataset(config, str(written[0]))
+    assert [(o.path.name, o.kind, o.role) for o in written] == [("samples.npz", "data", "samples"),
+                                                                 ("samples.png", "image", "overview")]
+    dataset = domain.build_dataset(config, str(written[0].path))
     assert torch.equal(torch.stack([dataset[i]["x"] for i in range(8)]), clouds)
     assert [int(dataset[i]["cond"]) for i in range(8)] == labels.tolist()
-    with pytest.raises(FileExistsError, match="samples.npz already exists"):
+    with pytest.raises(FileExistsError, match="samples.npz.* already exists"):
         domain.write_samples({"x": clouds, "cond": labels}, tmp_path / "out", config)
 
 
@@ -99,5 +100,5 @@ def test_sampling_asks_for_the_shape_named_by_cond_or_for_none():
     assert domain.prepare_sampling(None, 3, config, cond="cross")["cond"].tolist() == [3, 3, 3]
     unconditional = domain.prepare_sampling(None, 2, config)
     assert unconditional["x"].shape == (2, 10, 2) and unconditional["cond"].tolist() == [len(SHAPES)] * 2
-    with pytest.raises(ValueError, match="unknown shape 'star'; expected one of circle, square"):
+    with pytest.raises(ValueError, match="'star' is not a class of this model; classes: circle, square"):
         domain.prepare_sampling(None, 1, config, cond="star")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffkit.generate import build_diffusion
-from diffkit_audio.domain import NULL_LABEL
+from diffkit.kit import NULL_LABEL
 
 from audio_helpers import RATE, sine, write
 
@@ -81,5 +81,5 @@ def test_edits_take_a_label_when_asked(domain, config, recording):
     domain.fit_data(model, domain.build_dataset(config), config)
     batch = domain.load_known(str(recording), "continue", 2, config, model=model, cond="E4")
     assert batch["cond"].tolist() == [2, 2] and batch["names"] == ["E4", "E4"]
-    with pytest.raises(ValueError, match="not a label"):
+    with pytest.raises(ValueError, match="not a class of this model"):
         domain.load_known(str(recording), None, 1, config, model=model, cond="H9")

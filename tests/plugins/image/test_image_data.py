@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits as sklearn_digits
 
-from diffkit_image.data import cache_dir, fit_image, load_digits, load_folder, to_pixels, to_unit_range
+from diffkit_image.data import fit_image, load_digits, load_folder, to_pixels, to_unit_range
 
 from image_helpers import gray, save
 
@@ -153,15 +153,6 @@ def test_decoded_folders_are_cached_and_a_changed_folder_is_decoded_again(tmp_pa
     changed = load_folder(root, 8, 1, cache=cache)
     assert changed.pixels[0].min() >= 250
     assert len(list((cache / "datasets").glob("*.pt"))) == 2
-
-
-def test_cache_dir_follows_config_then_environment(tmp_path, monkeypatch):
-    assert cache_dir(str(tmp_path / "mine")) == tmp_path / "mine" / "image"
-    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "env"))
-    assert cache_dir("") == tmp_path / "env" / "image"
-    monkeypatch.delenv("DIFFKIT_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir("") == tmp_path / "xdg" / "diffkit" / "image"
 
 
 def test_build_dataset_reads_a_folder_and_flips_when_asked(domain, config, tmp_path):

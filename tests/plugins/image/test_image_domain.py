@@ -14,7 +14,7 @@ import diffkit
 from diffkit.generate import SampleRequest, build_diffusion, generate
 from diffkit.testing import assert_domain_conforms
 
-from diffkit_image.domain import ImageDomain, parse_labels
+from diffkit_image.domain import ImageDomain
 
 from conftest import randomize_zero_layers
 from image_helpers import save
@@ -74,18 +74,6 @@ def test_fit_data_records_class_names_and_frequencies(domain, config, tmp_path):
     assert by_name.tolist() == [1, 1, 1]
 
 
-def test_cond_strings_name_classes_labels_lists_or_none():
-    names = ["zero", "one", "two"]
-    assert parse_labels("1", names, 3).tolist() == [1, 1, 1]
-    assert parse_labels("two", names, 2).tolist() == [2, 2]
-    assert parse_labels("0, two", names, 5).tolist() == [0, 2, 0, 2, 0]
-    assert parse_labels("none", names, 2).tolist() == [-1, -1]
-    with pytest.raises(ValueError, match="classes: zero, one, two"):
-        parse_labels("3", names, 1)
-    with pytest.raises(ValueError, match="empty"):
-        parse_labels(" , ", names, 1)
-
-
 def test_null_cond_is_the_null_label(domain):
     assert domain.null_cond(torch.tensor([3, 4])).tolist() == [-1, -1]
     assert domain.null_cond(None) is None
@@ -105,7 +93,7 @@ def test_sampling_writes_valid_pngs_with_the_requested_classes(domain, config, t
     assert batch["x"].shape == (6, 1, 8, 8) and batch["x"].abs().max() <= 1
     assert batch["cond"].tolist() == [4, 7, 4, 7, 4, 7]
     written = domain.write_samples(batch, tmp_path / "samples", config)
-    assert len(written) == 7 and written[-1].name == "grid.png"
+    assert len(written) == 7 and written[-1].path.name == "grid.png" and written[-1].role == "overview"
     for path, x in zip(written, batch["x"]):
         with Image.open(path) as image:
             image.verify()
@@ -161,14 +149,18 @@ def test_the_shipped_weights_load_and_draw_digits_of_the_asked_class(domain, tmp
     regression fitted to the real digits reads its samples as the digits asked for."""
     from sklearn.linear_model import LogisticRegression
 
-    from diffkit.runner import load_for_sampling
+    from diffkit.loading import load_for_sampling
     from diffkit_image.data import load_digits
     from diffkit_image.files import read_images
 
     path = domain.pretrained()
     assert path is not None and path.is_file() and path.stat().st_size < 8_000_000
     model, config = load_for_sampling(domain, path)
-    assert tomllib.loads(path.with_suffix(".toml").read_text()) == config
+    from diffkit import checkpoint
+    from diffkit.config import fill_defaults
+
+    saved = checkpoint.load(path)["config"]
+    assert tomllib.loads(path.with_suffix(".toml").read_text()) == saved and config == fill_defaults(domain, saved)
     assert model.class_names == [str(i) for i in range(10)]
     batch = generate(domain, model, config, SampleRequest(n=30, cond=",".join("0123456789"), steps=15))
     domain.write_samples(batch, tmp_path / "digits", config)

@@ -23,7 +23,7 @@ def pictures(n: int, channels: int = 1, size: int = 8) -> torch.Tensor:
 def test_samples_round_trip_through_png(tmp_path, channels, mode):
     x = pictures(5, channels)
     written = write_images(x, tmp_path / "out")
-    names = [p.name for p in written]
+    names = [o.path.name for o in written]
     assert names == [f"sample-{i:05d}.png" for i in range(5)] + ["grid.png"]
     for path, expected in zip(written, x):
         with Image.open(path) as image:
@@ -61,18 +61,19 @@ def test_short_strips_are_one_row():
 
 def test_a_png_path_gets_only_a_grid_and_is_never_overwritten(tmp_path):
     written = write_images(pictures(3), tmp_path / "strip.png")
-    assert written == [tmp_path / "strip.png"]
-    with Image.open(written[0]) as image:
+    assert [(o.path, o.kind, o.role) for o in written] == [(tmp_path / "strip.png", "image", "overview")]
+    with Image.open(written[0].path) as image:
         assert image.size == (3 * (GRID_MIN_TILE + 1) + 1, GRID_MIN_TILE + 2)
     with pytest.raises(FileExistsError, match="strip.png"):
         write_images(pictures(3), tmp_path / "strip.png")
 
 
-def test_writing_again_into_a_folder_adds_files(tmp_path):
-    first = write_images(pictures(2), tmp_path / "out")
+def test_writing_again_into_a_folder_is_refused_and_changes_nothing(tmp_path):
+    first = [output.path for output in write_images(pictures(2), tmp_path / "out")]
     before = {p: p.read_bytes() for p in first}
-    second = write_images(pictures(3), tmp_path / "out")
-    assert [p.name for p in second] == ["sample-00002.png", "sample-00003.png", "sample-00004.png", "grid-1.png"]
+    with pytest.raises(FileExistsError, match="sample-00000.png.*never overwritten"):
+        write_images(pictures(3), tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grid.png", "sample-00000.png", "sample-00001.png"]
     assert all(p.read_bytes() == content for p, content in before.items())
 
 
@@ -80,7 +81,7 @@ def test_other_picture_suffixes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="folder or a .png grid"):
         write_images(pictures(2), tmp_path / "out.jpg")
     # A dotted folder name is still a folder.
-    assert write_images(pictures(1), tmp_path / "run.v2")[0].parent == tmp_path / "run.v2"
+    assert write_images(pictures(1), tmp_path / "run.v2")[0].path.parent == tmp_path / "run.v2"
 
 
 def test_read_known_fits_the_picture_and_reads_white_as_keep(tmp_path):

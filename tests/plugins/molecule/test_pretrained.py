@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffkit.generate import SampleRequest, generate
-from diffkit.runner import load_for_sampling
+from diffkit.loading import load_for_sampling
 from diffkit_molecule import chem, properties
 from diffkit_molecule.outputs import molecules_from_graphs
 

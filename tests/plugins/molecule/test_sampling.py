@@ -58,7 +58,7 @@ def test_folder_output_and_no_overwrite(domain, config, tmp_path):
     samples = {"x": {"nodes": torch.tensor([[0, 1, -1]]), "edges": torch.tensor([[[0, 1, 0], [1, 0, 0], [0, 0, 0]]])},
                "extra": {"node_mask": torch.tensor([[1.0, 1.0, 0.0]])}}
     written = domain.write_samples(samples, tmp_path / "run", config)
-    assert sorted(p.name for p in written) == ["grid.png", "samples.sdf", "samples.smi"]
+    assert sorted((o.path.name, o.kind) for o in written) == [("grid.png", "image"), ("samples.sdf", "molecules"), ("samples.smi", "molecules")]
     assert (tmp_path / "run" / "samples.smi").read_text() == "CO\n"
     assert "$$$$" in (tmp_path / "run" / "samples.sdf").read_text()
     with pytest.raises(FileExistsError, match="samples.smi"):
