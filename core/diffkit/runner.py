@@ -512,15 +512,20 @@ def _diffkit_version() -> str:
 
 
 def load_for_sampling(domain: Domain, path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The EMA model and config of a checkpoint file or run folder, checked against ``domain``."""
-    path = ckpt.resolve(path)
-    state = ckpt.load(path)
+    """The EMA model and config of a checkpoint file, a run folder or an exported weights folder,
+    checked against ``domain``."""
+    state = ckpt.load_sampling_state(path)
+    return model_from_state(domain, state, path, device), state["config"]
+
+
+def model_from_state(domain: Domain, state: dict, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a sampling state (:func:`diffkit.checkpoint.load_sampling_state`) read from
+    ``path`` (named in errors), in eval mode on ``device``."""
     ckpt.check_domain(state, domain.name, path)
     model = domain.build_model(state["config"])
     try:
-        model.load_state_dict(ckpt.sampling_weights(state))
+        model.load_state_dict(state["ema"])
     except RuntimeError as error:
         raise ckpt.CheckpointError(f"checkpoint {str(path)!r} does not fit the {domain.name} model "
                                    f"its config describes: {error}") from None
-    return model.to(device).eval(), state["config"]
-
+    return model.to(device).eval()
