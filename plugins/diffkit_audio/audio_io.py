@@ -80,11 +80,13 @@ def load_clip(path: str | Path, sample_rate: int, channels: int, normalise: bool
     return peak_normalise(wave) if normalise else wave
 
 
-def write_wav(path: Path, wave: Tensor, sample_rate: int) -> Path:
-    """Write ``(C, T)`` in [-1, 1] as 16-bit PCM (the format follows the suffix: .wav, .flac, .ogg)."""
+def write_wav(path, wave: Tensor, sample_rate: int, format: str | None = None):
+    """Write ``(C, T)`` in [-1, 1] as 16-bit PCM; the format follows the suffix (.wav, .flac,
+    .ogg), or ``format`` (e.g. ``"WAV"``) when ``path`` is a file object."""
     import soundfile
 
     data = wave.detach().float().clamp(-1, 1).cpu().numpy().T
-    subtype = "PCM_16" if path.suffix.lower() in (".wav", ".flac") else None
-    soundfile.write(str(path), data, sample_rate, subtype=subtype)
+    kind = (format or Path(path).suffix.lstrip(".")).lower()
+    subtype = "PCM_16" if kind in ("wav", "flac") else None
+    soundfile.write(str(path) if isinstance(path, Path) else path, data, sample_rate, subtype=subtype, format=format)
     return path

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 import diffkit
 
-WEIGHTS = Path(__file__).parent / "weights" / "image-cpu.pt"
+WEIGHTS = Path(__file__).parent / "weights" / "image-cpu"   # exported folder: safetensors, config, card
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -149,6 +149,13 @@ class ImageDomain(diffkit.Domain):
 
         return write_images(samples["x"].detach().cpu(), Path(out))
 
+    def to_objects(self, samples: dict, config: dict) -> list:
+        """PIL images (mode ``L`` for gray, ``RGB`` for colour), the pixels of the PNGs that
+        :meth:`write_samples` writes."""
+        from .files import pil_image
+
+        return [pil_image(image) for image in samples["x"].detach().cpu()]
+
     # -- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
@@ -169,7 +176,7 @@ class ImageDomain(diffkit.Domain):
         return score(pictures, reference_images, epochs=int(config["evaluate"]["classifier_epochs"]), cache=cache)
 
     def pretrained(self) -> Path | None:
-        return WEIGHTS if WEIGHTS.is_file() else None
+        return WEIGHTS if WEIGHTS.is_dir() else None
 
 
 def parse_labels(text: str, class_names: Sequence[str], n: int) -> Tensor:
