@@ -76,13 +76,13 @@ def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str
                               "folder (nothing is overwritten)")
     tensors, extra_state = _split_state(state["ema"])
     weights = _safetensors_bytes(tensors)
-    facts = check_card({**state.get("card", {}), **(card or {})})
+    facts = check_card({**(state.get("card") or {}), **(card or {})})
     config = {
         "format": FORMAT,
         "domain": state["domain"],
-        "plugin": state.get("plugin", ""),
-        "plugin_version": state.get("plugin_version", ""),
-        "diffkit_version": state.get("diffkit_version", ""),
+        "plugin": state.get("plugin") or "",
+        "plugin_version": state.get("plugin_version") or "",
+        "diffkit_version": state.get("diffkit_version") or "",
         "step": state.get("step"),
         "weights": WEIGHTS_FILE,
         "sha256": hashlib.sha256(weights).hexdigest(),
@@ -171,7 +171,7 @@ def export(source: str | Path, out: str | Path, card: Mapping[str, Any] | None =
     from . import checkpoint as ckpt
 
     state = ckpt.load_sampling_state(source)
-    facts = {**state.get("card", {}), **_run_folder_facts(Path(source)), **(card or {})}
+    facts = {**(state.get("card") or {}), **_run_folder_facts(Path(source)), **(card or {})}
     return save_pretrained(state, out, facts)
 
 
@@ -204,7 +204,7 @@ def model_card(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -
     size = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
     batch = settings.get("train", {}).get("batch_size")
     steps = "not recorded" if config["step"] is None else f"{config['step']:,}" + (f" of batch {batch}" if batch else "")
-    made_by = " ".join(part for part in (config["plugin"], config["plugin_version"]) if part) or "an unnamed plugin"
+    made_by = " ".join(part for part in (config["plugin"], config["plugin_version"]) if part) or "plugin not recorded"
     rows = [
         ("domain", f"`{domain}` ({made_by}, diffkit {config['diffkit_version'] or 'version not recorded'})"),
         ("data", card.get("data", NOT_RECORDED)),
@@ -212,7 +212,7 @@ def model_card(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -
         ("training command", _code(card.get("training_command"))),
         ("steps", steps),
         ("hardware", card.get("hardware", NOT_RECORDED)),
-        ("weights", f"{config['values']:,} values ({', '.join(dtypes)}, {size / 2**20:.1f} MiB), the EMA of training"),
+        ("weights", f"{config['values']:,} values ({', '.join(dtypes)}, {_size(size)}), the EMA of training"),
         ("weights licence", card.get("license", NOT_RECORDED)),
     ]
     lines = [f"# diffkit `{domain}` model", "",
@@ -240,6 +240,10 @@ def _scores_section(card: Mapping[str, Any]) -> list[str]:
     if card.get("scores_setup"):
         lines += [str(card["scores_setup"]), ""]
     return lines
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
 def _code(text: Any) -> str:

@@ -191,3 +191,15 @@ def test_the_conformance_kit_checks_the_objects(tmp_path):
     assert wrong_type == ["to_objects() returned Tensor, Tensor, expected str"]
     missing = check_domain(NoObjects(), tmp_path / "d", train_steps=5)
     assert len(missing) == 1 and "one object per sample" in missing[0]
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "molecule"])
+def test_shipped_weights_carry_their_card_facts(name):
+    from safetensors.torch import load_file
+
+    folder = diffkit.make_plugin_manager(entry_points=False).domain(name).pretrained()
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["card"]) == set(pretrained.CARD_FIELDS) and config["card"]["scores"]
+    tensors = load_file(folder / "model.safetensors")
+    assert config["values"] == sum(t.numel() for t in tensors.values())
+    assert (folder / "README.md").read_text() == pretrained.model_card(config, tensors)
