@@ -1,8 +1,9 @@
 """diffkit: a multi-modal diffusion toolkit.
 
 The core is domain-agnostic: noise schedules, the forward process, training losses, samplers,
-guidance and editing, one training runner and the ``diffkit`` command line. Domains (images,
-audio, molecules, your own) arrive as pluggy plugins.
+guidance and editing, one training runner, the ``diffkit`` command line and the Python pipeline
+(``diffkit.load(name_or_path).sample(n, seed=0)``). Domains (images, audio, molecules, your own)
+arrive as pluggy plugins.
 """
 
 from .denoiser import Denoiser
@@ -23,12 +24,14 @@ from .schedules import (
 )
 from .tree import append_dims, gaussian_like, tree_map
 from .plugins import hookimpl, make_plugin_manager
+from .pipeline import Pipeline, load
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule", "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "SAMPLERS",
+    "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule", "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule",
+    "Pipeline", "SAMPLERS",
     "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert", "drop_condition",
-    "gaussian_like", "get_sampler", "inpaint", "make_schedule", "masked_mean", "posterior",
+    "gaussian_like", "get_sampler", "inpaint", "load", "make_schedule", "masked_mean", "posterior",
     "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",
 ]

@@ -3,7 +3,9 @@ arbitrary objects (``torch.load(weights_only=True)``).
 
 A training checkpoint holds the model, its EMA, the optimizer, the LR schedule, the step, the RNG
 states, the resolved config and the domain/plugin that made it. :func:`export_weights` keeps only
-what sampling needs (the EMA weights and the config), for shipping with a plugin.
+what sampling needs (the EMA weights and the config) in the same format; :mod:`diffkit.pretrained`
+writes it as a portable folder (safetensors, config, model card). :func:`load_sampling_state`
+reads all three.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def resolve(path: str | Path) -> Path:
     if path.is_dir():
         found = list_checkpoints(path)
         if not found:
-            raise FileNotFoundError(f"run folder {str(path)!r} has no checkpoints in {CHECKPOINT_DIR}/")
+            raise FileNotFoundError(f"folder {str(path)!r} has no checkpoints in {CHECKPOINT_DIR}/ and is not an "
+                                    "exported weights folder (model.safetensors and config.json)")
         return found[-1]
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -94,6 +97,21 @@ def export_weights(source: str | Path, destination: str | Path) -> Path:
                                               "diffkit_version", "config", "step") if key in checkpoint}
     slim["ema"] = checkpoint["ema"]
     return save_atomic(slim, Path(destination))
+
+
+def load_sampling_state(path: str | Path) -> dict:
+    """What sampling needs from a checkpoint file, a run folder (its latest checkpoint) or an
+    exported weights folder: a dict with ``domain``, ``config``, ``ema`` (the weights to sample
+    with), ``step``, ``plugin``, ``plugin_version``, ``diffkit_version`` and ``card`` (model-card
+    facts; empty for checkpoints)."""
+    from . import pretrained
+
+    path = Path(path)
+    if path.is_dir() and pretrained.is_pretrained_folder(path):
+        return pretrained.load_pretrained(path)
+    checkpoint = load(resolve(path))
+    keys = ("domain", "plugin", "plugin_version", "diffkit_version", "step", "config")
+    return {**{key: checkpoint.get(key) for key in keys}, "ema": sampling_weights(checkpoint), "card": {}}
 
 
 def sampling_weights(checkpoint: dict) -> dict:

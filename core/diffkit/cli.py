@@ -1,5 +1,5 @@
-"""The ``diffkit`` command line: ``plugins``, ``train``, ``sample``, ``evaluate`` and the
-commands plugins add."""
+"""The ``diffkit`` command line: ``plugins``, ``train``, ``sample``, ``evaluate``, ``export`` and
+the commands plugins add."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 
 from .plugins import Registry, make_plugin_manager
 
-BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "new-plugin")
+BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plugin")
 
 
 class DiffkitGroup(click.Group):
@@ -192,7 +192,7 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
 
 @cli.command()
 @click.option("--domain", required=True, help="The domain to sample (see `diffkit plugins`).")
-@click.option("--checkpoint", default=None, help="A checkpoint file or a run folder (its latest checkpoint); the domain's shipped weights when omitted.")
+@click.option("--checkpoint", default=None, help="A checkpoint file, a run folder (its latest checkpoint) or an exported weights folder; the domain's shipped weights when omitted.")
 @click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw.")
 @click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ... (default from the config).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default from the config).")
@@ -249,7 +249,7 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
 @click.option("--domain", required=True, help="The domain of the samples.")
 @click.option("--samples", required=True, type=click.Path(exists=True), help="Samples written by `diffkit sample`.")
 @click.option("--reference", default=None, type=click.Path(exists=True), help="Reference data (the domain's bundled data when omitted).")
-@click.option("--checkpoint", default=None, help="Read the settings (e.g. the image size) from this checkpoint or run folder.")
+@click.option("--checkpoint", default=None, help="Read the settings (e.g. the image size) from this checkpoint, run folder or exported folder.")
 @click.option("--preset", default=None, help="Or read them from this preset of the domain.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Or from this TOML file (over the preset).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting (repeatable).")
@@ -280,6 +280,31 @@ def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, s
     width = max((len(name) for name in scores), default=0)
     for name, value in scores.items():
         click.echo(f"{name.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{name.ljust(width)}  {value}")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="The folder to create; refused when it exists and is not empty.")
+@click.option("--card", "card_file", type=click.Path(dir_okay=False), default=None,
+              help="A JSON file of model-card facts: data, data_license, training_command, hardware, scores, "
+                   "scores_setup, license, notes.")
+def export(source, out, card_file):
+    """Write the weights of SOURCE as a portable folder: model.safetensors (the EMA weights),
+    config.json (config, provenance, SHA-256 of the weights) and README.md (the model card).
+
+    SOURCE is a run folder (its latest checkpoint), a checkpoint file or an exported folder.
+    `diffkit sample --checkpoint OUT` and `diffkit.load(OUT)` read the folder.
+    """
+    from . import checkpoint as ckpt
+    from . import pretrained
+
+    try:
+        card = pretrained.read_card_file(card_file) if card_file else None
+        folder = pretrained.export(source, out, card)
+    except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as error:
+        raise click.ClickException(_message(error)) from None
+    click.echo(f"wrote {folder}: {pretrained.WEIGHTS_FILE}, {pretrained.CONFIG_FILE}, {pretrained.CARD_FILE}")
 
 
 @cli.command("new-plugin")

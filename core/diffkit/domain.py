@@ -11,7 +11,8 @@ Data flow, the same for every domain:
 * the model is called as ``model(x_t, t, cond=cond, **extra)`` with ``t`` of shape ``(B,)`` in
   [0, 1] and returns a state shaped like ``x_t`` (the prediction the config names).
 * sampling starts from :meth:`Domain.prepare_sampling`, whose result has the same keys as a batch,
-  and ends in :meth:`Domain.write_samples`. A sampling batch may also carry the domain's own
+  and ends in :meth:`Domain.write_samples` (files) or :meth:`Domain.to_objects` (Python objects,
+  for ``diffkit.load(...).sample``). A sampling batch may also carry the domain's own
   non-tensor entries (e.g. a list of label names) for :meth:`Domain.decode` and the writer; lists
   are joined across chunks, other values are taken from the first chunk.
 """
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .tree import State, gaussian_like
+from .tree import State, batch_size, gaussian_like, tree_map
 
 Batch = dict[str, Any]
 
@@ -103,13 +104,22 @@ class Domain:
         is a folder, or a file whose suffix picks the format where the domain supports it."""
         raise NotImplementedError
 
+    def to_objects(self, samples: Batch, config: dict) -> list:
+        """A batch of samples (on the CPU, as :meth:`write_samples` gets it) as the objects people
+        use in Python, one per sample: what ``diffkit.load(...).sample(n)`` returns (e.g. PIL
+        images). Objects with a ``_repr_html_`` or ``_repr_png_`` method display in Jupyter.
+        By default each sample's state: a tensor, or a dict of tensors."""
+        x = samples["x"]
+        return [tree_map(lambda leaf: leaf[index], x) for index in range(batch_size(x))]
+
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
         """Scores for samples written by :meth:`write_samples` against ``reference`` (the
         default data when ``None``)."""
         raise NotImplementedError(f"the {self.name} domain has no evaluation")
 
     def pretrained(self) -> Path | None:
-        """A checkpoint shipped with the plugin, used when ``sample`` gets no ``--checkpoint``."""
+        """Weights shipped with the plugin (an exported folder or a checkpoint file), used when
+        ``sample`` gets no ``--checkpoint`` and by ``diffkit.load(name)``."""
         return None
 
     def __repr__(self) -> str:

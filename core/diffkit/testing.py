@@ -8,8 +8,9 @@
 It builds the domain's dataset and model from its default config (shrunk by ``overrides`` if
 you like), and checks that the contract holds: item and batch structure, model output shapes and
 dtypes, the noise, the loss mask, the null condition, that a few training steps lower the loss on
-a fixed batch, and that sampling and writing samples work. Every problem found is reported in
-plain words, all at once.
+a fixed batch, that sampling and writing samples work, and that ``to_objects`` gives one object
+per sample (of ``object_type`` when given). Every problem found is reported in plain words, all
+at once.
 """
 
 from __future__ import annotations
@@ -33,23 +34,29 @@ class ConformanceError(AssertionError):
 
 
 def assert_domain_conforms(domain: Domain, tmp_path: str | Path | None = None, *, data: str | None = None,
-                           overrides: dict | None = None, train_steps: int = 30, batch_size: int = 8) -> None:
-    """Raise :class:`ConformanceError` listing every way ``domain`` breaks the contract."""
+                           overrides: dict | None = None, train_steps: int = 30, batch_size: int = 8,
+                           object_type: type | tuple[type, ...] | None = None) -> None:
+    """Raise :class:`ConformanceError` listing every way ``domain`` breaks the contract.
+
+    ``object_type``: what :meth:`~diffkit.Domain.to_objects` should return for each sample
+    (e.g. ``PIL.Image.Image``; a tuple allows several, e.g. ``(Mol, type(None))``)."""
     problems = check_domain(domain, tmp_path, data=data, overrides=overrides, train_steps=train_steps,
-                            batch_size=batch_size)
+                            batch_size=batch_size, object_type=object_type)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise ConformanceError(f"domain {domain.name!r} does not conform:\n{listing}")
 
 
 def check_domain(domain: Domain, tmp_path: str | Path | None = None, *, data: str | None = None,
-                 overrides: dict | None = None, train_steps: int = 30, batch_size: int = 8) -> list[str]:
+                 overrides: dict | None = None, train_steps: int = 30, batch_size: int = 8,
+                 object_type: type | tuple[type, ...] | None = None) -> list[str]:
     """The list of problems found (empty when the domain conforms)."""
     problems: list[str] = []
     if tmp_path is None:
         tmp_path = tempfile.mkdtemp(prefix="diffkit-conformance-")
     context: dict[str, Any] = {"domain": domain, "data": data, "tmp": Path(tmp_path),
-                               "overrides": overrides or {}, "steps": train_steps, "batch_size": batch_size}
+                               "overrides": overrides or {}, "steps": train_steps, "batch_size": batch_size,
+                               "object_type": object_type}
     for check in CHECKS:
         try:
             check(context)
@@ -205,6 +212,7 @@ def check_sampling(context: dict) -> None:
                              guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"))
     _check_same_structure(context, "a sample", x, batch["x"])
     batch["x"] = domain.decode(x, batch)
+    context["samples"] = batch
     out = context["tmp"] / "conformance-samples"
     written = domain.write_samples(batch, out, config)
     if not written:
@@ -234,8 +242,29 @@ def _check_no_overwrite(context: dict, domain: Domain, batch: dict, out: Path, c
         _fail(context, f"writing to {out} a second time changed {changed[0]}")
 
 
+def check_objects(context: dict) -> None:
+    """to_objects"""
+    if "samples" not in context:
+        return  # sampling failed, which is reported already
+    domain, samples, expected = context["domain"], context["samples"], context["object_type"]
+    objects = domain.to_objects(samples, context["config"])
+    count = leaves(samples["x"])[0].shape[0]
+    if not isinstance(objects, list) or len(objects) != count:
+        _fail(context, f"to_objects() should return a list of one object per sample ({count} here), "
+                       f"got {objects!r:.200}")
+        return
+    if expected is not None:
+        wrong = [type(item).__name__ for item in objects if not isinstance(item, expected)]
+        if wrong:
+            _fail(context, f"to_objects() returned {', '.join(wrong)}, expected {_type_names(expected)}")
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    return " or ".join(kind.__name__ for kind in (expected if isinstance(expected, tuple) else (expected,)))
+
+
 CHECKS: list[Callable[[dict], None]] = [check_identity, check_config, check_dataset, check_model, check_noise,
-                                        check_null_cond, check_training, check_sampling]
+                                        check_null_cond, check_training, check_sampling, check_objects]
 ESSENTIAL = {check_config, check_dataset, check_model}
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import diffkit
 from diffkit import kit
 
-WEIGHTS = Path(__file__).parent / "weights" / "audio.pt"
+WEIGHTS = Path(__file__).parent / "weights" / "audio"   # exported folder: safetensors, config, card
 
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
 CPU_PRESET: dict[str, dict[str, Any]] = {
@@ -160,6 +160,16 @@ class AudioDomain(diffkit.Domain):
         names = samples.get("names") or kit.label_texts(samples.get("cond"), [], n=waves.shape[0])
         return write_clips(waves, list(names), Path(out), int(config["data"]["sample_rate"]))
 
+    def to_objects(self, samples: dict, config: dict) -> list:
+        """:class:`~diffkit_audio.clip.AudioClip` objects (``.waveform (C, T)``, ``.sample_rate``,
+        ``.label``); Jupyter shows each as an audio player."""
+        from .clip import AudioClip
+
+        waves = samples["x"].detach().float().cpu()
+        names = samples.get("names") or kit.label_texts(samples.get("cond"), [], n=waves.shape[0])
+        rate = int(config["data"]["sample_rate"])
+        return [AudioClip(wave, rate, None if name == "uncond" else name) for wave, name in zip(waves, names)]
+
     # -- evaluation and weights -------------------------------------------------------------
 
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
@@ -168,7 +178,7 @@ class AudioDomain(diffkit.Domain):
         return evaluate_audio(Path(samples), None if reference is None else Path(reference), config)
 
     def pretrained(self) -> Path | None:
-        return WEIGHTS if WEIGHTS.is_file() else None
+        return WEIGHTS if WEIGHTS.is_dir() else None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 import diffkit
 from diffkit import kit
 
-WEIGHTS = Path(__file__).parent / "weights" / "image-cpu.pt"
+WEIGHTS = Path(__file__).parent / "weights" / "image-cpu"   # exported folder: safetensors, config, card
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -137,6 +137,13 @@ class ImageDomain(diffkit.Domain):
 
         return write_images(samples["x"].detach().cpu(), Path(out))
 
+    def to_objects(self, samples: dict, config: dict) -> list:
+        """PIL images (mode ``L`` for gray, ``RGB`` for colour), the pixels of the PNGs that
+        :meth:`write_samples` writes."""
+        from .files import pil_image
+
+        return [pil_image(image) for image in samples["x"].detach().cpu()]
+
     # -- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
@@ -151,7 +158,7 @@ class ImageDomain(diffkit.Domain):
                      cache=kit.cache_dir(self.name, config))
 
     def pretrained(self) -> Path | None:
-        return WEIGHTS if WEIGHTS.is_file() else None
+        return WEIGHTS if WEIGHTS.is_dir() else None
 
 
 def _images(source: str | Path | None, config: dict):

@@ -82,12 +82,16 @@ def make_grid(images: Tensor, *, columns: int | None = None, padding: int = 1) -
 
 def png_bytes(image: Tensor) -> bytes:
     """A ``(C, H, W)`` image in [-1, 1] (C = 1 or 3) encoded as PNG."""
+    buffer = io.BytesIO()
+    pil_image(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pil_image(image: Tensor):
+    """A ``(C, H, W)`` image in [-1, 1] as a PIL image: mode ``L`` for C = 1, ``RGB`` for C = 3."""
     from PIL import Image
 
-    picture = Image.fromarray(_hwc_pixels(image))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return Image.fromarray(_hwc_pixels(image))
 
 
 def read_images(folder: Path, image_size: int, channels: int) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 import diffkit
 from diffkit import kit
 
-WEIGHTS_FILE = "molecule.pt"
+WEIGHTS_FOLDER = "molecule"  # in weights/: an exported folder (safetensors, config, model card)
 
 
 class MoleculeDomain(diffkit.Domain):
@@ -181,6 +181,14 @@ class MoleculeDomain(diffkit.Domain):
         mols = molecules_from_graphs(samples["x"]["nodes"], samples["x"]["edges"], config["data"]["atom_types"])
         return write_molecules(mols, Path(out))
 
+    def to_objects(self, samples: dict, config: dict) -> list:
+        """Sanitised RDKit molecules, ``None`` where RDKit rejects the generated graph."""
+        from .chem import sanitized
+        from .outputs import molecules_from_graphs
+
+        mols = molecules_from_graphs(samples["x"]["nodes"], samples["x"]["edges"], config["data"]["atom_types"])
+        return [sanitized(mol) for mol in mols]
+
     # -- evaluation ------------------------------------------------------------------------
 
     def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
@@ -199,8 +207,8 @@ class MoleculeDomain(diffkit.Domain):
     def pretrained(self) -> Path | None:
         from importlib import resources
 
-        path = Path(str(resources.files("diffkit_molecule") / "weights" / WEIGHTS_FILE))
-        return path if path.is_file() else None
+        path = Path(str(resources.files("diffkit_molecule") / "weights" / WEIGHTS_FOLDER))
+        return path if path.is_dir() else None
 
 
 def reference_smiles(path: Path, smiles_column: str = "smiles") -> list[str]:

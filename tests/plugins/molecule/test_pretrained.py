@@ -36,9 +36,10 @@ def mean_weight(domain, model, config, cond: str, n: int = 96) -> tuple[float, i
 
 def test_shipped_weights_come_with_their_record(shipped):
     _, model, config, path = shipped
-    record = json.loads(path.with_suffix(".json").read_text())
+    record = json.loads((path / "config.json").read_text())
     assert record["config"]["data"]["atom_types"] == model.atom_types == config["data"]["atom_types"]
-    assert 0 <= record["metrics"]["validity"] <= 1
+    assert 0 <= record["card"]["scores"]["validity"] <= 1
+    assert "validity" in (path / "README.md").read_text()
 
 
 def test_property_conditioning_shifts_the_property_distribution(shipped):

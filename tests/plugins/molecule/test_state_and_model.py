@@ -90,7 +90,10 @@ def test_a_few_steps_reduce_the_loss(domain, config, smiles_file):
 def test_domain_conforms_to_the_contract(domain, smiles_file, tmp_path):
     overrides = {"data": {"cache_dir": str(tmp_path / "cache")},
                  "model": {"hidden": 32, "edge_hidden": 16, "heads": 4, "layers": 2}}
-    assert_domain_conforms(domain, tmp_path / "conformance", data=str(smiles_file), overrides=overrides)
+    from rdkit import Chem
+
+    assert_domain_conforms(domain, tmp_path / "conformance", data=str(smiles_file), overrides=overrides,
+                           object_type=(Chem.Mol, type(None)))
 
 
 def test_unconditional_configuration_has_no_condition(domain, config, smiles_file):

@@ -1,0 +1,258 @@
+"""Portable weights: a folder anyone can load without unpickling anything.
+
+    my-model/
+      model.safetensors   the EMA weights (tensors only, safetensors format)
+      config.json         the resolved config, domain, plugin, versions, step, the SHA-256 of
+                          model.safetensors (checked on load), non-tensor model state, card facts
+      README.md           the model card: domain, data, training command, steps, hardware,
+                          measured scores, licences
+
+``diffkit export RUN --out DIR``, :meth:`diffkit.pipeline.Pipeline.save_pretrained` and the
+shipped weights of the built-in domains write this format; ``diffkit sample --checkpoint DIR``
+and ``diffkit.load(DIR)`` read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .checkpoint import CheckpointError
+
+FORMAT = "diffkit-pretrained/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+
+#: The facts a model card may state, with what each means. Unknown keys are refused.
+CARD_FIELDS: dict[str, str] = {
+    "data": "what the model was trained on",
+    "data_license": "the licence of that data",
+    "training_command": "the command(s) that trained it",
+    "hardware": "where and for how long it trained",
+    "scores": "measured scores, {name: value}",
+    "scores_setup": "how the scores were measured",
+    "license": "the licence of the weights",
+    "notes": "anything else a user should know",
+}
+NOT_RECORDED = "not recorded"
+
+
+class ChecksumError(CheckpointError):
+    """``model.safetensors`` does not match the SHA-256 that ``config.json`` records."""
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def check_card(card: Mapping[str, Any], where: str = "the model card") -> dict:
+    """``card`` as a plain dict; an unknown key is an error naming it and the known ones."""
+    unknown = sorted(set(card) - set(CARD_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(CARD_FIELDS)}")
+    if "scores" in card and not isinstance(card["scores"], Mapping):
+        raise ValueError(f"{where}: 'scores' must be a table of name: value, got {card['scores']!r}")
+    return json.loads(json.dumps(dict(card)))
+
+
+def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str, Any] | None = None) -> Path:
+    """Write the folder ``out`` from a sampling state (the keys of an exported checkpoint:
+    ``domain``, ``config``, ``ema``, and ``plugin``, ``plugin_version``, ``diffkit_version``,
+    ``step`` when known). ``card`` adds model-card facts over those in ``state["card"]``.
+
+    ``out`` must not exist or be an empty folder: nothing is overwritten. The folder appears
+    whole or not at all (it is written beside ``out`` and renamed into place)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{str(out)!r} already exists and is not an empty folder; choose another "
+                              "folder (nothing is overwritten)")
+    tensors, extra_state = _split_state(state["ema"])
+    weights = _safetensors_bytes(tensors)
+    facts = check_card({**(state.get("card") or {}), **(card or {})})
+    config = {
+        "format": FORMAT,
+        "domain": state["domain"],
+        "plugin": state.get("plugin") or "",
+        "plugin_version": state.get("plugin_version") or "",
+        "diffkit_version": state.get("diffkit_version") or "",
+        "step": state.get("step"),
+        "weights": WEIGHTS_FILE,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "values": sum(tensor.numel() for tensor in tensors.values()),
+        "extra_state": extra_state,
+        "card": facts,
+        "config": state["config"],
+    }
+    files = {
+        WEIGHTS_FILE: weights,
+        CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
+        CARD_FILE: model_card(config, tensors).encode(),
+    }
+    return _create_folder(out, files)
+
+
+def load_pretrained(folder: str | Path) -> dict:
+    """The sampling state of a folder written by :func:`save_pretrained`, shaped like an exported
+    checkpoint (``domain``, ``config``, ``ema``, ``step``, ...), plus its ``card`` facts.
+
+    Raises :class:`ChecksumError` when the weights file is not the one ``config.json`` names."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{str(config_path)!r} is not readable JSON: {error}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{str(config_path)!r} is not a diffkit weights config (expected format {FORMAT!r})")
+    data = weights_path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != config.get("sha256"):
+        raise ChecksumError(f"{str(weights_path)!r} has SHA-256 {found}, but {CONFIG_FILE} records "
+                            f"{config.get('sha256')}: the file is damaged or was replaced; restore it or export again")
+    from safetensors.torch import load as load_safetensors
+
+    weights: dict[str, Any] = load_safetensors(data)
+    weights.update(config.get("extra_state", {}))
+    keys = ("domain", "plugin", "plugin_version", "diffkit_version", "step", "config")
+    return {**{key: config.get(key) for key in keys}, "card": config.get("card") or {}, "ema": weights}
+
+
+def _split_state(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (contiguous CPU copies: safetensors refuses shared or strided storage) and the
+    other entries (``get_extra_state`` values), which must be plain JSON values."""
+    tensors, extra = {}, {}
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().to("cpu").contiguous().clone()
+            continue
+        try:
+            extra[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"model state entry {key!r} is a {type(value).__name__} that JSON cannot hold; "
+                             "portable weights keep tensors and plain values (lists, numbers, strings) only") from None
+    return tensors, extra
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata={"format": "pt"})
+
+
+def _create_folder(out: Path, files: dict[str, bytes]) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    staging.mkdir()  # not mkdtemp: the folder should get the usual permissions, not 0700
+    try:
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        if out.exists():
+            out.rmdir()  # empty (checked by the caller); rmdir refuses if that changed since
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def export(source: str | Path, out: str | Path, card: Mapping[str, Any] | None = None) -> Path:
+    """What ``diffkit export`` does: the sampling part of a checkpoint file, a run folder (its
+    latest checkpoint) or an exported folder, written to ``out``. Card facts come from the source
+    (an exported folder's card; a run folder's ``run.json`` says what data it trained on), then
+    from ``card``."""
+    from . import checkpoint as ckpt
+
+    state = ckpt.load_sampling_state(source)
+    facts = {**(state.get("card") or {}), **_run_folder_facts(Path(source)), **(card or {})}
+    return save_pretrained(state, out, facts)
+
+
+def _run_folder_facts(source: Path) -> dict:
+    run_file = source / "run.json"
+    if not run_file.is_file():
+        return {}
+    data = json.loads(run_file.read_text()).get("data")
+    return {"data": "the domain's bundled default data" if data is None else f"{data} (as given to --data)"}
+
+
+def read_card_file(path: str | Path) -> dict:
+    """Model-card facts from a JSON file (keys: see :data:`CARD_FIELDS`)."""
+    path = Path(path)
+    try:
+        facts = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"card file {str(path)!r} is not readable JSON: {error}") from None
+    if not isinstance(facts, dict):
+        raise ValueError(f"card file {str(path)!r} must hold a JSON object of {', '.join(CARD_FIELDS)}")
+    return check_card(facts, where=f"card file {str(path)!r}")
+
+
+# -- the model card --------------------------------------------------------------------------
+
+def model_card(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """The README.md of a weights folder, from its ``config.json`` content."""
+    card, domain, settings = config["card"], config["domain"], config["config"]
+    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in tensors.values()})
+    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+    batch = settings.get("train", {}).get("batch_size")
+    steps = "not recorded" if config["step"] is None else f"{config['step']:,}" + (f" of batch {batch}" if batch else "")
+    made_by = " ".join(part for part in (config["plugin"], config["plugin_version"]) if part) or "plugin not recorded"
+    rows = [
+        ("domain", f"`{domain}` ({made_by}, diffkit {config['diffkit_version'] or 'version not recorded'})"),
+        ("data", card.get("data", NOT_RECORDED)),
+        ("data licence", card.get("data_license", NOT_RECORDED)),
+        ("training command", _code(card.get("training_command"))),
+        ("steps", steps),
+        ("hardware", card.get("hardware", NOT_RECORDED)),
+        ("weights", f"{config['values']:,} values ({', '.join(dtypes)}, {_size(size)}), the EMA of training"),
+        ("weights licence", card.get("license", NOT_RECORDED)),
+    ]
+    lines = [f"# diffkit `{domain}` model", "",
+             f"Weights for diffkit's `{domain}` domain: `{WEIGHTS_FILE}` (safetensors) and `{CONFIG_FILE}` "
+             "(the configuration they were trained with, provenance, and the SHA-256 of the weights file, "
+             "checked when they are loaded).", "",
+             "| | |", "|---|---|", *(f"| {name} | {_cell(value)} |" for name, value in rows), ""]
+    lines += _scores_section(card)
+    lines += ["## Use", "", "```python", "import diffkit", "",
+              'pipe = diffkit.load("path/to/this/folder")', "samples = pipe.sample(16, seed=0)", "```", "",
+              "```bash", f"diffkit sample --domain {domain} --checkpoint path/to/this/folder -n 16 --out samples/",
+              "```", ""]
+    if card.get("notes"):
+        lines += ["## Notes", "", str(card["notes"]), ""]
+    return "\n".join(lines)
+
+
+def _scores_section(card: Mapping[str, Any]) -> list[str]:
+    scores = card.get("scores") or {}
+    if not scores:
+        return ["## Scores", "", "No scores recorded.", ""]
+    lines = ["## Scores", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {name} | {_number(value)} |" for name, value in scores.items()]
+    lines.append("")
+    if card.get("scores_setup"):
+        lines += [str(card["scores_setup"]), ""]
+    return lines
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def _code(text: Any) -> str:
+    return NOT_RECORDED if not text else f"`{text}`"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)

@@ -1,0 +1,205 @@
+"""The Python pipeline and the portable weights folder: diffkit.load, sample, save_pretrained,
+diffkit export, and the conformance check of ``Domain.to_objects``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import diffkit
+from diffkit import pretrained
+from diffkit.cli import cli
+from diffkit.generate import SampleRequest, generate
+from diffkit.pipeline import SampleList, condition_text
+from diffkit.loading import load_for_sampling
+from diffkit.testing import check_domain
+from toy_domain import ToyDomain
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A 10-step toy run folder, trained once for the module."""
+    from diffkit.config import resolve_config
+    from diffkit.runner import train
+
+    folder = tmp_path_factory.mktemp("toy") / "run"
+    domain = ToyDomain()
+    config = resolve_config(domain, overrides={"train": {"steps": 10, "checkpoint_every": 10}})
+    train(domain, config, out=folder, progress=False, plugin=("toy-points", "1.0"))
+    return folder
+
+
+def toy_points(objects) -> torch.Tensor:
+    return torch.stack(list(objects))
+
+
+# -- shipped weights by domain name --------------------------------------------------------------
+
+def test_image_pipeline_gives_pil_images_with_the_pixels_of_the_cli_path():
+    from PIL import Image
+
+    pipe = diffkit.load("image", device="cpu")
+    pictures = pipe.sample(3, seed=2, cond="7", steps=3)
+    assert isinstance(pictures, list) and len(pictures) == 3
+    assert all(isinstance(p, Image.Image) and p.mode == "L" and p.size == (16, 16) for p in pictures)
+    # The same functions `diffkit sample` calls, with the same request, give the same pixels.
+    model, config = load_for_sampling(pipe.domain, pipe.domain.pretrained())
+    batch = generate(pipe.domain, model, config, SampleRequest(n=3, seed=2, cond="7", steps=3))
+    expected = ((batch["x"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+    assert np.array_equal(np.stack([np.asarray(p) for p in pictures]), expected)
+
+
+def test_audio_pipeline_gives_clips_with_their_rate_and_label():
+    pipe = diffkit.load("audio", device="cpu")
+    clips = pipe.sample(2, seed=0, cond=["A4", "C5"], steps=2)
+    assert [clip.label for clip in clips] == ["A4", "C5"]
+    for clip in clips:
+        assert isinstance(clip.waveform, torch.Tensor) and clip.waveform.shape == (1, 4000)
+        assert clip.sample_rate == 8000 and clip.waveform.abs().max() <= 1
+
+
+def test_molecule_pipeline_gives_the_molecules_the_cli_writes(tmp_path):
+    from rdkit import Chem
+
+    pipe = diffkit.load("molecule", device="cpu")
+    mols = pipe.sample(6, seed=3, cond={"mol_weight": 120}, guidance=2.0, steps=4, sampler="ddim")
+    assert len(mols) == 6 and all(mol is None or isinstance(mol, Chem.Mol) for mol in mols)
+    assert any(mol is not None for mol in mols)
+    out = tmp_path / "mols.smi"
+    result = run("sample", "--domain", "molecule", "-n", 6, "--seed", 3, "--cond", "mol_weight=120", "--guidance", 2,
+                 "--steps", 4, "--sampler", "ddim", "--device", "cpu", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    for mol, line in zip(mols, lines):
+        if mol is None:  # the CLI writes the rejected molecule as it stands, which RDKit refuses
+            assert Chem.MolFromSmiles(line) is None
+        else:
+            assert Chem.MolToSmiles(mol, isomericSmiles=False) == line
+
+
+def test_save_pretrained_then_load_gives_identical_samples(tmp_path):
+    pipe = diffkit.load("image", device="cpu")
+    folder = pipe.save_pretrained(tmp_path / "my-model")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (folder / "README.md").read_text()
+    assert "`image`" in card and "CC BY 4.0" in card and "1,200 of batch 64" in card
+    again = diffkit.load(folder, device="cpu")
+    first = [np.asarray(p) for p in pipe.sample(4, seed=11, steps=3)]
+    second = [np.asarray(p) for p in again.sample(4, seed=11, steps=3)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert again.info["card"] == pipe.info["card"] and again.config == pipe.config
+
+
+def test_an_unknown_name_is_an_error_naming_the_domains(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a registered domain.*image"):
+        diffkit.load(str(tmp_path / "nowhere"))
+
+
+# -- checkpoint -> export -> load ------------------------------------------------------------------
+
+def test_checkpoint_export_load_gives_identical_samples(toy_run, tmp_path, toy_installed):
+    out = tmp_path / "exported"
+    result = run("export", toy_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    from_run = toy_points(diffkit.load(toy_run, device="cpu").sample(20, seed=4))
+    from_folder = toy_points(diffkit.load(out, device="cpu").sample(20, seed=4))
+    assert torch.equal(from_run, from_folder)
+    config = json.loads((out / "config.json").read_text())
+    assert config["domain"] == "toy" and config["step"] == 10 and config["plugin"] == "toy-points"
+    assert config["card"]["data"] == "the domain's bundled default data"
+    # `diffkit sample` reads the folder too, and draws the same points.
+    written = tmp_path / "points.json"
+    result = run("sample", "--domain", "toy", "--checkpoint", out, "-n", 20, "--seed", 4, "--out", written,
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert torch.allclose(torch.tensor(json.loads(written.read_text())["points"]), from_folder)
+
+
+def test_export_refuses_a_folder_that_is_not_empty(toy_run, tmp_path, toy_installed):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    result = run("export", toy_run, "--out", target)
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert [p.name for p in target.iterdir()] == ["notes.txt"] and (target / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("export", toy_run, "--out", empty).exit_code == 0
+    assert (empty / "model.safetensors").is_file()
+
+
+def test_a_card_file_states_facts_and_unknown_keys_are_refused(toy_run, tmp_path, toy_installed):
+    facts = tmp_path / "card.json"
+    facts.write_text(json.dumps({"hardware": "one CPU thread", "scores": {"distance": 0.25}, "license": "MIT"}))
+    assert run("export", toy_run, "--out", tmp_path / "a", "--card", facts).exit_code == 0
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "| hardware | one CPU thread |" in card and "| distance | 0.25 |" in card
+    facts.write_text(json.dumps({"hardwear": "one CPU thread"}))
+    result = run("export", toy_run, "--out", tmp_path / "b", "--card", facts)
+    assert result.exit_code == 1 and "unknown key 'hardwear'" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_damaged_weights_are_refused_by_checksum(toy_run, tmp_path, toy_installed):
+    folder = pretrained.export(toy_run, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor value
+    weights.write_bytes(bytes(data))
+    with pytest.raises(pretrained.ChecksumError, match=r"model\.safetensors.*SHA-256"):
+        diffkit.load(folder, device="cpu")
+    result = run("sample", "--domain", "toy", "--checkpoint", folder, "--out", tmp_path / "x.json", "--no-progress")
+    assert result.exit_code == 1 and "damaged or was replaced" in result.output
+
+
+# -- conditions and displays -------------------------------------------------------------------------
+
+def test_conditions_are_written_as_the_cli_takes_them():
+    assert condition_text({"qed": 0.6, "atoms": 9}) == "qed=0.6,atoms=9"
+    assert condition_text(["C4", "A4"]) == "C4,A4"
+    assert condition_text(7) == "7"
+    assert condition_text(None) is None and condition_text("none") == "none"
+
+
+def test_sample_lists_show_as_a_gallery_in_jupyter():
+    from PIL import Image
+
+    gallery = SampleList([Image.new("L", (4, 4)), None, "<b>"])._repr_html_()
+    assert gallery.count("data:image/png;base64,") == 1
+    assert "<pre>None</pre>" in gallery and "&lt;b&gt;" in gallery
+
+
+# -- the conformance kit checks to_objects -------------------------------------------------------------
+
+class NoObjects(ToyDomain):
+    def to_objects(self, samples, config):
+        return []
+
+
+def test_the_conformance_kit_checks_the_objects(tmp_path):
+    assert check_domain(ToyDomain(), tmp_path / "a", train_steps=5) == []
+    assert check_domain(ToyDomain(), tmp_path / "b", train_steps=5, object_type=torch.Tensor) == []
+    wrong_type = check_domain(ToyDomain(), tmp_path / "c", train_steps=5, object_type=str)
+    assert wrong_type == ["to_objects() returned Tensor, Tensor, expected str"]
+    missing = check_domain(NoObjects(), tmp_path / "d", train_steps=5)
+    assert len(missing) == 1 and "one object per sample" in missing[0]
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "molecule"])
+def test_shipped_weights_carry_their_card_facts(name):
+    from safetensors.torch import load_file
+
+    folder = diffkit.make_plugin_manager(entry_points=False).domain(name).pretrained()
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["card"]) == set(pretrained.CARD_FIELDS) and config["card"]["scores"]
+    tensors = load_file(folder / "model.safetensors")
+    assert config["values"] == sum(t.numel() for t in tensors.values())
+    assert (folder / "README.md").read_text() == pretrained.model_card(config, tensors)
