@@ -51,7 +51,10 @@ installed. A plugin may not replace a built-in command.
 def render() -> str:
     """The whole of docs/cli.md."""
     from diffkit.cli import BUILTIN_COMMANDS, cli
+    from diffkit.plugins import make_plugin_manager
 
+    # The built-in plugins' option names (e.g. --scaffold) belong to the page, other plugins' not.
+    make_plugin_manager(entry_points=False).manager.hook.diffkit_cli_commands(cli=cli)
     root = click.Context(cli, info_name="diffkit", **cli.context_settings)
     parts = [INTRO, _section(cli, root, "diffkit")]
     for name in BUILTIN_COMMANDS:
@@ -89,7 +92,9 @@ def _help_text(text: str) -> str:
 
 
 def _option_row(option: click.Option, context: click.Context) -> str:
-    names = ", ".join(f"`{name}`" for name in option.opts + option.secondary_opts)
+    # Short names first: click keeps the help option's names in no fixed order.
+    names = ", ".join(f"`{name}`" for name in sorted(option.opts, key=lambda n: n.startswith("--"))
+                      + option.secondary_opts)
     if option.is_flag:
         value = "flag"
     else:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import diffkit
+from diffkit import kit
 from diffkit.domain import Domain
 
 CENTERS = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.0]])
@@ -81,9 +82,8 @@ class ToyDomain(Domain):
     def write_samples(self, samples, out, config):
         out = Path(out)
         path = out if out.suffix == ".json" else out / "points.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"points": samples["x"].tolist(), "labels": samples["cond"].tolist()}))
-        return [path]
+        kit.write_new(path, json.dumps({"points": samples["x"].tolist(), "labels": samples["cond"].tolist()}).encode())
+        return [kit.Output(path, "table")]
 
     def evaluate(self, samples, reference, config):
         data = json.loads((samples if samples.suffix == ".json" else samples / "points.json").read_text())

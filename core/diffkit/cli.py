@@ -328,14 +328,17 @@ def new_plugin(name, directory):
 
 def add_option_alias(cli: click.Group, command: str, option: str, alias: str) -> None:
     """Give ``option`` of ``command`` another name, e.g. a domain's own word for ``--init``; for
-    plugins, from their ``diffkit_cli_commands`` hook. A name that is taken is refused."""
+    plugins, from their ``diffkit_cli_commands`` hook. A name that another option has is refused;
+    adding the same alias again changes nothing."""
     target = cli.commands[command]
-    taken = {name for param in target.params for name in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
-    if alias in taken:
-        raise ValueError(f"the option name {alias!r} of `diffkit {command}` is taken")
     matches = [param for param in target.params if option in getattr(param, "opts", [])]
     if not matches:
         raise ValueError(f"`diffkit {command}` has no option {option!r}")
+    if alias in matches[0].opts:
+        return
+    taken = {name for param in target.params for name in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
+    if alias in taken:
+        raise ValueError(f"the option name {alias!r} of `diffkit {command}` is taken")
     matches[0].opts.append(alias)
 
 

@@ -51,7 +51,7 @@ def test_a_clip_knows_its_length_and_refuses_a_flat_waveform():
 
 
 def test_to_objects_labels_each_clip_with_the_label_it_was_drawn_for(domain, config):
-    from diffkit_audio.domain import label_texts
+    from diffkit.kit import label_texts
 
     labels = torch.tensor([1, -1, 0])  # -1: the null label of unconditional samples
     waves = torch.rand(3, 1, 2000) * 2 - 1

@@ -162,7 +162,7 @@ def test_the_shipped_weights_load_and_draw_digits_of_the_asked_class(domain, tmp
     from diffkit import checkpoint
     from diffkit.config import fill_defaults
 
-    saved = checkpoint.load(path)["config"]
+    saved = checkpoint.load_sampling_state(path)["config"]
     assert tomllib.loads(path.with_suffix(".toml").read_text()) == saved and config == fill_defaults(domain, saved)
     assert model.class_names == [str(i) for i in range(10)]
     batch = generate(domain, model, config, SampleRequest(n=30, cond=",".join("0123456789"), steps=15))
