@@ -29,7 +29,13 @@ Settings that the options do not cover are changed with `--config file.toml` (se
 `model`, `diffusion`, `train`, `sample`) and `--set section.key=value`; an unknown key is refused
 with the closest known one. The layers apply in this order: the core's defaults, the domain's
 defaults, the preset, the config file, `--set`, then the options `--steps`, `--batch-size` and
-`--seed`.
+`--seed`. Every value must have the type of its default (an integer passes for a number) and step
+and batch counts must be at least 1; a wrong one is refused before anything runs, naming the key,
+the value and where it came from.
+
+Every checkpoint carries a SHA-256 digest of its content, checked whenever it is read: a damaged
+file is refused with the newest intact checkpoint of the run and how to use it. Ctrl-C stops
+`train` with exit code 130 and the command that resumes the run from its last checkpoint.
 """
 
 OUTRO = """\
@@ -44,7 +50,9 @@ OUTRO = """\
 
 A plugin can add commands through the `diffkit_cli_commands` hook (see
 [writing-a-plugin.md](writing-a-plugin.md)); they appear in `diffkit --help` once the plugin is
-installed. A plugin may not replace a built-in command.
+installed. A plugin may not replace a built-in command. A plugin whose hook fails (or that
+replaces a built-in command) is marked FAILED in `diffkit plugins`, with every error it raised, and
+the other commands work as before.
 """
 
 
@@ -92,9 +100,8 @@ def _help_text(text: str) -> str:
 
 
 def _option_row(option: click.Option, context: click.Context) -> str:
-    # Short names first: click keeps the help option's names in no fixed order.
-    names = ", ".join(f"`{name}`" for name in sorted(option.opts, key=lambda n: n.startswith("--"))
-                      + option.secondary_opts)
+    # Shortest first: click keeps the help option's names in a set, whose order varies per process.
+    names = ", ".join(f"`{name}`" for name in sorted(option.opts, key=len) + option.secondary_opts)
     if option.is_flag:
         value = "flag"
     else:

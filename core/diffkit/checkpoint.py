@@ -6,55 +6,124 @@ states, the resolved config and the domain/plugin that made it. :func:`export_we
 what sampling needs (the EMA weights and the config) in the same format; :mod:`diffkit.pretrained`
 writes it as a portable folder (safetensors, config, model card). :func:`load_sampling_state`
 reads all three.
+
+Every checkpoint carries the SHA-256 of its content (:func:`content_digest`), checked on load, so
+a file damaged on disk is refused instead of being trained or sampled from. Files written before
+the digest existed load unchecked.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+from .kit.files import save_torch_atomic, temporary_files
+
 FORMAT = "diffkit-checkpoint/1"
 CHECKPOINT_DIR = "checkpoints"
+DIGEST_KEY = "sha256"
 
 
 class CheckpointError(ValueError):
     pass
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file that cannot be read, or whose content no longer matches its digest."""
+
+
 def save_atomic(obj: Any, path: Path) -> Path:
     """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it into
-    place: a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    place: a crash leaves either the old file or the new one, never half of one.
+
+    A checkpoint (a dict of this module's ``FORMAT``) is written with a fresh content digest."""
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        obj = {**obj, DIGEST_KEY: content_digest(obj)}
+    return save_torch_atomic(obj, path)
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
-    """Load and validate a checkpoint file (no arbitrary unpickling)."""
+    """Load and validate a checkpoint file (no arbitrary unpickling) and check its content digest.
+
+    A damaged file of a run folder is a :class:`DamagedCheckpointError` that names the newest
+    intact checkpoint before it and how to use that one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
+        return _read_verified(path, map_location)
+    except DamagedCheckpointError as error:
+        raise DamagedCheckpointError(f"{str(error).rstrip('.')}{_intact_alternative(path)}") from None
+
+
+def _read_verified(path: Path, map_location) -> dict:
+    try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{str(path)!r} is not a readable diffkit checkpoint: {error}") from None
+    except Exception as error:  # a damaged archive, or one holding more than plain data
+        raise DamagedCheckpointError(f"{str(path)!r} is not a readable diffkit checkpoint: {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a diffkit checkpoint (expected format {FORMAT!r})")
+    expected = checkpoint.get(DIGEST_KEY)
+    if expected is not None and content_digest(checkpoint) != expected:
+        raise DamagedCheckpointError(f"checkpoint {str(path)!r} is damaged: its content no longer matches "
+                                     "the SHA-256 digest stored when it was written")
     return checkpoint
+
+
+def _intact_alternative(damaged: Path) -> str:
+    """For a damaged checkpoint of a run folder: the newest older one that is intact, and how to use it."""
+    if damaged.parent.name != CHECKPOINT_DIR:
+        return ""
+    older = [p for p in list_checkpoints(damaged.parent.parent) if p.name < damaged.name]
+    for candidate in reversed(older):
+        try:
+            _read_verified(candidate, "cpu")
+        except CheckpointError:
+            continue
+        return (f". The newest intact checkpoint of this run is {str(candidate)!r}: sample from it with "
+                f"--checkpoint {candidate}, or resume from it by moving the damaged file aside "
+                f"(mv {damaged} {damaged}.damaged) and running train --resume again")
+    return ". No older checkpoint of this run is intact" if older else ". The run has no older checkpoint"
+
+
+def content_digest(checkpoint: Mapping) -> str:
+    """The SHA-256 of a checkpoint's content: every entry but the digest itself, tensors by dtype,
+    shape and bytes, other values by their ``repr``. It depends on the values only, not on how
+    ``torch.save`` laid them out, so a checkpoint reads back to the digest it was written with."""
+    hasher = hashlib.sha256()
+    _feed(hasher, {key: value for key, value in checkpoint.items() if key != DIGEST_KEY})
+    return hasher.hexdigest()
+
+
+def _feed(hasher, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        hasher.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, Mapping):
+        hasher.update(f"map {len(value)};".encode())
+        for key, item in value.items():
+            _feed(hasher, key)
+            _feed(hasher, item)
+    elif isinstance(value, (list, tuple)):
+        hasher.update(f"sequence {len(value)};".encode())
+        for item in value:
+            _feed(hasher, item)
+    else:
+        text = repr(value).encode()
+        hasher.update(f"value {len(text)};".encode() + text)
+
+
+def remove_partial_writes(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`save_atomic` left in a run's checkpoint folder when its
+    process was killed mid-write; returns them. Call it only when no other process writes there."""
+    partial = temporary_files(Path(run_dir) / CHECKPOINT_DIR, "step_*")
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

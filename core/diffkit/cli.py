@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
-from .plugins import Registry, make_plugin_manager
+from .plugins import PLUGIN_FAULTS, PluginLoadError, Registry, make_plugin_manager
 
 BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plugin")
 
@@ -17,18 +18,13 @@ BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plu
 class DiffkitGroup(click.Group):
     """Adds the commands of plugins (``diffkit_cli_commands`` hook) on first use."""
 
-    _plugins_loaded = False
-
     def _load_plugin_commands(self, ctx: click.Context) -> None:
-        if self._plugins_loaded:
+        root = ctx.find_root()
+        if root.meta.get("diffkit.commands_loaded"):  # once per invocation, with its registry
             return
-        self._plugins_loaded = True
-        registry = _registry(ctx)
-        before = set(self.commands)
-        registry.manager.hook.diffkit_cli_commands(cli=self)
-        for name in set(self.commands) - before:
-            if name in BUILTIN_COMMANDS:
-                raise click.ClickException(f"a plugin tried to replace the built-in command {name!r}")
+        root.meta["diffkit.commands_loaded"] = True
+        for info, add_commands in _registry(ctx).implementations("diffkit_cli_commands"):
+            _add_plugin_commands(self, info, add_commands)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands(ctx)
@@ -44,6 +40,21 @@ def current_registry() -> Registry:
     """The plugin registry of the running ``diffkit`` command (for plugin commands: the schedules,
     samplers and domains usable by name)."""
     return _registry(click.get_current_context())
+
+
+def _add_plugin_commands(group: click.Group, info, add_commands) -> None:
+    """One plugin's ``diffkit_cli_commands``: if it raises or replaces a built-in command, it is
+    marked failed and the command line stays as it was before it."""
+    before = dict(group.commands)
+    try:
+        add_commands(cli=group)
+        replaced = [name for name in BUILTIN_COMMANDS if group.commands.get(name) is not before.get(name)]
+        if replaced:
+            raise PluginLoadError(f"tried to replace the built-in command {replaced[0]!r}")
+    except PLUGIN_FAULTS as error:
+        group.commands.clear()
+        group.commands.update(before)
+        info.fail(error)
 
 
 def _registry(ctx: click.Context) -> Registry:
@@ -86,16 +97,25 @@ def cli() -> None:
 def plugins(ctx: click.Context) -> None:
     """List every plugin with its version, its domains and whether it loaded."""
     registry = _registry(ctx)
+    root = ctx.find_root()
+    if isinstance(root.command, DiffkitGroup):  # so that failures to add commands show too
+        root.command._load_plugin_commands(root)
     rows = [(info.name, info.version, ", ".join(info.domains) or "-",
-             "loaded" if info.status == "loaded" else f"FAILED: {info.error}") for info in registry.plugins]
+             "loaded" if info.status == "loaded" else f"FAILED: {_first_error(info)}") for info in registry.plugins]
     header = ("plugin", "version", "domains", "status")
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(3)]
-    for row in [header] + rows:
+    for row, info in zip([header] + rows, [None] + registry.plugins):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+        for error in (info.errors[1:] if info is not None else ()):
+            click.echo(" " * (sum(widths) + 6) + f"FAILED: {error}")
     if registry.domains:
         click.echo("")
     for name, domain in sorted(registry.domains.items()):
         click.echo(f"{name}: {domain.description}")
+
+
+def _first_error(info) -> str:
+    return info.errors[0] if info.errors else info.error
 
 
 def _training_overrides(steps, batch_size, seed, compile_model, parallel) -> dict:
@@ -132,13 +152,14 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     """
     from . import checkpoint as ckpt
     from .config import resolve_config
-    from .runner import TrainingError
+    from .runner import TrainingError, TrainingInterrupted
     from .runner import train as run_training
 
     plugin_domain = _domain(ctx, domain)
     overrides = _training_overrides(steps, batch_size, seed, compile_model, parallel)
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
+        _check_writable(run_dir, "--out")
         if resume:
             config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, preset)
         else:
@@ -148,6 +169,9 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
                               progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx))
     except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
+    except TrainingInterrupted as interrupted:
+        click.echo(str(interrupted), err=True)
+        ctx.exit(130)  # the shell's code for a stop by Ctrl-C (128 + SIGINT)
     loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
     click.echo(f"trained {result.step} steps{loss}; run folder: {result.run_dir}")
 
@@ -173,7 +197,7 @@ def _default_preset(domain) -> str | None:
 def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, preset):
     """On --resume the run's own config is the base; explicit options may only change what
     does not alter the steps already taken (checked when the run restores)."""
-    from .config import load_toml, parse_assignment
+    from .config import check_config, default_config, load_toml, parse_assignment
     from .domain import merge_config
     from .loading import load_config
 
@@ -185,6 +209,7 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
     for assignment in sets:
         config = merge_config(config, parse_assignment(assignment, config))
     config = merge_config(config, overrides)
+    check_config(config, default_config(domain))
     if data is None and (run_dir / "run.json").exists():
         data = json.loads((run_dir / "run.json").read_text()).get("data")
     return config, data
@@ -218,7 +243,7 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
     """
     from . import checkpoint as ckpt
     from . import distributed
-    from .generate import SampleRequest, generate
+    from .generate import SampleRequest, check_request, generate
     from .loading import load_for_sampling
 
     plugin_domain = _domain(ctx, domain)
@@ -228,6 +253,11 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
     request = SampleRequest(n=n, sampler=sampler, steps=steps, guidance=guidance, cond=cond, seed=seed,
                             batch_size=batch_size, init=init, mask=mask, strength=strength, resample=resample,
                             interpolate=interpolate, progress=not no_progress)
+    try:  # everything that can be checked before loading the model
+        check_request(request, _registry(ctx))
+        _check_writable(Path(out), "--out")
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     world = distributed.world_from_env()
     try:
         torch_device = distributed.pick_device(device, world)
@@ -340,6 +370,24 @@ def add_option_alias(cli: click.Group, command: str, option: str, alias: str) ->
     if alias in taken:
         raise ValueError(f"the option name {alias!r} of `diffkit {command}` is taken")
     matches[0].opts.append(alias)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written before any work is done: the nearest part of
+    it that exists must be a folder that accepts new files. (An existing file is left to the
+    command's own rule about overwriting.)"""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write to {option} {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ValueError(f"cannot write to {option} {str(path)!r}: the folder {str(folder)!r} does not accept "
+                         f"new files ({error.strerror or error})") from None
 
 
 def _message(error: BaseException) -> str:

@@ -70,21 +70,85 @@ def fill_defaults(domain: Domain, config: Mapping[str, Any]) -> dict:
 
 def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Path | None = None,
                    overrides: Mapping[str, Any] | None = None, sets: list[str] = ()) -> dict:
-    """The effective configuration of a run; every layer is checked against the defaults."""
+    """The effective configuration of a run; every layer is checked against the defaults: its keys,
+    the types of its values and their minimums (:func:`check_config`)."""
     config = default_config(domain)
+    defaults = copy.deepcopy(config)
     if preset is not None:
         presets = domain.presets()
         if preset not in presets:
             raise ValueError(f"unknown preset {preset!r} for domain {domain.name!r}; "
                              f"available: {', '.join(sorted(presets)) or 'none'}")
         config = merge_config(config, presets[preset])
+        check_config(presets[preset], defaults, source=f"preset {preset!r}")
     if file is not None:
-        config = merge_config(config, load_toml(file))
+        layer = load_toml(file)
+        config = merge_config(config, layer)
+        check_config(layer, defaults, source=f"config file {str(file)!r}")
     for assignment in sets:
         config = merge_config(config, parse_assignment(assignment, config))
     if overrides:
         config = merge_config(config, overrides)
+        check_config(overrides, defaults)
     return config
+
+
+# Values below these make a run do nothing, or fail far from the setting that caused it.
+MINIMUMS: dict[str, int] = {
+    "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "sample.steps": 1, "sample.batch_size": 1,
+}
+
+
+def check_config(config: Mapping, defaults: Mapping, *, source: str = "", where: str = "") -> None:
+    """Refuse a value of ``config`` (a whole config or one layer of it) whose type differs from its
+    default's, or that is below its minimum in :data:`MINIMUMS`. An integer passes for a float, a
+    boolean does not pass for a number, a default of ``None`` takes anything and lists are checked
+    element by element against the type of the default's elements. Keys absent from ``defaults``
+    are left to :func:`~diffkit.domain.merge_config`. The ValueError names the key, the value, what
+    was expected and ``source`` (e.g. ``config file 'run.toml'``)."""
+    for key, value in config.items():
+        if key not in defaults:
+            continue
+        path = f"{where}.{key}" if where else key
+        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping):
+            check_config(value, defaults[key], source=source, where=path)
+        else:
+            check_value(path, value, defaults[key], source=source)
+
+
+def check_value(key: str, value: Any, default: Any, *, source: str = "") -> None:
+    """One setting against its default; see :func:`check_config`."""
+    origin = f" from {source}" if source else ""
+    expected = _expected_type(value, default)
+    if expected is not None:
+        raise ValueError(f"config key {key!r} expects {expected}, got {value!r} "
+                         f"({type(value).__name__}){origin}")
+    minimum = MINIMUMS.get(key)
+    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+        raise ValueError(f"config key {key!r} must be at least {minimum}, got {value!r}{origin}")
+
+
+def _expected_type(value: Any, default: Any) -> str | None:
+    """What ``value`` should have been, when it does not fit the type of ``default``; else None."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false (bool)"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer (int)"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number (float)"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string (str)"
+    if isinstance(default, Mapping):
+        return None if isinstance(value, Mapping) else "a table of settings"
+    if isinstance(default, (list, tuple)):
+        kinds = {type(item) for item in default}
+        if not isinstance(value, (list, tuple)):
+            return "a list"
+        if len(kinds) == 1 and any(_expected_type(item, default[0]) for item in value):
+            return f"a list whose items are each {_expected_type(None, default[0])}"
+    return None
 
 
 def load_toml(path: str | Path) -> dict:
@@ -111,6 +175,7 @@ def parse_assignment(assignment: str, config: Mapping) -> dict:
             raise KeyError(unknown_key_message(where, key, node if isinstance(node, Mapping) else {}))
         node = node[key]
     value = _literal(raw.strip())
+    check_value(dotted.strip(), value, node, source=f"--set {assignment.strip()}")
     nested: dict = {keys[-1]: value}
     for key in reversed(keys[:-1]):
         nested = {key: nested}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -34,16 +35,28 @@ def world_from_env() -> World:
 
 
 def pick_device(requested: str | None, world: World) -> torch.device:
-    """``cuda`` when present (one GPU per local rank under torchrun), else ``cpu``; or as requested."""
+    """``cuda`` when present (one GPU per local rank under torchrun), else ``cpu``; or as requested.
+
+    A name that is not a device, or a device this machine lacks, is a ValueError that says so."""
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {requested!r} is not a device; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {requested} was asked for, but CUDA is not available here")
+            raise ValueError(f"--device {requested} was asked for, but CUDA is not available here; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", world.local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"so there is no cuda:{device.index}")
         torch.cuda.set_device(device)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {requested} was asked for, but MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {requested!r}: diffkit runs on cpu, cuda or mps")
     return device
 
 
@@ -56,6 +69,10 @@ def shutdown(world: World, *, wait: bool = True) -> None:
     """Leave the process group; ``wait`` first for every rank (not after an error, where the
     other ranks may never arrive)."""
     if world.distributed and dist.is_initialized():
+        # Objects that hold the group (a DDP wrapper) and are only reachable through reference
+        # cycles would otherwise be freed at interpreter exit, where freeing the backend's threads
+        # can abort the process ("terminate called without an active exception").
+        gc.collect()
         # A rank that tears the group down while another still has collective work in flight
         # aborts the other.
         if wait:

@@ -12,6 +12,7 @@ from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .plugins import Registry
 from .guidance import slerp
+from .samplers import get_sampler
 from .schedules import make_schedule
 from .distributed import World
 from .tree import State, concat, first_leaf, to_device, tree_map
@@ -47,6 +48,24 @@ class SampleRequest:
     progress: bool = False
 
 
+def check_request(request: SampleRequest, registry: Registry | None = None) -> None:
+    """Refuse a request that would fail deep inside sampling or quietly do something else, before
+    any model is loaded: counts below their minimum, an unknown sampler name (looked up in
+    ``registry``, the built-ins when None)."""
+    if not request.interpolate and request.n < 1:
+        raise ValueError(f"-n/--num-samples must be at least 1, got {request.n}")
+    for option, value in (("--steps", request.steps), ("--batch-size", request.batch_size),
+                          ("--resample", request.resample)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+    if request.interpolate and request.interpolate < 2:
+        raise ValueError(f"--interpolate draws samples between two ends, so it needs at least 2, got {request.interpolate}")
+    if request.init is not None and request.mask is None and not 0.0 < request.strength <= 1.0:
+        raise ValueError(f"--strength must be in (0, 1], got {request.strength}")
+    if request.sampler is not None:
+        get_sampler(request.sampler, registry.samplers if registry is not None else None)
+
+
 def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequest,
              device: torch.device | str = "cpu", world: World = World(), registry: Registry | None = None) -> Batch | None:
     """Samples as a batch on the CPU (``x`` decoded by the domain).
@@ -56,6 +75,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     Under torchrun each rank draws every ``world.size``-th chunk and rank 0 returns them all,
     in order (other ranks return ``None``).
     """
+    check_request(request, registry)
     diffusion = build_diffusion(domain, config, registry)
     settings = _settings(config, request)
     model = model.to(device).eval()
@@ -99,11 +119,11 @@ def _gather_chunks(chunks: dict[int, Batch], world: World) -> dict[int, Batch] |
 def _settings(config: dict, request: SampleRequest) -> dict[str, Any]:
     section = config["sample"]
     return {
-        "sampler": request.sampler or section["sampler"],
-        "steps": request.steps or section["steps"],
+        "sampler": section["sampler"] if request.sampler is None else request.sampler,
+        "steps": section["steps"] if request.steps is None else request.steps,
         "guidance": section["guidance"] if request.guidance is None else request.guidance,
         "spacing": section.get("spacing", "uniform"),
-        "batch_size": request.batch_size or section["batch_size"],
+        "batch_size": section["batch_size"] if request.batch_size is None else request.batch_size,
     }
 
 

@@ -14,7 +14,7 @@ import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
 
@@ -34,10 +34,26 @@ class PluginInfo:
     name: str
     version: str
     status: str = "loaded"  # "loaded" or "failed"
-    error: str = ""
+    error: str = ""  # every failure, joined; each one is in ``errors``
     domains: list[str] = field(default_factory=list)
     builtin: bool = False
     registered: bool = field(default=False, repr=False)  # known to the manager under ``name``
+    errors: list[str] = field(default_factory=list)
+
+    def fail(self, error: BaseException | str) -> None:
+        """Record a failure of this plugin (one of possibly several: each is kept)."""
+        if isinstance(error, SystemExit):
+            message = f"SystemExit: the plugin called sys.exit({'' if error.code is None else repr(error.code)})"
+        else:
+            message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.status = "failed"
+        self.errors.append(message)
+        self.error = "; ".join(self.errors)
+
+
+# What a plugin may raise without taking the command down: any error, and SystemExit (a plugin that
+# calls sys.exit() on import). KeyboardInterrupt is the user's and still stops everything.
+PLUGIN_FAULTS = (Exception, SystemExit)
 
 
 class PluginLoadError(Exception):
@@ -63,6 +79,15 @@ class Registry:
         hint = "".join(f"\n  plugin {p.name} failed to load: {p.error}" for p in failed)
         available = ", ".join(sorted(self.domains)) or "none"
         raise ValueError(f"unknown domain {name!r}; available: {available}{hint}")
+
+    def implementations(self, hook_name: str) -> Iterator[tuple[PluginInfo, Any]]:
+        """The ``(plugin, function)`` pairs implementing a hook, to call one plugin at a time and
+        record a failure with ``plugin.fail(error)`` (catching :data:`PLUGIN_FAULTS`)."""
+        by_name = {info.name: info for info in self.plugins if info.registered}
+        trace = self.manager.trace.root.get("hook")
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            trace(hook_name, f"plugin={impl.plugin_name}")
+            yield by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "unknown"), impl.function
 
 
 def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_points: bool | None = None,
@@ -130,9 +155,10 @@ def _register(manager: pluggy.PluginManager, name: str, load, *, version: str, b
     info = PluginInfo(name=name, version=version, builtin=builtin)
     try:
         manager.register(load(), name=name)
+        manager.register(load(), name=name)
         info.registered = True
-    except Exception as error:  # a broken plugin is reported, the others still load
-        info.status, info.error = "failed", f"{type(error).__name__}: {error}"
+    except PLUGIN_FAULTS as error:  # a broken plugin is reported, the others still load
+        info.fail(error)
     return info
 
 
@@ -170,8 +196,8 @@ def _call_per_plugin(manager: pluggy.PluginManager, hook, make_register, infos: 
         trace(hook.name, f"plugin={impl.plugin_name}")
         try:
             impl.function(register=make_register(info))
-        except Exception as error:
-            info.status, info.error = "failed", f"{type(error).__name__}: {error}"
+        except PLUGIN_FAULTS as error:
+            info.fail(error)
 
 
 def _version() -> str:

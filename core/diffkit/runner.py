@@ -44,6 +44,22 @@ class TrainingError(RuntimeError):
     pass
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; the message says where it stopped and how to resume."""
+
+    def __init__(self, domain: str, run_dir: Path, step: int):
+        found = ckpt.list_checkpoints(run_dir)
+        self.domain, self.run_dir, self.step = domain, run_dir, step
+        self.checkpoint = found[-1] if found else None
+        if self.checkpoint is None:
+            message = (f"interrupted at step {step}, before the first checkpoint; start again with: "
+                       f"diffkit train --domain {domain} --out {run_dir}")
+        else:
+            message = (f"interrupted at step {step}; the last checkpoint is {str(self.checkpoint)!r}; "
+                       f"resume with: diffkit train --domain {domain} --out {run_dir} --resume")
+        super().__init__(message)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -64,14 +80,23 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
     world = distributed.world_from_env()
     device = distributed.pick_device(device, world)
     distributed.init(world, device)
+    trainer, interrupted = None, None
     try:
         trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress, registry)
         trainer.start(resume)
         result = trainer.run()
+    except KeyboardInterrupt:
+        # Raised outside this block, so that the traceback no longer holds the trainer.
+        interrupted = TrainingInterrupted(domain.name, Path(out), trainer.step if trainer else 0)
     except BaseException:
         distributed.shutdown(world, wait=False)
         raise
-    distributed.shutdown(world)
+    # The trainer is in a reference cycle (its LR schedule calls its method) and its DDP wrapper
+    # holds the process group: drop it so that shutdown's collection frees the group's threads.
+    trainer = None
+    distributed.shutdown(world, wait=interrupted is None)
+    if interrupted is not None:
+        raise interrupted
     return result
 
 
@@ -95,6 +120,8 @@ class Trainer:
                                 "to continue it, or choose another --out")
         if resume and not existing:
             raise TrainingError(f"nothing to resume: {str(self.run_dir)!r} holds no checkpoints")
+        if self.world.is_main:
+            ckpt.remove_partial_writes(self.run_dir)  # left by a run killed while writing
         torch.manual_seed(self.train_cfg["seed"])
         self.dataset = self.domain.build_dataset(self.config, self.data)
         self._check_dataset_size()

@@ -147,3 +147,41 @@ def test_a_clashing_sampler_name_fails_that_plugin_only():
     assert clash.status == "failed" and "already registered" in clash.error
     assert toy.status == "loaded" and "toy" in registry.domains
     assert diffkit.get_sampler("ddim") is not _halfway
+
+
+class _FailsInEveryHook:
+    @diffkit.hookimpl
+    def diffkit_register_domains(self, register):
+        raise RuntimeError("no domain today")
+
+    @diffkit.hookimpl
+    def diffkit_register_samplers(self, register):
+        raise KeyError("no sampler either")
+
+
+def test_every_failure_of_a_plugin_is_kept():
+    registry = make_plugin_manager(builtins=(), entry_points=False, extra=[_FailsInEveryHook(), _ToyPlugin()])
+    failing, toy = registry.plugins
+    assert failing.status == "failed"
+    assert failing.errors == ["RuntimeError: no domain today", "KeyError: 'no sampler either'"]
+    assert failing.error == "RuntimeError: no domain today; KeyError: 'no sampler either'"
+    assert toy.status == "loaded" and "toy" in registry.domains
+
+
+def test_a_plugin_that_exits_on_import_is_reported_and_the_others_load(plugin_site, tmp_path):
+    site = plugin_site({"exits": "exits_on_import_for_diffkit", "toy-points": "toy_domain"})
+    (site / "exits_on_import_for_diffkit.py").write_text("import sys\nsys.exit(3)\n")
+    registry = make_plugin_manager()
+    exits = next(info for info in registry.plugins if info.name == "exits")
+    assert (exits.status, exits.errors) == ("failed", ["SystemExit: the plugin called sys.exit(3)"])
+    assert "toy" in registry.domains
+
+
+def test_a_keyboard_interrupt_while_loading_plugins_still_stops():
+    class Interrupts:
+        @diffkit.hookimpl
+        def diffkit_register_domains(self, register):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_plugin_manager(builtins=(), entry_points=False, extra=[Interrupts()])

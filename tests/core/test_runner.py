@@ -208,3 +208,37 @@ def test_item_randomness_depends_on_the_step_and_place_not_on_the_process():
     again = [items[key] for batch in reversed(one) for key in reversed(batch)][::-1]
     assert first == again  # order of reading does not matter
     assert len({round(value % 1, 6) for value in first}) == len(first)  # every place draws anew
+
+
+# Runs the CLI and, at exit, prints how many of gloo's native threads are still alive: threads that
+# outlive the process group are torn down during interpreter exit, which sometimes aborts the process.
+GLOO_THREAD_PROBE = """
+import atexit, os, sys
+
+def report():
+    names = [open(f"/proc/self/task/{task}/comm").read() for task in os.listdir("/proc/self/task")]
+    print(f"gloo threads at exit: {sum('gloo' in name for name in names)}", file=sys.stderr)
+
+atexit.register(report)
+from diffkit.cli import main
+sys.argv[0] = "diffkit"
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_two_process_training_frees_the_process_group_before_exit_every_time(tmp_path, toy_installed):
+    probe = tmp_path / "probe.py"
+    probe.write_text(GLOO_THREAD_PROBE)
+    for attempt in range(3):
+        run_dir = tmp_path / f"run{attempt}"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(29541 + attempt), str(probe), "train", "--domain", "toy", "--steps", "4", "--batch-size", "32",
+                   "--set", "train.checkpoint_every=4", "--no-progress", "--device", "cpu", "--out", str(run_dir)]
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "terminate called" not in done.stderr
+        assert done.stderr.count("gloo threads at exit: 0") == 2, done.stderr
+        assert ckpt.load(ckpt.resolve(run_dir))["step"] == 4

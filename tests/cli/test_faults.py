@@ -1,0 +1,232 @@
+"""Faults and bad input on the command line: each gives a named error (never a traceback) that says
+what was wrong and what to do, before any work is done where that is possible."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from diffkit import checkpoint as ckpt
+from diffkit.cli import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def train_toy(run_dir, *extra: str):
+    result = invoke("train", "--domain", "toy", "--out", str(run_dir), "--no-progress", *extra)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def assert_named_error(result, message: str) -> None:
+    assert isinstance(result.exception, SystemExit), result.exception  # not an error that escaped
+    assert result.exit_code == 1, result.output
+    assert f"Error: {message}" in result.output
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def test_a_setting_of_the_wrong_type_is_refused_before_training(tmp_path, toy_installed):
+    result = invoke("train", "--domain", "toy", "--out", str(tmp_path / "run"), "--set", "train.lr=abc")
+    assert_named_error(result, "config key 'train.lr' expects a number (float), got 'abc' (str) from --set train.lr=abc")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_toml_value_of_the_wrong_type_names_the_file(tmp_path, toy_installed):
+    (tmp_path / "run.toml").write_text('[train]\nlr = "abc"\n')
+    result = invoke("train", "--domain", "toy", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "run.toml"))
+    assert_named_error(result, f"config key 'train.lr' expects a number (float), got 'abc' (str) from config file "
+                               f"{str(tmp_path / 'run.toml')!r}")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--set", "train.steps=-5"), "config key 'train.steps' must be at least 1, got -5 from --set train.steps=-5"),
+    (("--steps", "0"), "config key 'train.steps' must be at least 1, got 0"),
+    (("--batch-size", "0"), "config key 'train.batch_size' must be at least 1, got 0"),
+])
+def test_training_nothing_is_an_error_not_a_success(args, message, tmp_path, toy_installed):
+    assert_named_error(invoke("train", "--domain", "toy", "--out", str(tmp_path / "run"), *args), message)
+
+
+def test_resume_checks_the_types_of_what_it_changes(tmp_path, toy_installed):
+    train_toy(tmp_path / "run", "--steps", "10")
+    (tmp_path / "more.toml").write_text("[train]\nsteps = \"many\"\n")
+    result = invoke("train", "--domain", "toy", "--out", str(tmp_path / "run"), "--resume",
+                    "--config", str(tmp_path / "more.toml"))
+    assert_named_error(result, "config key 'train.steps' expects an integer (int), got 'many' (str)")
+
+
+# -- sampling: checked before the model is loaded ---------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("-n", "0"), "-n/--num-samples must be at least 1, got 0"),
+    (("--steps", "0"), "--steps must be at least 1, got 0"),
+    (("--batch-size", "-1"), "--batch-size must be at least 1, got -1"),
+    (("--sampler", "ddmi"), "unknown sampler 'ddmi'; valid: "),
+    (("--interpolate", "1"), "--interpolate draws samples between two ends, so it needs at least 2, got 1"),
+    (("--init", "x.json", "--strength", "1.5"), "--strength must be in (0, 1], got 1.5"),
+    (("--device", "foo"), "--device 'foo' is not a device; use cpu, cuda, cuda:N or mps"),
+])
+def test_sampling_requests_are_checked_before_the_checkpoint_is_read(args, message, tmp_path, toy_installed):
+    # The checkpoint does not exist: the request must be refused before anything is loaded.
+    result = invoke("sample", "--domain", "toy", "--checkpoint", str(tmp_path / "nowhere.pt"),
+                    "--out", str(tmp_path / "s.json"), *args)
+    assert_named_error(result, message)
+
+
+def test_cuda_without_cuda_is_a_named_error(tmp_path, toy_installed, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("sample", "--domain", "toy", "--checkpoint", str(tmp_path / "nowhere.pt"),
+                    "--out", str(tmp_path / "s.json"), "--device", "cuda")
+    assert_named_error(result, "--device cuda was asked for, but CUDA is not available here; use --device cpu")
+    result = invoke("train", "--domain", "toy", "--out", str(tmp_path / "run"), "--device", "cuda")
+    assert_named_error(result, "--device cuda was asked for, but CUDA is not available here; use --device cpu")
+
+
+def test_an_output_below_a_file_is_refused_before_work(tmp_path, toy_installed):
+    (tmp_path / "taken").write_text("a file")
+    result = invoke("sample", "--domain", "toy", "--checkpoint", str(tmp_path / "nowhere.pt"),
+                    "--out", str(tmp_path / "taken" / "s.json"))
+    assert_named_error(result, f"cannot write to --out {str(tmp_path / 'taken' / 's.json')!r}: "
+                               f"{str(tmp_path / 'taken')!r} is a file, not a folder")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permission bits do not bind root")
+def test_a_read_only_output_folder_is_refused_before_work(tmp_path, toy_installed):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = invoke("train", "--domain", "toy", "--out", str(locked / "run"))
+    finally:
+        locked.chmod(0o755)
+    assert_named_error(result, f"cannot write to --out {str(locked / 'run')!r}: the folder {str(locked)!r} "
+                               "does not accept new files (Permission denied)")
+
+
+# -- damaged checkpoints ----------------------------------------------------------------------
+
+def test_a_damaged_newest_checkpoint_names_the_intact_one_and_its_advice_works(tmp_path, toy_installed):
+    run_dir = tmp_path / "run"
+    train_toy(run_dir, "--steps", "20", "--set", "train.checkpoint_every=10")
+    older, newest = ckpt.list_checkpoints(run_dir)
+    data = bytearray(newest.read_bytes())
+    weight = torch.load(newest, weights_only=True)["ema"]["net.1.weight"].numpy().tobytes()
+    start = data.find(weight)
+    data[start:start + 4096] = bytes(b ^ 0xFF for b in data[start:start + 4096])
+    newest.write_bytes(bytes(data))
+
+    advice = (f"The newest intact checkpoint of this run is {str(older)!r}: sample from it with --checkpoint {older}, "
+              f"or resume from it by moving the damaged file aside (mv {newest} {newest}.damaged) and running "
+              "train --resume again")
+    damaged = f"checkpoint {str(newest)!r} is damaged: its content no longer matches the SHA-256 digest"
+    for command in (("sample", "--domain", "toy", "--checkpoint", str(run_dir), "--out", str(tmp_path / "s.json")),
+                    ("train", "--domain", "toy", "--out", str(run_dir), "--resume", "--steps", "30")):
+        result = invoke(*command, "--no-progress")
+        assert_named_error(result, damaged)
+        assert advice in result.output
+
+    assert invoke("sample", "--domain", "toy", "--checkpoint", str(older), "--out", str(tmp_path / "s.json"),
+                  "--no-progress").exit_code == 0
+    newest.rename(f"{newest}.damaged")
+    result = invoke("train", "--domain", "toy", "--out", str(run_dir), "--resume", "--steps", "30", "--no-progress")
+    assert result.exit_code == 0 and "trained 30 steps" in result.output
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------
+
+def test_ctrl_c_during_a_checkpoint_write_stops_cleanly_and_says_how_to_resume(tmp_path, toy_installed, monkeypatch):
+    common = ("--steps", "30", "--set", "train.checkpoint_every=10", "--no-progress")
+    train_toy(tmp_path / "straight", *common)
+    run_dir = tmp_path / "run"
+    save, calls = torch.save, []
+
+    def ctrl_c_on_the_second_checkpoint(obj, file):
+        calls.append(1)
+        if len(calls) == 2:
+            file.write(b"the first bytes of a checkpoint")
+            raise KeyboardInterrupt
+        save(obj, file)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", ctrl_c_on_the_second_checkpoint)
+        result = invoke("train", "--domain", "toy", "--out", str(run_dir), *common)
+    first = ckpt.checkpoint_path(run_dir, 10)
+    assert result.exit_code == 130
+    assert result.output == (f"interrupted at step 20; the last checkpoint is {str(first)!r}; "
+                             f"resume with: diffkit train --domain toy --out {run_dir} --resume\n")
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [first.name]  # no temporary file left
+
+    result = invoke("train", "--domain", "toy", "--out", str(run_dir), "--resume", *common)
+    assert result.exit_code == 0, result.output
+    resumed, straight = ckpt.load(ckpt.resolve(run_dir)), ckpt.load(ckpt.resolve(tmp_path / "straight"))
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+# -- plugins ----------------------------------------------------------------------------------
+
+FAILING_COMMANDS = '''
+import diffkit
+
+@diffkit.hookimpl
+def diffkit_register_domains(register):
+    raise RuntimeError("no domain today")
+
+@diffkit.hookimpl
+def diffkit_cli_commands(cli):
+    @cli.command(name="half-added")
+    def half_added():
+        pass
+    raise RuntimeError("no commands today")
+'''
+
+REPLACES_TRAIN = '''
+import click
+import diffkit
+
+@diffkit.hookimpl
+def diffkit_cli_commands(cli):
+    @cli.command(name="train")
+    def train():
+        click.echo("not the real train")
+'''
+
+
+def test_a_plugin_whose_commands_fail_is_reported_and_the_cli_still_works(plugin_site, toy_installed):
+    site = plugin_site({"bad-commands": "bad_commands_for_diffkit", "takes-train": "takes_train_for_diffkit"})
+    (site / "bad_commands_for_diffkit.py").write_text(FAILING_COMMANDS)
+    (site / "takes_train_for_diffkit.py").write_text(REPLACES_TRAIN)
+
+    result = invoke("--help")
+    assert result.exit_code == 0 and "train" in result.output and "half-added" not in result.output
+    result = invoke("no-such-command")
+    assert result.exit_code == 2 and "No such command 'no-such-command'" in result.output
+
+    result = invoke("plugins")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    bad = lines.index(next(line for line in lines if line.startswith("bad-commands")))
+    assert lines[bad].endswith("FAILED: RuntimeError: no domain today")
+    assert lines[bad + 1].strip() == "FAILED: RuntimeError: no commands today"
+    assert next(line for line in lines if line.startswith("takes-train")).endswith(
+        "FAILED: PluginLoadError: tried to replace the built-in command 'train'")
+    assert next(line for line in lines if line.startswith("toy-points")).split()[3] == "loaded"
+
+    result = invoke("train", "--domain", "toy", "--steps", "0")  # the built-in train, not the plugin's
+    assert "config key 'train.steps' must be at least 1" in result.output
+
+
+def test_a_plugin_that_exits_on_import_does_not_stop_the_cli(plugin_site, toy_installed):
+    site = plugin_site({"exits": "exits_for_diffkit"})
+    (site / "exits_for_diffkit.py").write_text("import sys\nsys.exit('bye')\n")
+    result = invoke("plugins")
+    assert result.exit_code == 0, result.output
+    assert next(line for line in result.output.splitlines() if line.startswith("exits")).endswith(
+        "FAILED: SystemExit: the plugin called sys.exit('bye')")
+    assert invoke("--help").exit_code == 0
