@@ -155,7 +155,6 @@ def _register(manager: pluggy.PluginManager, name: str, load, *, version: str, b
     info = PluginInfo(name=name, version=version, builtin=builtin)
     try:
         manager.register(load(), name=name)
-        manager.register(load(), name=name)
         info.registered = True
     except PLUGIN_FAULTS as error:  # a broken plugin is reported, the others still load
         info.fail(error)

@@ -202,6 +202,7 @@ class Trainer:
                "data": self.data, "processes": self.world.size}
         (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        _drop_later_previews(self.run_dir / "previews", self.step)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -502,6 +503,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in lines))
+
+
+def _drop_later_previews(folder: Path, step: int) -> None:
+    """Remove previews past ``step``, written by a run that died after its last checkpoint: the
+    resumed run draws them again, the same."""
+    import shutil
+
+    if folder.is_dir():
+        for preview in folder.glob("step_*"):
+            if preview.name[5:].isdigit() and int(preview.name[5:]) > step:
+                shutil.rmtree(preview)
 
 
 def plot_losses(metrics: Path, out: Path) -> None:

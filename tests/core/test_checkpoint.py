@@ -8,7 +8,8 @@ import torch
 
 from diffkit import checkpoint as ckpt
 from diffkit.config import resolve_config
-from diffkit.runner import load_for_sampling, train
+from diffkit.loading import load_for_sampling
+from diffkit.runner import train
 from toy_domain import ToyDomain
 
 DOMAIN = ToyDomain()
