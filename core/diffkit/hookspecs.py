@@ -28,8 +28,9 @@ def diffkit_register_samplers(register: Callable) -> None:
 
     Call ``register(name, sampler)`` where ``sampler`` follows the sampler contract
     ``sampler(denoiser, x, times, *, generator=None, callback=None, **options) -> x0``
-    (see :mod:`diffkit.samplers`). The name is then valid for ``--sampler`` and
-    ``Diffusion.sample(sampler=...)``.
+    (see :mod:`diffkit.samplers`). The name is then valid for ``--sampler``, for ``diffkit.load``
+    pipelines and for ``Diffusion(samplers=registry.samplers).sample(sampler=...)``: it is kept in
+    the plugin manager's registry, not added to the built-in ``diffkit.SAMPLERS``.
 
     :param register: the registration callback.
     """
@@ -40,7 +41,8 @@ def diffkit_register_schedules(register: Callable) -> None:
     """Register extra noise schedules.
 
     Call ``register(name, factory)`` where ``factory(**options)`` returns a
-    :class:`diffkit.Schedule`. The name is then valid in ``diffusion.schedule`` of a config.
+    :class:`diffkit.Schedule`. The name is then valid in ``diffusion.schedule`` of a config (and in
+    ``make_schedule(name, schedules=registry.schedules)``).
 
     :param register: the registration callback.
     """
