@@ -29,7 +29,9 @@ def diffkit_register_samplers(register: Callable) -> None:
     Call ``register(name, sampler)`` where ``sampler`` follows the sampler contract
     ``sampler(denoiser, x, times, *, generator=None, callback=None, **options) -> x0``
     (see :mod:`diffkit.samplers`). The name is then valid for ``--sampler`` and
-    ``Diffusion.sample(sampler=...)``.
+    ``Diffusion.sample(sampler=...)``. A sampler for categorical states (see
+    :mod:`diffkit.categorical_samplers`) is registered with ``register(name, sampler,
+    kind="categorical")`` and is then valid for ``CategoricalDiffusion.sample(sampler=...)``.
 
     :param register: the registration callback.
     """

@@ -10,6 +10,12 @@ plugins add more through the ``diffkit_register_samplers`` hook.
 A sampler may carry two attributes: ``spacing``, the time spacing it works best with (used when
 the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 otherwise).
 
+There are two kinds of samplers, each with its own registry: ``"gaussian"`` ones (here, in
+:data:`SAMPLERS`) for :class:`diffkit.Diffusion`, and ``"categorical"`` ones (in
+:mod:`diffkit.categorical_samplers`, registry :data:`CATEGORICAL_SAMPLERS`) for
+:class:`diffkit.CategoricalDiffusion`, whose denoiser returns class probabilities instead of
+``(x0, eps)``. A name is unique across both, and asking one kind for the other's sampler says so.
+
 The multistep solvers work in ``lambda = log(alpha / std)`` (half the log-SNR) and predict the
 clean data: over a step of size ``h`` the exact solution of the probability-flow ODE is
 ``x_s = (std_s / std_t) x_t + alpha_s * integral_0^h e^{u - h} x0(lambda_t + u) du`` and they
@@ -30,39 +36,58 @@ from .process import posterior
 from .tree import State, combine
 
 Sampler = Callable[..., State]
-SAMPLERS: dict[str, Sampler] = {}
+SAMPLERS: dict[str, Sampler] = {}               # Gaussian samplers, for Diffusion
+CATEGORICAL_SAMPLERS: dict[str, Sampler] = {}   # categorical samplers, for CategoricalDiffusion
+SAMPLER_KINDS: dict[str, dict[str, Sampler]] = {"gaussian": SAMPLERS, "categorical": CATEGORICAL_SAMPLERS}
 
 
-def register_sampler(name: str, sampler: Sampler | None = None, *, spacing: str | None = None,
-                     calls_per_step: int | None = None):
-    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once.
+def _registry(kind: str) -> dict[str, Sampler]:
+    if kind not in SAMPLER_KINDS:
+        raise ValueError(f"unknown sampler kind {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
+    return SAMPLER_KINDS[kind]
 
-    ``spacing`` records the time spacing the sampler prefers (see :func:`preferred_spacing`).
+
+def register_sampler(name: str, sampler: Sampler | None = None, *, kind: str = "gaussian",
+                     spacing: str | None = None, calls_per_step: int | None = None):
+    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once,
+    across both kinds.
+
+    ``kind`` is ``"gaussian"`` or ``"categorical"``; ``spacing`` records the time spacing the
+    sampler prefers (see :func:`preferred_spacing`).
     """
+    registry = _registry(kind)
 
     def add(fn: Sampler) -> Sampler:
-        if name in SAMPLERS and SAMPLERS[name] is not fn:
-            raise ValueError(f"a sampler named {name!r} is already registered")
+        for other_kind, other in SAMPLER_KINDS.items():
+            if name in other and other[name] is not fn:
+                extra = "" if other_kind == kind else f" as a {other_kind} sampler"
+                raise ValueError(f"a sampler named {name!r} is already registered{extra}")
+        fn.kind = kind
         if spacing is not None:
             fn.spacing = spacing
         if calls_per_step is not None:
             fn.calls_per_step = calls_per_step
-        SAMPLERS[name] = fn
+        registry[name] = fn
         return fn
 
     return add(sampler) if sampler is not None else add
 
 
-def get_sampler(name: str) -> Sampler:
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(SAMPLERS))}") from None
+def get_sampler(name: str, kind: str = "gaussian") -> Sampler:
+    """The ``kind`` sampler registered under ``name``; a wrong kind or an unknown name lists the valid ones."""
+    registry = _registry(kind)
+    if name in registry:
+        return registry[name]
+    for other_kind, other in SAMPLER_KINDS.items():
+        if name in other:
+            raise ValueError(f"{name!r} is a {other_kind} sampler, but a {kind} one is needed here; "
+                             f"valid: {', '.join(sorted(registry))}")
+    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(registry))}")
 
 
-def preferred_spacing(sampler: str | Sampler) -> str:
+def preferred_spacing(sampler: str | Sampler, kind: str = "gaussian") -> str:
     """The time spacing a sampler was tuned with; ``"uniform"`` when it names none."""
-    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    fn = get_sampler(sampler, kind) if isinstance(sampler, str) else sampler
     return getattr(fn, "spacing", "uniform")
 
 
