@@ -12,7 +12,7 @@ from .diffusion import Diffusion, masked_mean
 from .domain import Domain
 from .guidance import drop_condition, inpaint, slerp
 from .process import convert, posterior, q_sample, to_eps, to_x0
-from .samplers import CATEGORICAL_SAMPLERS, SAMPLERS, get_sampler, register_sampler
+from .samplers import SAMPLERS, get_sampler, register_sampler
 from .schedules import (
     CosineSchedule,
     DiscreteSchedule,
@@ -29,7 +29,7 @@ from .plugins import hookimpl, make_plugin_manager
 __version__ = "0.1.0"
 
 __all__ = [
-    "CATEGORICAL_SAMPLERS", "CategoricalDenoiser", "CategoricalDiffusion", "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule", "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "SAMPLERS",
+    "CategoricalDenoiser", "CategoricalDiffusion", "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule", "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "SAMPLERS",
     "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert", "drop_condition",
     "gaussian_like", "get_sampler", "inpaint", "make_schedule", "masked_mean", "posterior",
     "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",

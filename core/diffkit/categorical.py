@@ -217,7 +217,7 @@ class CategoricalDiffusion:
         ``cond``/``guidance``/``uncond`` set classifier-free guidance on the logits; ``options``
         go to the sampler (e.g. ``eta`` for ``discrete_flow``).
         """
-        sample_fn = get_sampler(sampler or DEFAULT_SAMPLER, "categorical")
+        sample_fn = get_sampler(sampler or DEFAULT_SAMPLER, kind="categorical")
         example = self._example(model, shape)
         if spacing == "auto":
             spacing = getattr(sample_fn, "spacing", None) or self._auto_spacing(example)

@@ -10,11 +10,11 @@ plugins add more through the ``diffkit_register_samplers`` hook.
 A sampler may carry two attributes: ``spacing``, the time spacing it works best with (used when
 the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 otherwise).
 
-There are two kinds of samplers, each with its own registry: ``"gaussian"`` ones (here, in
-:data:`SAMPLERS`) for :class:`diffkit.Diffusion`, and ``"categorical"`` ones (in
-:mod:`diffkit.categorical_samplers`, registry :data:`CATEGORICAL_SAMPLERS`) for
-:class:`diffkit.CategoricalDiffusion`, whose denoiser returns class probabilities instead of
-``(x0, eps)``. A name is unique across both, and asking one kind for the other's sampler says so.
+Samplers come in two kinds, tagged on each function as ``fn.kind``: ``"gaussian"`` ones (here)
+for :class:`diffkit.Diffusion`, and ``"categorical"`` ones (:mod:`diffkit.categorical_samplers`)
+for :class:`diffkit.CategoricalDiffusion`, whose denoiser returns class probabilities instead of
+``(x0, eps)``. One registry holds both, so a name is unique across kinds; :func:`get_sampler`
+is asked for a kind and says so when a name belongs to the other.
 
 The multistep solvers work in ``lambda = log(alpha / std)`` (half the log-SNR) and predict the
 clean data: over a step of size ``h`` the exact solution of the probability-flow ODE is
@@ -36,58 +36,59 @@ from .process import posterior
 from .tree import State, combine
 
 Sampler = Callable[..., State]
-SAMPLERS: dict[str, Sampler] = {}               # Gaussian samplers, for Diffusion
-CATEGORICAL_SAMPLERS: dict[str, Sampler] = {}   # categorical samplers, for CategoricalDiffusion
-SAMPLER_KINDS: dict[str, dict[str, Sampler]] = {"gaussian": SAMPLERS, "categorical": CATEGORICAL_SAMPLERS}
-
-
-def _registry(kind: str) -> dict[str, Sampler]:
-    if kind not in SAMPLER_KINDS:
-        raise ValueError(f"unknown sampler kind {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
-    return SAMPLER_KINDS[kind]
+SAMPLERS: dict[str, Sampler] = {}
+SAMPLER_KINDS = ("gaussian", "categorical")
 
 
 def register_sampler(name: str, sampler: Sampler | None = None, *, kind: str = "gaussian",
                      spacing: str | None = None, calls_per_step: int | None = None):
-    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once,
-    across both kinds.
+    """Register ``sampler`` under ``name``; usable as a decorator. A name may be taken once.
 
-    ``kind`` is ``"gaussian"`` or ``"categorical"``; ``spacing`` records the time spacing the
-    sampler prefers (see :func:`preferred_spacing`).
+    ``kind`` is ``"gaussian"`` or ``"categorical"`` (recorded as ``sampler.kind``); ``spacing``
+    records the time spacing the sampler prefers (see :func:`preferred_spacing`).
     """
-    registry = _registry(kind)
+    if kind not in SAMPLER_KINDS:
+        raise ValueError(f"unknown sampler kind {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
 
     def add(fn: Sampler) -> Sampler:
-        for other_kind, other in SAMPLER_KINDS.items():
-            if name in other and other[name] is not fn:
-                extra = "" if other_kind == kind else f" as a {other_kind} sampler"
-                raise ValueError(f"a sampler named {name!r} is already registered{extra}")
+        if name in SAMPLERS and SAMPLERS[name] is not fn:
+            raise ValueError(f"a sampler named {name!r} is already registered (a {sampler_kind(SAMPLERS[name])} one)")
         fn.kind = kind
         if spacing is not None:
             fn.spacing = spacing
         if calls_per_step is not None:
             fn.calls_per_step = calls_per_step
-        registry[name] = fn
+        SAMPLERS[name] = fn
         return fn
 
     return add(sampler) if sampler is not None else add
 
 
-def get_sampler(name: str, kind: str = "gaussian") -> Sampler:
-    """The ``kind`` sampler registered under ``name``; a wrong kind or an unknown name lists the valid ones."""
-    registry = _registry(kind)
-    if name in registry:
-        return registry[name]
-    for other_kind, other in SAMPLER_KINDS.items():
-        if name in other:
-            raise ValueError(f"{name!r} is a {other_kind} sampler, but a {kind} one is needed here; "
-                             f"valid: {', '.join(sorted(registry))}")
-    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(registry))}")
+def sampler_kind(sampler: Sampler) -> str:
+    """``"gaussian"`` or ``"categorical"``; functions registered before kinds existed are Gaussian."""
+    return getattr(sampler, "kind", "gaussian")
 
 
-def preferred_spacing(sampler: str | Sampler, kind: str = "gaussian") -> str:
+def sampler_names(kind: str = "gaussian") -> list[str]:
+    """The registered names of one kind, sorted."""
+    return sorted(name for name, fn in SAMPLERS.items() if sampler_kind(fn) == kind)
+
+
+def get_sampler(name: str, *, kind: str = "gaussian") -> Sampler:
+    """The sampler registered under ``name``, which must be of ``kind``; an unknown name or a
+    sampler of the other kind is an error listing the valid names."""
+    valid = ", ".join(sampler_names(kind))
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid: {valid}")
+    fn = SAMPLERS[name]
+    if sampler_kind(fn) != kind:
+        raise ValueError(f"{name!r} is a {sampler_kind(fn)} sampler, but a {kind} one is needed here; valid: {valid}")
+    return fn
+
+
+def preferred_spacing(sampler: str | Sampler, *, kind: str = "gaussian") -> str:
     """The time spacing a sampler was tuned with; ``"uniform"`` when it names none."""
-    fn = get_sampler(sampler, kind) if isinstance(sampler, str) else sampler
+    fn = get_sampler(sampler, kind=kind) if isinstance(sampler, str) else sampler
     return getattr(fn, "spacing", "uniform")
 
 

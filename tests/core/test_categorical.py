@@ -13,10 +13,10 @@ import itertools
 import pytest
 import torch
 
-from diffkit import CATEGORICAL_SAMPLERS, CategoricalDiffusion, get_sampler, register_sampler
+from diffkit import SAMPLERS, CategoricalDiffusion, get_sampler, register_sampler
 from diffkit.categorical_process import elbo_weight, sample_times, signal
 from diffkit.enumerated import EnumeratedLaw
-from diffkit.samplers import SAMPLERS
+from diffkit.samplers import sampler_names
 
 KINDS = ("uniform", "absorbing", "marginal")
 MARGINAL = [0.1, 0.2, 0.3, 0.4]
@@ -237,7 +237,7 @@ def test_elbo_weight_of_a_discrete_schedule_is_the_difference_quotient():
 
 # -- samplers -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sampler", sorted(CATEGORICAL_SAMPLERS))
+@pytest.mark.parametrize("sampler", sampler_names("categorical"))
 @pytest.mark.parametrize("kind", KINDS)
 def test_samplers_converge_to_the_enumerated_law(kind, sampler):
     d, law, n = make(kind), correlated_law(), 4000
@@ -280,13 +280,16 @@ def test_discrete_flow_with_eta_one_is_ancestral_sampling():
 
 
 def test_the_registry_keeps_gaussian_and_categorical_samplers_apart():
-    assert set(CATEGORICAL_SAMPLERS) >= {"ancestral", "discrete_flow"}
-    assert not set(CATEGORICAL_SAMPLERS) & set(SAMPLERS)
-    with pytest.raises(ValueError, match="'ancestral' is a categorical sampler"):
+    assert set(sampler_names("categorical")) >= {"ancestral", "discrete_flow"}
+    assert not set(sampler_names("categorical")) & set(sampler_names("gaussian"))
+    assert SAMPLERS["ancestral"].kind == "categorical" and SAMPLERS["ddpm"].kind == "gaussian"
+    with pytest.raises(ValueError, match="'ancestral' is a categorical sampler") as error:
         get_sampler("ancestral")
-    with pytest.raises(ValueError, match="'ddpm' is a gaussian sampler"):
+    assert "ddpm" in str(error.value) and "discrete_flow" not in str(error.value)
+    with pytest.raises(ValueError, match="'ddpm' is a gaussian sampler.*valid: ancestral, discrete_flow"):
         make("uniform").sample(lambda x, t, cond=None: None, (2, 3), sampler="ddpm")
-    with pytest.raises(ValueError, match="already registered as a categorical sampler"):
+    assert get_sampler("ancestral", kind="categorical") is SAMPLERS["ancestral"]
+    with pytest.raises(ValueError, match="already registered \\(a categorical one\\)"):
         register_sampler("ancestral", lambda *a, **k: None)
     with pytest.raises(ValueError, match="unknown sampler kind"):
         register_sampler("something", lambda *a, **k: None, kind="continuous")
@@ -407,7 +410,7 @@ def test_dict_states_keep_symmetry_and_padding_in_q_sample_and_sampling():
     for key in x0:
         assert torch.equal(x_t[key][~mask[key]], x0[key][~mask[key]])
     assert (x_t["edges"] != x0["edges"])[mask["edges"]].any()
-    for sampler in sorted(CATEGORICAL_SAMPLERS):
+    for sampler in sampler_names("categorical"):
         x = d.sample(SymmetricModel(), x0, mask=mask, sampler=sampler, steps=8, generator=torch.Generator().manual_seed(16))
         assert torch.equal(x["edges"], x["edges"].transpose(1, 2))
         for key in x0:
