@@ -25,7 +25,7 @@ import torch
 import diffkit
 from diffkit.denoiser import Denoiser
 from diffkit.gmm import GaussianMixture, random_directions
-from diffkit.samplers import SAMPLERS, get_sampler, preferred_spacing
+from diffkit.samplers import get_sampler, preferred_spacing, sampler_names
 from diffkit.schedules import discretize
 
 NFE_BUDGETS = (5, 10, 20, 50)
@@ -103,7 +103,7 @@ class SlicedW1:
 def diffkit_configs() -> list[tuple[str, str, dict]]:
     """``(label, sampler, options)``: every registered sampler at its own spacing ("auto"), and
     the multistep solvers at the classic log-SNR spacing for comparison."""
-    configs = [(name, name, {}) for name in sorted(SAMPLERS)]
+    configs = [(name, name, {}) for name in sampler_names("gaussian")]
     configs.append(("unipc order=2", "unipc", {"order": 2}))
     for name in ("dpmpp_2m", "dpmpp_3m", "unipc"):
         configs.append((f"{name} log_snr", name, {"spacing": "log_snr"}))
@@ -213,7 +213,7 @@ def sampler_overhead(shape=(16, 3, 64, 64), steps: int = 20, repeats: int = 3) -
     zero_model = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     result = {}
-    for name in sorted(SAMPLERS):
+    for name in sampler_names("gaussian"):
         denoiser = Denoiser(zero_model, schedule, "eps")
         times = schedule.sample_times(steps, preferred_spacing(name))
         best = math.inf

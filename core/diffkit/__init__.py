@@ -1,11 +1,13 @@
 """diffkit: a multi-modal diffusion toolkit.
 
-The core is domain-agnostic: noise schedules, the forward process, training losses, samplers,
-guidance and editing, one training runner, the ``diffkit`` command line and the Python pipeline
-(``diffkit.load(name_or_path).sample(n, seed=0)``). Domains (images, audio, molecules, your own)
-arrive as pluggy plugins.
+The core is domain-agnostic: noise schedules, the forward process (Gaussian or categorical),
+training losses, samplers, guidance and editing, one training runner, the ``diffkit`` command line
+and the Python pipeline (``diffkit.load(name_or_path).sample(n, seed=0)``). Domains (images, audio,
+molecules, your own) arrive as pluggy plugins.
 """
 
+from .categorical import CategoricalDiffusion
+from .categorical_samplers import CategoricalDenoiser
 from .denoiser import Denoiser
 from .diffusion import Diffusion, masked_mean
 from .domain import Domain
@@ -29,8 +31,8 @@ from .pipeline import Pipeline, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule", "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule",
-    "Pipeline", "SAMPLERS",
+    "CategoricalDenoiser", "CategoricalDiffusion", "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule",
+    "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "Pipeline", "SAMPLERS",
     "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert", "drop_condition",
     "gaussian_like", "get_sampler", "inpaint", "load", "make_schedule", "masked_mean", "posterior",
     "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",

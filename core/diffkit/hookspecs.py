@@ -31,6 +31,9 @@ def diffkit_register_samplers(register: Callable) -> None:
     (see :mod:`diffkit.samplers`). The name is then valid for ``--sampler``, for ``diffkit.load``
     pipelines and for ``Diffusion(samplers=registry.samplers).sample(sampler=...)``: it is kept in
     the plugin manager's registry, not added to the built-in ``diffkit.SAMPLERS``.
+    A sampler for categorical states (see :mod:`diffkit.categorical_samplers`) is registered with
+    ``register(name, sampler, kind="categorical")`` and is then valid for
+    ``CategoricalDiffusion.sample(sampler=...)``.
 
     :param register: the registration callback.
     """

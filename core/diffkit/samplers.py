@@ -15,6 +15,12 @@ up there.
 A sampler may carry two attributes: ``spacing``, the time spacing it works best with (used when
 the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 otherwise).
 
+Samplers come in two kinds, tagged on each function as ``fn.kind``: ``"gaussian"`` ones (here)
+for :class:`diffkit.Diffusion`, and ``"categorical"`` ones (:mod:`diffkit.categorical_samplers`)
+for :class:`diffkit.CategoricalDiffusion`, whose denoiser returns class probabilities instead of
+``(x0, eps)``. One registry holds both, so a name is unique across kinds; :func:`get_sampler`
+is asked for a kind and says so when a name belongs to the other.
+
 The multistep solvers work in ``lambda = log(alpha / std)`` (half the log-SNR) and predict the
 clean data: over a step of size ``h`` the exact solution of the probability-flow ODE is
 ``x_s = (std_s / std_t) x_t + alpha_s * integral_0^h e^{u - h} x0(lambda_t + u) du`` and they
@@ -36,20 +42,26 @@ from .tree import State, combine
 
 Sampler = Callable[..., State]
 SAMPLERS: dict[str, Sampler] = {}
+SAMPLER_KINDS = ("gaussian", "categorical")
 
 
-def register_sampler(name: str, sampler: Sampler | None = None, *, spacing: str | None = None,
-                     calls_per_step: int | None = None, registry: dict[str, Sampler] | None = None):
+def register_sampler(name: str, sampler: Sampler | None = None, *, kind: str = "gaussian",
+                     spacing: str | None = None, calls_per_step: int | None = None,
+                     registry: dict[str, Sampler] | None = None):
     """Register ``sampler`` under ``name`` in ``registry`` (:data:`SAMPLERS` by default); usable
-    as a decorator. A name may be taken once.
+    as a decorator. A name may be taken once, whatever its kind.
 
-    ``spacing`` records the time spacing the sampler prefers (see :func:`preferred_spacing`).
+    ``kind`` is ``"gaussian"`` or ``"categorical"`` (recorded as ``sampler.kind``); ``spacing``
+    records the time spacing the sampler prefers (see :func:`preferred_spacing`).
     """
+    if kind not in SAMPLER_KINDS:
+        raise ValueError(f"unknown sampler kind {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
     target = SAMPLERS if registry is None else registry
 
     def add(fn: Sampler) -> Sampler:
         if name in target and target[name] is not fn:
-            raise ValueError(f"a sampler named {name!r} is already registered")
+            raise ValueError(f"a sampler named {name!r} is already registered (a {sampler_kind(target[name])} one)")
+        fn.kind = kind
         if spacing is not None:
             fn.spacing = spacing
         if calls_per_step is not None:
@@ -60,18 +72,34 @@ def register_sampler(name: str, sampler: Sampler | None = None, *, spacing: str 
     return add(sampler) if sampler is not None else add
 
 
-def get_sampler(name: str, registry: dict[str, Sampler] | None = None) -> Sampler:
-    """The sampler called ``name`` in ``registry`` (:data:`SAMPLERS` by default)."""
+def sampler_kind(sampler: Sampler) -> str:
+    """``"gaussian"`` or ``"categorical"``; functions registered before kinds existed are Gaussian."""
+    return getattr(sampler, "kind", "gaussian")
+
+
+def sampler_names(kind: str = "gaussian", registry: dict[str, Sampler] | None = None) -> list[str]:
+    """The names of one kind in ``registry`` (:data:`SAMPLERS` by default), sorted."""
     known = SAMPLERS if registry is None else registry
-    try:
-        return known[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(known))}") from None
+    return sorted(name for name, fn in known.items() if sampler_kind(fn) == kind)
 
 
-def preferred_spacing(sampler: str | Sampler) -> str:
+def get_sampler(name: str, registry: dict[str, Sampler] | None = None, *, kind: str = "gaussian") -> Sampler:
+    """The sampler registered under ``name`` in ``registry`` (:data:`SAMPLERS` by default), which
+    must be of ``kind``; an unknown name or a sampler of the other kind is an error listing the
+    valid names."""
+    known = SAMPLERS if registry is None else registry
+    valid = ", ".join(sampler_names(kind, known))
+    if name not in known:
+        raise ValueError(f"unknown sampler {name!r}; valid: {valid}")
+    fn = known[name]
+    if sampler_kind(fn) != kind:
+        raise ValueError(f"{name!r} is a {sampler_kind(fn)} sampler, but a {kind} one is needed here; valid: {valid}")
+    return fn
+
+
+def preferred_spacing(sampler: str | Sampler, *, kind: str = "gaussian") -> str:
     """The time spacing a sampler was tuned with; ``"uniform"`` when it names none."""
-    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    fn = get_sampler(sampler, kind=kind) if isinstance(sampler, str) else sampler
     return getattr(fn, "spacing", "uniform")
 
 
