@@ -17,6 +17,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "model": {},
     "diffusion": {
+        "kind": "gaussian",         # gaussian | categorical (integer states: see Domain.categories)
         "schedule": "cosine",       # linear | cosine | sigmoid | a registered name
         # eps | v | x0. v by default: at high noise an eps model's x0 estimate is its error divided
         # by a tiny alpha, which deterministic samplers amplify; v stays well conditioned.
@@ -24,6 +25,8 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "weighting": "uniform",     # uniform | min_snr
         "min_snr_gamma": 5.0,
         "zero_terminal_snr": False,
+        "transition": "uniform",    # categorical: uniform | absorbing (a mask state) | marginal (the data's law)
+        "vb_weight": 0.0,           # categorical: weight of the variational-bound term beside the cross-entropy
     },
     "train": {
         "steps": 2000,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .tree import State, batch_size, gaussian_like, tree_map
+from .tree import State, batch_size, standard_noise, tree_map
 
 Batch = dict[str, Any]
 
@@ -69,8 +69,18 @@ class Domain:
         return None
 
     def noise(self, like: State, generator: torch.Generator | None = None, **extra: Tensor) -> State:
-        """Standard noise for a state; override for structure (symmetric edges, zero padding)."""
-        return gaussian_like(like, generator)
+        """Standard noise for a state (:func:`diffkit.tree.standard_noise`: Gaussian for float
+        leaves, the uniforms of a categorical draw for integer leaves); override for structure
+        (symmetric edges, zero padding)."""
+        return standard_noise(like, generator)
+
+    def categories(self, model: nn.Module, config: dict) -> tuple[int | dict, Any]:
+        """For ``diffusion.kind = "categorical"``: ``(num_classes, marginal)`` of the state, each an
+        int / a ``(K,)`` tensor, or a dict keyed like the state; ``marginal`` (the data's class
+        frequencies, for ``diffusion.transition = "marginal"``) may be None otherwise. The model
+        is at hand because what was learned from the data travels in its buffers."""
+        raise NotImplementedError(f"the {self.name} domain does not declare its classes (Domain.categories), "
+                                  "which categorical diffusion needs")
 
     def null_cond(self, cond: Any) -> Any:
         """The unconditional value matching ``cond``, for classifier-free guidance; ``None``

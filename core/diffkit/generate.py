@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .categorical import CategoricalDiffusion
 from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .plugins import Registry
@@ -18,13 +19,25 @@ from .distributed import World
 from .tree import State, concat, first_leaf, to_device, tree_map
 
 
-def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None) -> Diffusion:
-    """The :class:`Diffusion` a config's ``diffusion`` section describes, with the domain's noise;
-    schedule and sampler names are looked up in ``registry`` (the built-ins when None)."""
+def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,
+                    model: nn.Module | None = None) -> Diffusion | CategoricalDiffusion:
+    """The diffusion a config's ``diffusion`` section describes, with the domain's noise: a
+    :class:`Diffusion`, or for ``kind = "categorical"`` a :class:`CategoricalDiffusion` over the
+    classes :meth:`Domain.categories` gives for ``model``. Schedule and sampler names are looked
+    up in ``registry`` (the built-ins when None)."""
     section = config["diffusion"]
     schedules, samplers = (registry.schedules, registry.samplers) if registry is not None else (None, None)
     schedule = make_schedule(section["schedule"], schedules=schedules,
                              zero_terminal_snr=section.get("zero_terminal_snr", False))
+    kind = section.get("kind", "gaussian")
+    if kind == "categorical":
+        if model is None:
+            raise ValueError("a categorical diffusion needs the model, whose domain says its classes")
+        num_classes, marginal = domain.categories(model, config)
+        return CategoricalDiffusion(num_classes, section["transition"], marginal, schedule, noise_fn=domain.noise,
+                                    vb_weight=section["vb_weight"], samplers=samplers)
+    if kind != "gaussian":
+        raise ValueError(f"diffusion.kind must be 'gaussian' or 'categorical', got {kind!r}")
     return Diffusion(schedule, section["prediction"], noise=domain.noise, weighting=section["weighting"],
                      min_snr_gamma=section["min_snr_gamma"], samplers=samplers)
 
@@ -76,7 +89,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     in order (other ranks return ``None``).
     """
     check_request(request, registry)
-    diffusion = build_diffusion(domain, config, registry)
+    diffusion = build_diffusion(domain, config, registry, model)
     settings = _settings(config, request)
     model = model.to(device).eval()
     total = request.interpolate or request.n
@@ -148,7 +161,9 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
         model_kwargs=batch.get("extra"), generator=generator,
         callback=(lambda info: bar.update(1)) if bar is not None else None,
     )
-    if request.init is not None and "keep" in batch:
+    if isinstance(diffusion, CategoricalDiffusion):
+        x = _categorical_chunk(diffusion, model, batch, request, settings, common)
+    elif request.init is not None and "keep" in batch:
         x = diffusion.inpaint(model, batch["x"], batch["keep"], sampler=_inpaint_sampler(settings),
                               steps=settings["steps"], resample=request.resample, **common)
     elif request.init is not None:
@@ -160,6 +175,21 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
                              spacing=settings["spacing"], x_T=x_T, **common)
     batch["x"] = domain.decode(x, batch)
     return to_device(batch, "cpu")
+
+
+def _categorical_chunk(diffusion: CategoricalDiffusion, model: nn.Module, batch: Batch, request: SampleRequest,
+                       settings: dict, common: dict) -> State:
+    """Samples, inpainting or edits of a categorical state; ``batch["mask"]`` (1 = may change)
+    keeps padding as the domain laid it out."""
+    if request.interpolate:
+        raise ValueError("--interpolate moves along a path between two Gaussian noises; this domain's "
+                         "diffusion is categorical")
+    options = dict(sampler=settings["sampler"], steps=settings["steps"], mask=batch.get("mask"), **common)
+    if request.init is not None and "keep" in batch:
+        return diffusion.inpaint(model, batch["x"], batch["keep"], spacing=settings["spacing"], **options)
+    if request.init is not None:
+        return diffusion.edit(model, batch["x"], request.strength, **options)
+    return diffusion.sample(model, batch["x"], spacing=settings["spacing"], **options)
 
 
 def _inpaint_sampler(settings: dict) -> str:

@@ -129,7 +129,7 @@ class Trainer:
         self.domain.fit_data(self.model, self.dataset, self.config)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.diffusion = build_diffusion(self.domain, self.config, self.registry)
+        self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after
             self.model.load_state_dict(saved["model"])

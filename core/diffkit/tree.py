@@ -90,6 +90,19 @@ def gaussian_like(like: State, generator: torch.Generator | None = None, **_: An
     )
 
 
+def standard_noise(like: State, generator: torch.Generator | None = None, **_: Any) -> State:
+    """The noise of each leaf of a state: standard normal for floating-point leaves (Gaussian
+    diffusion), and for integer leaves (categorical diffusion) the uniforms in ``[0, 1)``, float64,
+    of one categorical draw per entry."""
+    return tree_map(lambda leaf: _standard_noise_leaf(leaf, generator), like)
+
+
+def _standard_noise_leaf(leaf: Tensor, generator: torch.Generator | None) -> Tensor:
+    if leaf.is_floating_point():
+        return torch.randn(leaf.shape, generator=generator, dtype=leaf.dtype, device=leaf.device)
+    return torch.rand(leaf.shape, generator=generator, dtype=torch.float64, device=leaf.device)
+
+
 def concat(trees: list[State]) -> State:
     """Concatenate states along the batch dimension."""
     return tree_map(lambda *parts: torch.cat(parts), trees[0], *trees[1:])
