@@ -21,14 +21,14 @@ from .schedules import (
     make_schedule,
     register_schedule,
 )
-from .tree import append_dims, gaussian_like, tree_map
+from .tree import SampleGenerators, append_dims, draw_noise, draw_per_sample, gaussian_like, tree_map
 from .plugins import hookimpl, make_plugin_manager
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule", "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "SAMPLERS",
-    "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert", "drop_condition",
-    "gaussian_like", "get_sampler", "inpaint", "make_schedule", "masked_mean", "posterior",
+    "SampleGenerators", "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert",
+    "draw_noise", "draw_per_sample", "drop_condition", "gaussian_like", "get_sampler", "inpaint", "make_schedule", "masked_mean", "posterior",
     "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",
 ]

@@ -128,3 +128,9 @@ def test_a_clashing_sampler_name_fails_that_plugin_only():
     assert clash.status == "failed" and "already registered" in clash.error
     assert toy.status == "loaded" and "toy" in registry.domains
     assert diffkit.get_sampler("ddim") is not _halfway
+
+
+def test_a_domain_picks_its_preset_by_device_unless_it_says_otherwise():
+    domain = ToyDomain()
+    assert domain.default_preset(None, torch.device("cuda"))[0] == "gpu"
+    assert domain.default_preset("data/", torch.device("cpu"))[0] == "cpu"
