@@ -27,9 +27,13 @@ a test fails when the two disagree. `diffkit COMMAND --help` prints the same tex
 
 Settings that the options do not cover are changed with `--config file.toml` (sections `data`,
 `model`, `diffusion`, `train`, `sample`) and `--set section.key=value`; an unknown key is refused
-with the closest known one. The layers apply in this order: the core's defaults, the domain's
-defaults, the preset, the config file, `--set`, then the options `--steps`, `--batch-size` and
-`--seed`.
+with the closest known one. For `train` the layers apply in this order: the core's defaults, the
+domain's defaults, the preset, the config file, `--set`, then the options `--steps`, `--batch-size`
+and `--seed`. `train --resume` lays the same options over the run's own settings, so the command
+that started a run resumes it; a value other than the run's is refused, naming the setting, unless
+it does not change the steps already taken (`train.steps`, how often to log or save, ...).
+`sample` lays `--config` and `--set` over the checkpoint's settings; the `data`, `model` and
+`diffusion` settings the weights were trained with cannot change.
 """
 
 OUTRO = """\
@@ -89,7 +93,10 @@ def _help_text(text: str) -> str:
 
 
 def _option_row(option: click.Option, context: click.Context) -> str:
-    names = ", ".join(f"`{name}`" for name in option.opts + option.secondary_opts)
+    names = option.opts + option.secondary_opts
+    if option.name == "help":  # click gathers the help option's names in a set: fix their order
+        names = sorted(names, key=len)
+    names = ", ".join(f"`{name}`" for name in names)
     if option.is_flag:
         value = "flag"
     else:
