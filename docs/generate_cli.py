@@ -27,11 +27,17 @@ a test fails when the two disagree. `diffkit COMMAND --help` prints the same tex
 
 Settings that the options do not cover are changed with `--config file.toml` (sections `data`,
 `model`, `diffusion`, `train`, `sample`) and `--set section.key=value`; an unknown key is refused
-with the closest known one. The layers apply in this order: the core's defaults, the domain's
-defaults, the preset, the config file, `--set`, then the options `--steps`, `--batch-size` and
-`--seed`. Every value must have the type of its default (an integer passes for a number) and step
-and batch counts must be at least 1; a wrong one is refused before anything runs, naming the key,
-the value and where it came from.
+with the closest known one. For `train` the layers apply in this order: the core's defaults, the
+domain's defaults, the preset, the config file, `--set`, then the options `--steps`, `--batch-size`
+and `--seed`. `train --resume` lays the same options over the run's own settings, so the command
+that started a run resumes it; a value other than the run's is refused, naming the setting, unless
+it does not change the steps already taken (`train.steps`, how often to log or save, ...).
+`sample` lays `--config` and `--set` over the checkpoint's settings; the `data`, `model` and
+`diffusion` settings the weights were trained with cannot change.
+
+Every value must have the type of its default (an integer passes for a number) and step and batch
+counts must be at least 1; a wrong one is refused before anything runs, naming the key, the value
+and where it came from.
 
 Every checkpoint carries a SHA-256 digest of its content, checked whenever it is read: a damaged
 file is refused with the newest intact checkpoint of the run and how to use it. Ctrl-C stops
@@ -100,8 +106,10 @@ def _help_text(text: str) -> str:
 
 
 def _option_row(option: click.Option, context: click.Context) -> str:
-    # Shortest first: click keeps the help option's names in a set, whose order varies per process.
-    names = ", ".join(f"`{name}`" for name in sorted(option.opts, key=len) + option.secondary_opts)
+    names = option.opts + option.secondary_opts
+    if option.name == "help":  # click gathers the help option's names in a set: fix their order
+        names = sorted(names, key=len)
+    names = ", ".join(f"`{name}`" for name in names)
     if option.is_flag:
         value = "flag"
     else:

@@ -76,7 +76,10 @@ class ToyDomain(Domain):
         return torch.full_like(cond, 4)
 
     def prepare_sampling(self, model, n, config, *, cond=None, generator=None):
-        labels = torch.full((n,), int(cond)) if cond is not None else torch.randint(0, 4, (n,), generator=generator)
+        if cond is not None:
+            labels = torch.full((n,), int(cond))
+        else:
+            labels = diffkit.draw_per_sample(lambda g, count: torch.randint(0, 4, (count,), generator=g), n, generator)
         return {"x": torch.zeros(n, 2), "cond": labels}
 
     def write_samples(self, samples, out, config):

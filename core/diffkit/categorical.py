@@ -25,7 +25,7 @@ from .categorical_samplers import CategoricalDenoiser, keep_masked, leaf_process
 from .diffusion import _model_device, _progress, masked_mean
 from .samplers import get_sampler
 from .schedules import Schedule, make_schedule
-from .tree import State, append_dims, batch_size, first_leaf
+from .tree import State, append_dims, batch_size, draw_noise, first_leaf
 
 WEIGHTINGS = ("auto", "elbo", "uniform")
 DEFAULT_SAMPLER = "discrete_flow"  # least KL per step in benchmarks/categorical.py
@@ -97,7 +97,7 @@ class CategoricalDiffusion:
         processes = self.processes_like(x0)
         map_leaves(_check_classes, processes, x0)
         if noise is None:
-            noise = self.noise_fn(x0, generator, **(model_kwargs or {}))
+            noise = draw_noise(self.noise_fn, x0, generator, **(model_kwargs or {}))
         at = signal(self.schedule, t)
         x_t = map_leaves(lambda _, process, leaf, u: draw_categorical(process.forward_probs(leaf, at), u),
                          processes, x0, noise)
@@ -106,7 +106,7 @@ class CategoricalDiffusion:
     def prior_sample(self, like: State, generator=None, *, model_kwargs: dict | None = None,
                      mask: State | None = None) -> State:
         """A draw from the law at ``t = 1``, ``m`` per entry, shaped like ``like`` (kept where ``mask`` is 0)."""
-        noise = self.noise_fn(like, generator, **(model_kwargs or {}))
+        noise = draw_noise(self.noise_fn, like, generator, **(model_kwargs or {}))
         drawn = map_leaves(lambda _, process, leaf, u: draw_categorical(process.prior_probs(leaf), u),
                            self.processes_like(like), like, noise)
         return keep_masked(mask, drawn, like)
@@ -131,7 +131,7 @@ class CategoricalDiffusion:
         if t is None:
             t = self.schedule.training_times(n, generator=generator, device=device)
         if noise is None:
-            noise = self.noise_fn(x0, generator, **model_kwargs)
+            noise = draw_noise(self.noise_fn, x0, generator, **model_kwargs)
         x_t = self.q_sample(x0, t, noise, mask=mask)
         logits = model(x_t, t, cond=cond, **model_kwargs)
         weightings = self._leaf_weighting(weighting or self.weighting)

@@ -130,7 +130,7 @@ def _training_overrides(steps, batch_size, seed, compile_model, parallel) -> dic
 @click.option("--data", default=None, help="Your data (a folder or file, as the domain reads it); the domain's bundled data when omitted.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings (sections data, model, diffusion, train, sample).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set train.lr=1e-3 (repeatable).")
-@click.option("--preset", default=None, help="A named preset of the domain, e.g. cpu or gpu (default: cpu without a GPU, gpu with one).")
+@click.option("--preset", default=None, help="A named preset of the domain, e.g. cpu or gpu (default: the one the domain picks for the data and device, printed with its reason).")
 @click.option("--steps", type=int, default=None, help="Number of optimizer steps (train.steps).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size, split across processes (train.batch_size).")
 @click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
@@ -162,11 +162,15 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
         _check_writable(run_dir, "--out")
         if resume:
             config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, preset)
+            preset_line = f"preset: {preset}" if preset else "settings: the run's own"
         else:
-            preset = preset or _default_preset(plugin_domain)
-            config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets), overrides=overrides)
+            chosen, why = (preset, "as asked") if preset else _default_preset(plugin_domain, data, device)
+            preset_line = f"preset: {chosen} ({why})" if chosen else "preset: none (the domain's defaults)"
+            config = resolve_config(plugin_domain, preset=chosen, file=config_file, sets=list(sets), overrides=overrides)
+        announce = _plan_printer(domain, data, preset_line)
         result = run_training(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
-                              progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx))
+                              progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx),
+                              on_start=announce)
     except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     except TrainingInterrupted as interrupted:
@@ -174,6 +178,36 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
         ctx.exit(130)  # the shell's code for a stop by Ctrl-C (128 + SIGINT)
     loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
     click.echo(f"trained {result.step} steps{loss}; run folder: {result.run_dir}")
+    click.echo(f"sample with: diffkit sample --domain {domain} --checkpoint {_quoted(result.run_dir)} --out samples/")
+
+
+def _plan_printer(domain: str, data: str | None, preset_line: str):
+    """A callback printing what the run is about to do, once the runner knows it."""
+
+    def announce(plan) -> None:
+        source = f"{data}" if data else "bundled"
+        resuming = f" (resuming at {plan.start_step:,})" if plan.start_step else ""
+        processes = f" x {plan.processes} processes" if plan.processes > 1 else ""
+        click.echo(f"domain: {domain}  data: {source} ({plan.dataset_size:,} items)  {preset_line}")
+        click.echo(f"model: {_count(plan.parameters)} parameters  steps: {plan.steps:,}{resuming}  "
+                   f"batch: {plan.batch_size:,}  device: {plan.device}{processes}")
+        click.echo(f"run folder: {plan.run_dir}")
+
+    return announce
+
+
+def _count(number: int) -> str:
+    """``1234567 -> "1.2M"``: parameter counts as people say them."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if number >= size:
+            return f"{number / size:.1f}{suffix}"
+    return str(number)
+
+
+def _quoted(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _default_run_dir(domain: str, resume: bool) -> Path:
@@ -186,44 +220,59 @@ def _default_run_dir(domain: str, resume: bool) -> Path:
     return base.parent / f"{domain}-{index}"
 
 
-def _default_preset(domain) -> str | None:
+def _default_preset(domain, data: str | None, device: str | None) -> tuple[str | None, str]:
+    """The preset the domain picks for the data and the device, and why; none when it has no such preset."""
     import torch
 
-    presets = domain.presets()
-    wanted = "gpu" if torch.cuda.is_available() else "cpu"
-    return wanted if wanted in presets else None
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    preset, why = domain.default_preset(data, torch.device(device))
+    return (preset, why) if preset in domain.presets() else (None, "")
 
 
 def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, preset):
-    """On --resume the run's own config is the base; explicit options may only change what
-    does not alter the steps already taken (checked when the run restores)."""
-    from .config import check_config, default_config, load_toml, parse_assignment
+    """On --resume the run's own config is the base, and the options are laid over it as a fresh
+    run lays them over the defaults (preset, file, --set, options). So the command line that
+    started the run resumes it; a setting given a value other than the run's is refused when the
+    run restores, naming it, unless it does not alter the steps already taken."""
+    from .config import check_config, default_config, load_toml, parse_assignment, preset_config
     from .domain import merge_config
     from .loading import load_config
 
-    if preset:
-        raise ValueError("--preset cannot be combined with --resume: the run keeps its own settings")
     config = load_config(domain, run_dir)
+    if preset:
+        config = merge_config(config, preset_config(domain, preset))
     if config_file:
         config = merge_config(config, load_toml(config_file))
     for assignment in sets:
         config = merge_config(config, parse_assignment(assignment, config))
     config = merge_config(config, overrides)
     check_config(config, default_config(domain))
-    if data is None and (run_dir / "run.json").exists():
-        data = json.loads((run_dir / "run.json").read_text()).get("data")
-    return config, data
+    return config, _resumed_data(run_dir, data)
+
+
+def _resumed_data(run_dir: Path, data: str | None) -> str | None:
+    """The run's data; --data may repeat it but not name other data."""
+    if not (run_dir / "run.json").exists():
+        return data
+    recorded = json.loads((run_dir / "run.json").read_text()).get("data")
+    if data is not None and data != recorded:
+        raise ValueError(f"cannot resume {str(run_dir)!r} with other data: it was trained on "
+                         f"{recorded or 'the bundled data'!r}, not {data!r}")
+    return recorded
 
 
 @cli.command()
 @click.option("--domain", required=True, help="The domain to sample (see `diffkit plugins`).")
 @click.option("--checkpoint", default=None, help="A checkpoint file, a run folder (its latest checkpoint) or an exported weights folder; the domain's shipped weights when omitted.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings merged over the checkpoint's (e.g. a [sample] section); its data, model and diffusion settings must match the weights.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set sample.spacing=trimmed (repeatable).")
 @click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw.")
 @click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ... (default from the config).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default from the config).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance weight; 1 = none.")
 @click.option("--cond", default=None, help="The condition, as the domain reads it (e.g. a class label).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same samples.")
+@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same samples, whatever the batch size (default: a fresh one, printed and recorded).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--batch-size", type=int, default=None, help="Samples drawn per model batch.")
 @click.option("--init", "init", default=None, help="Edit this input: a file, or what the domain reads as one (e.g. a SMILES string).")
@@ -234,17 +283,22 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
 @click.option("--out", required=True, type=click.Path(), help="Where to write the samples (a folder, or a file whose suffix the domain supports).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.pass_context
-def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, device, batch_size, init, mask,
-           strength, resample, interpolate, out, no_progress):
+def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidance, cond, seed, device, batch_size,
+           init, mask, strength, resample, interpolate, out, no_progress):
     """Draw new samples, edit an input (--init), or interpolate (--interpolate).
 
-    Under `torchrun --nproc_per_node N -m diffkit sample ...` the processes share the work and
-    the first one writes all samples: the same ones a single process draws with the same seed.
+    The settings are the checkpoint's, under --config, --set and the options. How the samples
+    were made (seed, settings, checkpoint) is recorded beside them in samples.json (inside an
+    output folder) or OUT.json (beside an output file). Under
+    `torchrun --nproc_per_node N -m diffkit sample ...` the processes share the work and the first
+    one writes all samples: the same ones a single process draws with the same seed.
     """
     from . import checkpoint as ckpt
     from . import distributed
+    from .config import sampling_config
     from .generate import SampleRequest, check_request, generate
     from .loading import load_for_sampling
+    from .records import record_path, write_record
 
     plugin_domain = _domain(ctx, domain)
     source = checkpoint or plugin_domain.pretrained()
@@ -262,17 +316,58 @@ def sample(ctx, domain, checkpoint, n, sampler, steps, guidance, cond, seed, dev
     try:
         torch_device = distributed.pick_device(device, world)
         distributed.init(world, torch_device)
-        model, config = load_for_sampling(plugin_domain, source, torch_device)
+        if seed is None:
+            request.seed = distributed.broadcast_object(_fresh_seed(), world)
+            if world.is_main:
+                click.echo(f"seed: {request.seed} (pass --seed {request.seed} to repeat)")
+        record = record_path(out)  # on every rank, so that all stop together when it exists
+        model, saved = load_for_sampling(plugin_domain, source, torch_device)
+        config = sampling_config(plugin_domain, saved, file=config_file, sets=list(sets))
         batch = generate(plugin_domain, model, config, request, device=torch_device, world=world,
                          registry=_registry(ctx))
         if world.is_main:
             written = plugin_domain.write_samples(batch, Path(out), config)
-            click.echo(f"wrote {len(written)} file(s) to {out}")
+            write_record(record, _sample_record(plugin_domain.name, source, config, request, written, record,
+                                                _registry(ctx)))
+            click.echo(f"wrote {len(written)} file(s) to {out}; how they were made: {record}")
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
             ckpt.CheckpointError) as error:
         distributed.shutdown(world, wait=False)
         raise click.ClickException(_message(error)) from None
     distributed.shutdown(world)
+
+
+def _fresh_seed() -> int:
+    import secrets
+
+    return secrets.randbelow(2**31)
+
+
+def _sample_record(domain: str, source, config: dict, request, written: list, record: Path,
+                   registry: Registry | None = None) -> dict:
+    """What made these samples: enough to draw them again, and the files they are in."""
+    from . import __version__
+    from .generate import sample_settings
+
+    settings = sample_settings(config, request, registry.samplers if registry is not None else None)
+    made = {"domain": domain, "checkpoint": str(source), "seed": request.seed,
+            "n": request.interpolate or request.n, "cond": request.cond}
+    made.update({key: settings[key] for key in ("sampler", "steps", "spacing", "guidance")})
+    if request.init is not None:
+        made.update(init=request.init, mask=request.mask, strength=request.strength, resample=request.resample)
+    if request.interpolate:
+        made["interpolate"] = request.interpolate
+    made["sample_config"] = config["sample"]
+    made["diffkit"] = __version__
+    made["files"] = [_relative(Path(path), record.parent) for path in written]
+    return made
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 @cli.command()

@@ -54,7 +54,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sample": {
         "sampler": "dpmpp_2m",
         "steps": 30,
-        "spacing": "uniform",
+        "spacing": "auto",           # auto: the spacing each sampler was tuned with
         "guidance": 1.0,
         "batch_size": 256,
     },
@@ -78,12 +78,9 @@ def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Pat
     config = default_config(domain)
     defaults = copy.deepcopy(config)
     if preset is not None:
-        presets = domain.presets()
-        if preset not in presets:
-            raise ValueError(f"unknown preset {preset!r} for domain {domain.name!r}; "
-                             f"available: {', '.join(sorted(presets)) or 'none'}")
-        config = merge_config(config, presets[preset])
-        check_config(presets[preset], defaults, source=f"preset {preset!r}")
+        partial = preset_config(domain, preset)
+        config = merge_config(config, partial)
+        check_config(partial, defaults, source=f"preset {preset!r}")
     if file is not None:
         layer = load_toml(file)
         config = merge_config(config, layer)
@@ -152,6 +149,55 @@ def _expected_type(value: Any, default: Any) -> str | None:
         if len(kinds) == 1 and any(_expected_type(item, default[0]) for item in value):
             return f"a list whose items are each {_expected_type(None, default[0])}"
     return None
+
+
+def preset_config(domain: Domain, preset: str) -> dict:
+    """The partial config of one of the domain's presets; an unknown name lists the known ones."""
+    presets = domain.presets()
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for domain {domain.name!r}; "
+                         f"available: {', '.join(sorted(presets)) or 'none'}")
+    return presets[preset]
+
+
+# Sections that describe the weights: a checkpoint's values stay when sampling from it.
+WEIGHT_SECTIONS = ("data", "model", "diffusion")
+
+
+def sampling_config(domain: Domain, saved: Mapping[str, Any], *, file: str | Path | None = None,
+                    sets: list[str] = ()) -> dict:
+    """A checkpoint's config with a user's file and ``--set`` assignments merged over it, for sampling.
+
+    Any setting may be given, but one of :data:`WEIGHT_SECTIONS` may not take a value other than
+    the checkpoint's: the weights were trained with it. The refusal names each such key.
+    """
+    base = fill_defaults(domain, saved)
+    config = base
+    if file is not None:
+        config = merge_config(config, load_toml(file))
+    for assignment in sets:
+        config = merge_config(config, parse_assignment(assignment, config))
+    fixed = [key for key in differing_keys(base, config) if key.split(".")[0] in WEIGHT_SECTIONS]
+    if fixed:
+        details = "; ".join(f"{key} is {lookup(base, key)!r} there, not {lookup(config, key)!r}" for key in fixed)
+        raise ValueError(f"these settings are fixed by the checkpoint's weights: {details}")
+    return config
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs (a key missing on one side differs)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def lookup(config: Mapping, dotted: str) -> Any:
+    """The value at a dotted key, ``None`` where it is missing."""
+    node: Any = config
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
 
 
 def load_toml(path: str | Path) -> dict:

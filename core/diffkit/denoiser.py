@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .process import to_eps, to_x0
 from .schedules import Schedule
-from .tree import State, batch_size, combine, concat, first_leaf, gaussian_like, split, tree_map
+from .tree import State, batch_size, combine, concat, draw_noise, first_leaf, gaussian_like, split, tree_map
 
 
 class Denoiser:
@@ -36,7 +36,8 @@ class Denoiser:
         self.calls = 0  # model evaluations, counting a batched guided call once
 
     def noise_like(self, x: State, generator: torch.Generator | None = None) -> State:
-        return self._noise(x, generator, **self.model_kwargs)
+        """Noise shaped like ``x``; ``generator`` may be a :class:`~diffkit.tree.SampleGenerators`."""
+        return draw_noise(self._noise, x, generator, **self.model_kwargs)
 
     def __call__(self, x: State, t: Tensor | float) -> tuple[State, State]:
         t_batch = torch.full((batch_size(x),), float(t), device=first_leaf(x).device)

@@ -12,7 +12,7 @@ from .denoiser import Denoiser
 from .process import PREDICTIONS, q_sample, target
 from .samplers import get_sampler, preferred_spacing
 from .schedules import Schedule, make_schedule
-from .tree import State, batch_size, first_leaf, gaussian_like, tree_map
+from .tree import State, batch_size, draw_noise, first_leaf, gaussian_like, tree_map
 
 WEIGHTINGS = ("uniform", "min_snr")
 
@@ -59,7 +59,7 @@ class Diffusion:
     def q_sample(self, x0: State, t: Tensor, noise: State | None = None, *, generator=None,
                  model_kwargs: dict | None = None) -> State:
         """A draw of ``x_t`` from ``q(x_t | x_0)``; ``model_kwargs`` reach the domain's noise."""
-        noise = self.noise(x0, generator, **(model_kwargs or {})) if noise is None else noise
+        noise = draw_noise(self.noise, x0, generator, **(model_kwargs or {})) if noise is None else noise
         return q_sample(self.schedule, x0, t, noise)
 
     def loss(self, model: Callable, x0: State, *, cond: Any = None, mask: State | None = None,
@@ -78,7 +78,7 @@ class Diffusion:
         if t is None:
             t = self.schedule.training_times(n, generator=generator, device=device)
         if noise is None:
-            noise = self.noise(x0, generator, **model_kwargs)
+            noise = draw_noise(self.noise, x0, generator, **model_kwargs)
         alpha, std = self.schedule.alpha(t), self.schedule.std(t)
         x_t = q_sample(self.schedule, x0, t, noise)
         output = model(x_t, t, cond=cond, **model_kwargs)
@@ -121,7 +121,7 @@ class Diffusion:
                         uncond=uncond, model_kwargs=model_kwargs, noise=self.noise)
 
     def sample(self, model: Callable, shape: tuple[int, ...] | State, *, sampler: str = "dpmpp_2m",
-               steps: int = 20, spacing: str = "uniform", generator: torch.Generator | None = None,
+               steps: int = 20, spacing: str = "auto", generator: torch.Generator | None = None,
                callback: Callable | None = None, cond: Any = None, guidance: float = 1.0,
                uncond: Any = None, model_kwargs: dict | None = None, x_T: State | None = None,
                t_start: float = 1.0, progress: bool = False, **options) -> State:
@@ -129,8 +129,11 @@ class Diffusion:
 
         ``shape`` is a tuple (a Tensor state) or an example state whose structure, dtype and
         device the noise copies. ``spacing`` names the time spacing (see
-        :meth:`Schedule.sample_times`); ``"auto"`` takes the one the sampler was tuned with
-        (``trimmed`` for the multistep solvers, measured in benchmarks/samplers.py).
+        :meth:`Schedule.sample_times`); the default, ``"auto"``, takes the one the sampler was
+        tuned with (``trimmed`` for the multistep solvers, ``karras`` for Euler and Heun; measured
+        in benchmarks/samplers.py). ``generator`` is a ``torch.Generator`` or a
+        :class:`~diffkit.tree.SampleGenerators`, one per sample, which makes every sample
+        independent of the batch it is drawn in.
         ``cond``/``guidance``/``uncond`` set classifier-free guidance; ``options`` go to the
         sampler (e.g. ``eta`` for DDIM).
         """

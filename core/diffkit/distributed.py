@@ -91,3 +91,12 @@ def all_mean(value: torch.Tensor, world: World) -> torch.Tensor:
         dist.all_reduce(value)
         value /= world.size
     return value
+
+
+def broadcast_object(value, world: World):
+    """Rank 0's ``value`` on every rank (e.g. a seed drawn on one process for all)."""
+    if not world.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

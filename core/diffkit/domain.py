@@ -49,6 +49,15 @@ class Domain:
         """Named partial configs merged over the default, at least ``cpu`` and ``gpu``."""
         return {"cpu": {}, "gpu": {}}
 
+    def default_preset(self, data: str | None, device: torch.device) -> tuple[str, str]:
+        """The preset a run uses when none is named, and why (a few words ``diffkit train`` prints),
+        for the user's ``data`` (``None``: the bundled data) on ``device``. By default ``gpu`` on a
+        CUDA device and ``cpu`` elsewhere; override it where the data decides, e.g. a small
+        bundled dataset that a large preset would only overfit."""
+        if device.type == "cuda":
+            return "gpu", "a CUDA device is available"
+        return "cpu", "no CUDA device"
+
     def build_dataset(self, config: dict, data: str | None = None) -> Dataset:
         """The training data: the user's files at ``data``, or the embedded default when ``None``.
 
@@ -71,7 +80,8 @@ class Domain:
     def noise(self, like: State, generator: torch.Generator | None = None, **extra: Tensor) -> State:
         """Standard noise for a state (:func:`diffkit.tree.standard_noise`: Gaussian for float
         leaves, the uniforms of a categorical draw for integer leaves); override for structure
-        (symmetric edges, zero padding)."""
+        (symmetric edges, zero padding). When sampling, the core calls it for one sample at a time
+        (:func:`diffkit.draw_noise`)."""
         return standard_noise(like, generator)
 
     def categories(self, model: nn.Module, config: dict) -> tuple[int | dict, Any]:
@@ -92,7 +102,9 @@ class Domain:
                          generator: torch.Generator | None = None) -> Batch:
         """A batch describing ``n`` new samples: ``x`` an example state (only its structure,
         dtype and device matter), and ``cond``/``extra`` as in training. ``cond`` is what the
-        user asked for on the command line (a string) or ``None``."""
+        user asked for on the command line (a string) or ``None``. ``generator`` may be a
+        :class:`~diffkit.tree.SampleGenerators` (one per sample, as ``diffkit sample`` passes
+        it): draw random choices through :func:`diffkit.draw_per_sample`, which takes either kind."""
         raise NotImplementedError
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,

@@ -13,10 +13,10 @@ from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .plugins import Registry
 from .guidance import slerp
-from .samplers import get_sampler
+from .samplers import get_sampler, preferred_spacing
 from .schedules import make_schedule
 from .distributed import World
-from .tree import State, concat, first_leaf, to_device, tree_map
+from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
 
 
 def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,
@@ -83,14 +83,15 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
              device: torch.device | str = "cpu", world: World = World(), registry: Registry | None = None) -> Batch | None:
     """Samples as a batch on the CPU (``x`` decoded by the domain).
 
-    They are drawn in chunks of ``sample.batch_size``; chunk ``k`` uses a generator seeded by
-    ``(request.seed, k)``, so the result does not depend on how many processes share the work.
-    Under torchrun each rank draws every ``world.size``-th chunk and rank 0 returns them all,
-    in order (other ranks return ``None``).
+    They are drawn in chunks of ``sample.batch_size``. Sample ``i`` draws everything random
+    (its structure, its starting noise, every step's noise) from its own generator, seeded by
+    ``(request.seed, i)``, so it is the same whatever the batch size and however many processes
+    share the work. Under torchrun each rank draws every ``world.size``-th chunk and rank 0
+    returns them all, in order (other ranks return ``None``).
     """
     check_request(request, registry)
     diffusion = build_diffusion(domain, config, registry, model)
-    settings = _settings(config, request)
+    settings = sample_settings(config, request, registry.samplers if registry is not None else None)
     model = model.to(device).eval()
     total = request.interpolate or request.n
     starts = list(range(0, total, settings["batch_size"]))
@@ -99,7 +100,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     chunks: dict[int, Batch] = {}
     for k in mine:
         size = min(settings["batch_size"], total - starts[k])
-        generator = torch.Generator(device=device).manual_seed(request.seed * 1_000_003 + k)
+        generator = SampleGenerators.seeded(request.seed, range(starts[k], starts[k] + size), device)
         chunks[k] = _generate_chunk(domain, diffusion, model, config, request, settings, size, generator,
                                     device, offset=starts[k], total=total, bar=bar)
     if bar is not None:
@@ -129,20 +130,29 @@ def _gather_chunks(chunks: dict[int, Batch], world: World) -> dict[int, Batch] |
     return {k: batch for part in gathered for k, batch in part.items()}
 
 
-def _settings(config: dict, request: SampleRequest) -> dict[str, Any]:
+def sample_settings(config: dict, request: SampleRequest, samplers: dict | None = None) -> dict[str, Any]:
+    """What sampling runs with: the request's choices over the config's ``sample`` section, with
+    ``spacing = "auto"`` resolved to a Gaussian sampler's own (editing steps uniformly in time;
+    categorical diffusion resolves it itself). ``samplers`` is where names are looked up (a
+    registry's; the built-ins by default)."""
     section = config["sample"]
-    return {
-        "sampler": section["sampler"] if request.sampler is None else request.sampler,
-        "steps": section["steps"] if request.steps is None else request.steps,
+    settings = {
+        "sampler": request.sampler or section["sampler"],
+        "steps": request.steps or section["steps"],
         "guidance": section["guidance"] if request.guidance is None else request.guidance,
-        "spacing": section.get("spacing", "uniform"),
-        "batch_size": section["batch_size"] if request.batch_size is None else request.batch_size,
+        "spacing": section.get("spacing", "auto"),
+        "batch_size": request.batch_size or section["batch_size"],
     }
+    if request.init is not None:
+        settings["spacing"] = "uniform"
+    elif settings["spacing"] == "auto" and config["diffusion"].get("kind", "gaussian") == "gaussian":
+        settings["spacing"] = preferred_spacing(get_sampler(settings["sampler"], samplers))
+    return settings
 
 
 @torch.no_grad()
 def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, config: dict,
-                    request: SampleRequest, settings: dict, size: int, generator: torch.Generator,
+                    request: SampleRequest, settings: dict, size: int, generator: SampleGenerators,
                     device, *, offset: int, total: int, bar=None) -> Batch:
     if request.init is not None:
         batch = domain.load_known(request.init, request.mask, size, config, model=model, cond=request.cond)
@@ -165,10 +175,11 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
         x = _categorical_chunk(diffusion, model, batch, request, settings, common)
     elif request.init is not None and "keep" in batch:
         x = diffusion.inpaint(model, batch["x"], batch["keep"], sampler=_inpaint_sampler(settings),
-                              steps=settings["steps"], resample=request.resample, **common)
+                              steps=settings["steps"], spacing=settings["spacing"], resample=request.resample,
+                              **common)
     elif request.init is not None:
         x = diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"],
-                           steps=settings["steps"], **common)
+                           steps=settings["steps"], spacing=settings["spacing"], **common)
     else:
         x_T = _interpolated_noise(diffusion, batch, offset, size, total, request.seed) if request.interpolate else None
         x = diffusion.sample(model, batch["x"], sampler=settings["sampler"], steps=settings["steps"],

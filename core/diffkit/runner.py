@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import checkpoint as ckpt
 from . import distributed, kit, sharding
+from .config import differing_keys, lookup
 from .domain import Domain
 from .generate import SampleRequest, build_diffusion, generate
 from .guidance import replace_condition
@@ -61,6 +62,20 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @dataclass
+class RunPlan:
+    """What a run is about to do, known once its data and model are built."""
+
+    dataset_size: int
+    parameters: int
+    steps: int
+    start_step: int
+    batch_size: int
+    device: str
+    processes: int
+    run_dir: Path
+
+
+@dataclass
 class RunResult:
     run_dir: Path
     step: int
@@ -70,12 +85,13 @@ class RunResult:
 
 def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = None, resume: bool = False,
           device: str | None = None, progress: bool = True, plugin: tuple[str, str] = ("", ""),
-          registry: Registry | None = None) -> RunResult:
+          registry: Registry | None = None, on_start: Callable[[RunPlan], None] | None = None) -> RunResult:
     """Train ``domain`` with ``config`` into the run folder ``out``; see the module docstring.
 
     ``resume=True`` continues from the latest checkpoint in ``out``. ``plugin`` is the
     ``(name, version)`` of the plugin providing the domain, recorded in checkpoints; ``registry``
-    resolves schedule and sampler names registered by plugins.
+    resolves schedule and sampler names registered by plugins. ``on_start`` receives the
+    :class:`RunPlan` on the main process before the first step.
     """
     world = distributed.world_from_env()
     device = distributed.pick_device(device, world)
@@ -84,6 +100,8 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
     try:
         trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress, registry)
         trainer.start(resume)
+        if on_start is not None and world.is_main:
+            on_start(trainer.plan())
         result = trainer.run()
     except KeyboardInterrupt:
         # Raised outside this block, so that the traceback no longer holds the trainer.
@@ -126,6 +144,7 @@ class Trainer:
         self.dataset = self.domain.build_dataset(self.config, self.data)
         self._check_dataset_size()
         self.model = self.domain.build_model(self.config).to(self.device)
+        self.parameter_count = sum(parameter.numel() for parameter in self.model.parameters())  # before sharding
         self.domain.fit_data(self.model, self.dataset, self.config)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -146,6 +165,11 @@ class Trainer:
             self._restore_progress(saved, existing[-1])
         if self.world.is_main:
             self._write_run_files()
+
+    def plan(self) -> RunPlan:
+        return RunPlan(dataset_size=len(self.dataset), parameters=self.parameter_count,
+                       steps=self.train_cfg["steps"], start_step=self.step, batch_size=self.train_cfg["batch_size"],
+                       device=str(self.device), processes=self.world.size, run_dir=self.run_dir)
 
     def _check_dataset_size(self) -> None:
         size, batch = len(self.dataset), self.train_cfg["batch_size"]
@@ -403,24 +427,10 @@ def _parallel_mode(train_cfg: dict) -> str:
 
 def check_resumable(saved: dict, current: dict, path: Path | str) -> None:
     """Refuse to resume when settings that shape the steps already taken have changed."""
-    changed = [key for key in _differing_keys(saved, current) if key not in RESUMABLE_KEYS]
+    changed = [key for key in differing_keys(saved, current) if key not in RESUMABLE_KEYS]
     if changed:
-        details = "; ".join(f"{key}: {_lookup(saved, key)!r} -> {_lookup(current, key)!r}" for key in changed)
+        details = "; ".join(f"{key}: {lookup(saved, key)!r} -> {lookup(current, key)!r}" for key in changed)
         raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: the config differs in {details}")
-
-
-def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _lookup(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for key in dotted.split("."):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
 
 
 class GlobalBatchSampler:

@@ -16,6 +16,14 @@ FILES = {
 }
 
 
+def builtin_names() -> set[str]:
+    """Names a new plugin may not take: those of the built-in plugins' packages (``diffkit_<name>``),
+    which are also their domains' names."""
+    from .plugins import BUILTIN_PLUGINS
+
+    return {module.split(".")[0].removeprefix("diffkit_") for module in BUILTIN_PLUGINS}
+
+
 def create_plugin(name: str, directory: str | Path = ".") -> Path:
     """Write the package ``diffkit-<name>`` under ``directory`` and return its folder.
 
@@ -25,6 +33,9 @@ def create_plugin(name: str, directory: str | Path = ".") -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"plugin name {name!r} must be lowercase letters, digits and underscores, "
                          "starting with a letter (it becomes the Python package diffkit_<name>)")
+    if name in builtin_names():
+        raise ValueError(f"{name!r} is taken by a built-in plugin (its domain and its package diffkit_{name}); "
+                         f"choose another name, e.g. 'my_{name}'")
     root = Path(directory) / f"diffkit-{name}"
     if root.exists():
         raise FileExistsError(f"{root} already exists; choose another name or --dir")

@@ -26,7 +26,7 @@ from .config import default_config
 from .domain import Domain, merge_config
 from .generate import build_diffusion
 from .kit import Output
-from .tree import State, leaves
+from .tree import SampleGenerators, State, leaves
 
 
 class ConformanceError(AssertionError):
@@ -203,8 +203,12 @@ def check_sampling(context: dict) -> None:
     """prepare_sampling, sampling, decode and write_samples"""
     domain, config, model = context["domain"], context["config"], context["model"]
     diffusion = build_diffusion(domain, config)
-    generator = torch.Generator().manual_seed(0)
-    batch = domain.prepare_sampling(model, 2, config, generator=generator)
+    generator = SampleGenerators.seeded(0, range(2))  # one per sample, as `diffkit sample` passes them
+    try:
+        batch = domain.prepare_sampling(model, 2, config, generator=generator)
+    except TypeError as error:
+        raise _Stop(f"prepare_sampling() failed with one generator per sample ({str(error).splitlines()[0]}): draw random "
+                    "choices through diffkit.draw_per_sample, which takes a generator of either kind") from None
     cond = batch.get("cond")
     with torch.no_grad():
         x = diffusion.sample(model, batch["x"], steps=3, generator=generator, cond=cond,

@@ -6,6 +6,7 @@ coefficients are broadcast with :func:`append_dims`.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Mapping, Union
 
 import torch
@@ -101,6 +102,78 @@ def _standard_noise_leaf(leaf: Tensor, generator: torch.Generator | None) -> Ten
     if leaf.is_floating_point():
         return torch.randn(leaf.shape, generator=generator, dtype=leaf.dtype, device=leaf.device)
     return torch.rand(leaf.shape, generator=generator, dtype=torch.float64, device=leaf.device)
+
+
+class SampleGenerators:
+    """One random generator per sample, in batch order.
+
+    Passed where a ``torch.Generator`` goes (``generator=`` of sampling, noise functions,
+    :meth:`Domain.prepare_sampling`), it makes each sample's randomness come from its own stream,
+    so a sample depends on its seed alone and not on the batch it was drawn in. Noise is drawn
+    sample by sample by :func:`draw_noise`; other draws go through :func:`draw_per_sample`.
+    """
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = list(generators)
+
+    @classmethod
+    def seeded(cls, seed: int, indices: range | list[int], device: torch.device | str = "cpu") -> "SampleGenerators":
+        """Generators for the samples numbered ``indices`` of the run with ``seed``."""
+        return cls([torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in indices])
+
+    @property
+    def device(self) -> torch.device:
+        return self.generators[0].device
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __iter__(self):
+        return iter(self.generators)
+
+    def __repr__(self) -> str:
+        return f"SampleGenerators({len(self)} on {self.device})"
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a run seeded with ``seed`` (a hash: no two pairs collide in practice)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # below 2**63, as every generator accepts
+
+
+def draw_per_sample(draw: Callable[[torch.Generator | None, int], Tensor], n: int, generator) -> Tensor:
+    """``draw(generator, count)``, a tensor of ``count`` rows, for ``n`` samples. With
+    :class:`SampleGenerators` each row comes from its own sample's generator (``draw(g_i, 1)``)."""
+    if not isinstance(generator, SampleGenerators):
+        return draw(generator, n)
+    if len(generator) != n:
+        raise ValueError(f"{len(generator)} sample generators for {n} samples")
+    return torch.cat([draw(g, 1) for g in generator])
+
+
+def draw_noise(noise: Callable[..., State], like: State, generator=None, **extra: Any) -> State:
+    """``noise(like, generator, **extra)``; with :class:`SampleGenerators` the noise of each sample
+    is drawn alone, from its own generator, with its own slice of ``like`` and of the batched
+    ``extra`` tensors, so that it does not depend on the rest of the batch."""
+    if not isinstance(generator, SampleGenerators):
+        return noise(like, generator, **extra)
+    n = batch_size(like)
+    if len(generator) != n:
+        raise ValueError(f"{len(generator)} sample generators for a batch of {n}")
+    parts = []
+    for i, g in enumerate(generator):
+        one = lambda value: _sample_slice(value, i, n)  # noqa: E731
+        parts.append(noise(one(like), g, **{key: one(value) for key, value in extra.items()}))
+    return concat(parts)
+
+
+def _sample_slice(value: Any, i: int, n: int) -> Any:
+    """Sample ``i`` of a batched tensor or state (kept as a batch of one); other values pass through."""
+    if isinstance(value, Tensor):
+        return value[i:i + 1] if value.ndim and value.shape[0] == n else value
+    if isinstance(value, Mapping):
+        return {key: _sample_slice(item, i, n) for key, item in value.items()}
+    return value
 
 
 def concat(trees: list[State]) -> State:

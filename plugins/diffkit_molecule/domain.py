@@ -119,12 +119,14 @@ class MoleculeDomain(diffkit.Domain):
         for one value per sample, a dict or a list of dicts); properties not named stay free."""
         model = _unwrap(model)
         values, extras = kit.parse_values(cond, model.property_names, n, extra_keys=("atoms",))
-        sizes = self._draw_sizes(model, n, int(config["sample"]["num_atoms"]) or None, generator)
+        atoms = int(config["sample"]["num_atoms"]) or None
+        sizes = self._draw_sizes(model, n, atoms, generator)
         asked = [extra.get("atoms") for extra in extras]
-        if any(atoms is not None for atoms in asked):
-            sizes = torch.tensor([self._checked_atoms(model, atoms) if atoms is not None else int(size)
-                                  for atoms, size in zip(asked, sizes)], dtype=torch.long, device=sizes.device)
-        batch = self._blank_batch(model, sizes)
+        if any(count is not None for count in asked):
+            sizes = torch.tensor([self._checked_atoms(model, count) if count is not None else int(size)
+                                  for count, size in zip(asked, sizes)], dtype=torch.long, device=sizes.device)
+        # A width that does not depend on the batch, so each sample is drawn the same in any batch.
+        batch = self._blank_batch(model, sizes, width=max(atoms or self.largest_size(model), int(sizes.max())))
         if not torch.isnan(values).all():
             batch["cond"] = values.to(sizes.device)
         return batch
@@ -145,13 +147,24 @@ class MoleculeDomain(diffkit.Domain):
         weights[:at_least] = 0
         if weights.sum() <= 0:
             raise ValueError(f"the model saw no molecules of {at_least} atoms or more; set sample.num_atoms")
-        generator_device = generator.device if generator is not None else counts.device
-        return torch.multinomial(weights.to(generator_device), n, replacement=True, generator=generator).to(counts.device)
 
-    def _blank_batch(self, model: nn.Module, sizes: Tensor) -> dict:
+        def draw(g: torch.Generator | None, count: int) -> Tensor:
+            device = g.device if g is not None else counts.device
+            return torch.multinomial(weights.to(device), count, replacement=True, generator=g).to(counts.device)
+
+        return diffkit.draw_per_sample(draw, n, generator)
+
+    @staticmethod
+    def largest_size(model: nn.Module) -> int:
+        """The most atoms a molecule drawn from the training distribution can have."""
+        return int(model.size_counts.nonzero().max())
+
+    def _blank_batch(self, model: nn.Module, sizes: Tensor, width: int) -> dict:
+        """Graphs of ``sizes`` atoms padded to ``width``: every chunk of a sampling run is as wide
+        as the largest molecule it may hold, so the chunks join whatever sizes each drew."""
         from .chem import BOND_TYPES
 
-        n, width = len(sizes), int(sizes.max())
+        n = len(sizes)
         node_mask = (torch.arange(width, device=sizes.device) < sizes.unsqueeze(1)).float()
         x = {"nodes": torch.zeros(n, width, len(model.atom_types), device=sizes.device),
              "edges": torch.zeros(n, width, width, len(BOND_TYPES), device=sizes.device)}

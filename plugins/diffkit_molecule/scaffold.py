@@ -51,7 +51,8 @@ def known_batch(domain, init: str, n: int, config: dict, model=None) -> dict:
             raise ValueError(f"the scaffold has {s} atoms, more than the {size} of the molecules to generate; "
                              "raise sample.num_atoms")
         sizes = torch.full((n,), size, dtype=torch.long)
-    width = int(sizes.max())
+    # As wide as the largest molecule the model may draw, so that chunks of a sampling run join.
+    width = max(domain.largest_size(model), s) if model is not None and not requested else int(sizes.max())
     all_atoms = torch.full((n, width), -1, dtype=torch.long)
     all_bonds = torch.zeros(n, width, width, dtype=torch.long)
     for row, size in enumerate(sizes.tolist()):

@@ -51,18 +51,29 @@ def loss_mask(node_mask: Tensor) -> dict[str, Tensor]:
 def graph_noise(like: dict[str, Tensor], generator: torch.Generator | None = None,
                 node_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Standard normal noise for a state: symmetric over edges, zero on the diagonal and, when
-    ``node_mask`` is given, zero on padding. Each off-diagonal entry is still N(0, 1)."""
+    ``node_mask`` is given, zero on padding. Each off-diagonal entry is still N(0, 1). It is drawn
+    as wide as the atoms in use and zero padded from there, so a molecule's noise does not depend
+    on how far its batch is padded."""
     nodes, edges = like["nodes"], like["edges"]
     if node_mask is None:
         node_mask = torch.ones(nodes.shape[:-1], dtype=nodes.dtype, device=nodes.device)
     node_mask = node_mask.to(nodes.dtype)
-    node_noise = _randn(nodes.shape, generator, nodes) * node_mask.unsqueeze(-1)
-    raw = _randn(edges.shape, generator, edges)
+    width, used = nodes.shape[1], _used_width(node_mask)
+    drawn = _randn((nodes.shape[0], used, nodes.shape[2]), generator, nodes)
+    node_noise = F.pad(drawn, (0, 0, 0, width - used)) * node_mask.unsqueeze(-1)
+    drawn = _randn((edges.shape[0], used, used, edges.shape[3]), generator, edges)
+    raw = F.pad(drawn, (0, 0, 0, width - used, 0, width - used))
     upper = torch.triu(torch.ones(edges.shape[-2], edges.shape[-2], device=edges.device), diagonal=1)
     upper = upper.to(edges.dtype).unsqueeze(-1)
     triangle = raw * upper
     edge_noise = (triangle + triangle.transpose(-2, -3)) * pair_mask(node_mask).unsqueeze(-1)
     return {"nodes": node_noise, "edges": edge_noise}
+
+
+def _used_width(node_mask: Tensor) -> int:
+    """One past the last atom position that is real in some graph of the batch."""
+    used = node_mask.reshape(-1, node_mask.shape[-1]).amax(0).nonzero()
+    return int(used.max()) + 1 if len(used) else 0
 
 
 def _randn(shape, generator, like: Tensor) -> Tensor:

@@ -53,6 +53,39 @@ def test_resume_continues_the_run_with_more_steps(tmp_path, toy_installed):
     assert result.exit_code == 1 and "pass --resume" in result.output
 
 
+def test_train_states_its_plan_first_and_how_to_sample_last(tmp_path, toy_installed):
+    from toy_domain import PointDenoiser
+
+    run_dir = tmp_path / "run"
+    result = run("train", "--domain", "toy", "--steps", "20", "--out", str(run_dir), "--no-progress",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    parameters = sum(p.numel() for p in PointDenoiser(64).parameters())  # 4,930: shown as 4.9k
+    assert lines[0] == "domain: toy  data: bundled (512 items)  preset: cpu (no CUDA device)"
+    assert lines[1] == f"model: {parameters / 1000:.1f}k parameters  steps: 20  batch: 32  device: cpu"
+    assert lines[2] == f"run folder: {run_dir}"
+    assert lines[-1] == f"sample with: diffkit sample --domain toy --checkpoint {run_dir} --out samples/"
+
+
+def test_resume_accepts_the_command_line_that_started_the_run(tmp_path, toy_installed):
+    def command(preset="cpu", lr="1e-3", steps="20"):
+        return ["train", "--domain", "toy", "--preset", preset, "--set", f"train.lr={lr}", "--steps", steps,
+                "--out", str(tmp_path / "run"), "--no-progress"]
+
+    assert run(*command()).exit_code == 0
+    again = run(*command(), "--resume")
+    assert again.exit_code == 0, again.output
+    assert "preset: cpu" in again.output and "resuming at 20" in again.output
+    longer = run(*command(steps="30"), "--resume")  # more steps may be asked for
+    assert longer.exit_code == 0 and "trained 30 steps" in longer.output, longer.output
+    changed = CliRunner().invoke(cli, [*command(lr="2e-3"), "--resume"])
+    assert changed.exit_code == 1
+    assert "train.lr: 0.001 -> 0.002" in changed.output
+    other_preset = CliRunner().invoke(cli, [*command(preset="gpu"), "--resume"])
+    assert other_preset.exit_code == 1 and "train.batch_size: 32 -> 256" in other_preset.output
+
+
 def test_resume_of_a_run_saved_before_a_setting_existed_uses_its_default(tmp_path, toy_installed):
     from diffkit import checkpoint as ckpt
 
@@ -76,6 +109,64 @@ def test_sampling_is_reproducible_with_a_seed(tmp_path, toy_installed):
             str(tmp_path / name), "--no-progress")
         outputs.append((tmp_path / name).read_text())
     assert outputs[0] == outputs[1]
+
+
+def test_sample_without_a_seed_draws_prints_and_records_a_fresh_one(tmp_path, toy_installed):
+    run_dir = str(tmp_path / "run")
+    run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
+    first = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "5", "--out", str(tmp_path / "a.json"),
+                "--no-progress")
+    assert first.exit_code == 0, first.output
+    seed = int(first.output.split("seed: ")[1].split()[0])
+    assert f"(pass --seed {seed} to repeat)" in first.output
+    record = json.loads((tmp_path / "a.json.json").read_text())
+    assert record["seed"] == seed and record["n"] == 5 and record["checkpoint"] == run_dir
+    assert (record["sampler"], record["steps"], record["spacing"]) == ("dpmpp_2m", 10, "trimmed")  # auto, resolved
+    assert record["files"] == ["a.json"] and record["domain"] == "toy"
+    second = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "5", "--out", str(tmp_path / "b.json"),
+                 "--no-progress")
+    assert json.loads((tmp_path / "b.json.json").read_text())["seed"] != seed
+    repeat = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "5", "--out", str(tmp_path / "c.json"),
+                 "--no-progress", "--seed", str(seed))
+    assert repeat.exit_code == 0 and "seed:" not in repeat.output
+    assert (tmp_path / "c.json").read_text() == (tmp_path / "a.json").read_text()
+    assert second.exit_code == 0 and (tmp_path / "b.json").read_text() != (tmp_path / "a.json").read_text()
+    before = (tmp_path / "a.json").read_text()
+    refused = CliRunner().invoke(cli, ["sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "5",
+                                       "--out", str(tmp_path / "a.json"), "--no-progress"])
+    assert refused.exit_code == 1 and "a.json.json' already exists" in refused.output
+    assert (tmp_path / "a.json").read_text() == before
+
+
+def test_sample_records_in_an_output_folder_without_overwriting(tmp_path, toy_installed):
+    run_dir = str(tmp_path / "run")
+    run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "samples.json").write_text("mine")
+    result = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3", "--seed", "4", "--out", str(out),
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (out / "samples.json").read_text() == "mine"
+    record = json.loads((out / "samples-2.json").read_text())
+    assert record["seed"] == 4 and record["files"] == ["points.json"]
+
+
+def test_sample_takes_settings_from_config_and_set_but_keeps_the_weights_settings(tmp_path, toy_installed):
+    run_dir = str(tmp_path / "run")
+    run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
+    settings = tmp_path / "sample.toml"
+    settings.write_text('[sample]\nsampler = "ddim"\nsteps = 4\n')
+    result = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3", "--seed", "1", "--no-progress",
+                 "--config", str(settings), "--set", "sample.spacing=quadratic", "--out", str(tmp_path / "s.json"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "s.json.json").read_text())
+    assert (record["sampler"], record["steps"], record["spacing"]) == ("ddim", 4, "quadratic")
+    refused = CliRunner().invoke(cli, ["sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3",
+                                       "--set", "model.hidden=32", "--out", str(tmp_path / "t.json")])
+    assert refused.exit_code == 1
+    assert "fixed by the checkpoint's weights: model.hidden is 64 there, not 32" in refused.output
+    assert not (tmp_path / "t.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
 from diffkit.cli import cli
+from nested_venv import nested_venv
 
 
 def test_name_must_be_a_python_identifier(tmp_path):
     result = CliRunner().invoke(cli, ["new-plugin", "My-Plugin", "--dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "must be lowercase letters" in result.output
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "molecule"])
+def test_names_of_built_in_plugins_are_refused(name, tmp_path):
+    result = CliRunner().invoke(cli, ["new-plugin", name, "--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"'{name}' is taken by a built-in plugin" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_built_in_domain_name_is_reserved():
+    import diffkit
+    from diffkit.scaffold import builtin_names
+
+    registry = diffkit.make_plugin_manager(entry_points=False)
+    assert set(registry.domains) <= builtin_names()
 
 
 def test_existing_folder_is_not_overwritten(tmp_path):
@@ -31,9 +47,7 @@ def test_scaffold_installs_lists_trains_and_passes_its_tests(tmp_path):
     assert result.exit_code == 0, result.output
     package = tmp_path / "diffkit-waves"
     # A virtual environment on top of this one, so the entry point does not leak into other tests.
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
+    python = nested_venv(tmp_path / "venv")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
 
     def call(*args, cwd=package):

@@ -185,3 +185,9 @@ def test_a_keyboard_interrupt_while_loading_plugins_still_stops():
 
     with pytest.raises(KeyboardInterrupt):
         make_plugin_manager(builtins=(), entry_points=False, extra=[Interrupts()])
+
+
+def test_a_domain_picks_its_preset_by_device_unless_it_says_otherwise():
+    domain = ToyDomain()
+    assert domain.default_preset(None, torch.device("cuda"))[0] == "gpu"
+    assert domain.default_preset("data/", torch.device("cpu"))[0] == "cpu"

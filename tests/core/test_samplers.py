@@ -323,7 +323,9 @@ def test_register_sampler_adds_a_usable_sampler():
         assert out.shape == (4, 3)
         assert torch.allclose(calls[0], torch.linspace(1, 0, 4) ** 2)  # "auto" spacing follows the sampler
         diffusion.sample(zero, (4, 3), sampler="test_denoise_once", steps=3)
-        assert torch.allclose(calls[1], torch.linspace(1, 0, 4))  # the default stays uniform
+        assert torch.equal(calls[1], calls[0])  # "auto" is the default
+        diffusion.sample(zero, (4, 3), sampler="test_denoise_once", steps=3, spacing="uniform")
+        assert torch.allclose(calls[2], torch.linspace(1, 0, 4))
         with pytest.raises(ValueError, match="already registered"):
             register_sampler("test_denoise_once", lambda *a, **k: None)
     finally:

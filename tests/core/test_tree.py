@@ -85,3 +85,29 @@ def test_concat_and_split_are_inverse():
 def test_to_device_passes_non_tensors_through():
     moved = to_device({"x": torch.ones(1), "name": "abc", "nested": {"y": torch.zeros(2)}}, "cpu")
     assert moved["name"] == "abc" and moved["nested"]["y"].device.type == "cpu"
+
+
+def test_sample_generators_draw_each_samples_noise_from_its_own_stream():
+    from diffkit.tree import SampleGenerators, draw_noise, draw_per_sample, sample_seed
+
+    like = {"a": torch.zeros(3, 2, 4), "b": torch.zeros(3, 5)}
+    seen_extra = []
+
+    def noise(state, generator, *, mask, scale):  # a domain noise function with batched extras
+        seen_extra.append((mask.shape, scale))
+        return gaussian_like(state, generator)
+
+    generators = SampleGenerators.seeded(11, range(4, 7))
+    drawn = draw_noise(noise, like, generators, mask=torch.ones(3, 2), scale=0.5)
+    for i in range(3):  # sample i is what its own generator draws for a batch of one
+        own = torch.Generator().manual_seed(sample_seed(11, 4 + i))
+        expected = gaussian_like({"a": like["a"][:1], "b": like["b"][:1]}, own)
+        assert torch.equal(drawn["a"][i], expected["a"][0]) and torch.equal(drawn["b"][i], expected["b"][0])
+    assert seen_extra == [((1, 2), 0.5)] * 3  # batched extras are sliced, others passed as they are
+    labels = draw_per_sample(lambda g, k: torch.randint(0, 1000, (k,), generator=g), 3,
+                             SampleGenerators.seeded(11, range(4, 7)))
+    assert labels.tolist() == [int(torch.randint(0, 1000, (1,), generator=torch.Generator().manual_seed(sample_seed(11, i))))
+                               for i in range(4, 7)]
+    assert len({sample_seed(s, i) for s in range(50) for i in range(50)}) == 2500
+    with pytest.raises(ValueError, match="2 sample generators for a batch of 3"):
+        draw_noise(noise, like, SampleGenerators.seeded(0, range(2)), mask=torch.ones(3, 2), scale=1.0)

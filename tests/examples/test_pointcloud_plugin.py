@@ -6,13 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from diffkit.testing import assert_domain_conforms
+from nested_venv import nested_venv
 
 POINTCLOUD = Path(__file__).resolve().parents[2] / "examples" / "diffkit-pointcloud"
 
@@ -44,9 +44,7 @@ def test_installs_lists_trains_samples_evaluates_and_passes_its_tests(tmp_path):
     package = tmp_path / "diffkit-pointcloud"
     shutil.copytree(POINTCLOUD, package, ignore=shutil.ignore_patterns("__pycache__", "runs", "*.egg-info"))
     # A virtual environment on top of this one, so the entry point does not leak into other tests.
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
+    python = nested_venv(tmp_path / "venv")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     env.pop("DIFFKIT_DISABLE_PLUGINS", None)
 

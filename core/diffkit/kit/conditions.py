@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..tree import draw_per_sample
+
 NULL_LABEL = -1
 UNCONDITIONAL_WORDS = ("none", "null", "uncond", "unconditional")
 
@@ -62,17 +64,21 @@ def label_index(item: Any, class_names: Sequence[str]) -> int:
                      f"(or a label 0..{len(class_names) - 1}, or 'none')")
 
 
-def draw_labels(n: int, num_classes: int, counts: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+def draw_labels(n: int, num_classes: int, counts: Tensor | None = None, generator=None) -> Tensor:
     """Labels for samples that ask for none: drawn with the training data's class frequencies
-    ``counts`` (uniformly when they are unknown or all zero); null labels when there are no classes."""
+    ``counts`` (uniformly when they are unknown or all zero); null labels when there are no classes.
+    ``generator`` may be a :class:`diffkit.SampleGenerators` (one draw per sample's generator)."""
     if num_classes == 0:
         return torch.full((n,), NULL_LABEL, dtype=torch.long)
     weights = torch.ones(num_classes) if counts is None else counts.detach().float().cpu()[:num_classes]
     if weights.sum() <= 0:
         weights = torch.ones(num_classes)
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.multinomial(weights.to(device), n, replacement=True, generator=generator).cpu()
+
+    def draw(g: torch.Generator | None, count: int) -> Tensor:
+        device = g.device if g is not None else torch.device("cpu")
+        return torch.multinomial(weights.to(device), count, replacement=True, generator=g).cpu()
+
+    return draw_per_sample(draw, n, generator)
 
 
 def label_texts(labels: Tensor | None, class_names: Sequence[str], n: int | None = None) -> list[str]:

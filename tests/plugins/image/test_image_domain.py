@@ -106,6 +106,18 @@ def test_sampling_writes_valid_pngs_with_the_requested_classes(domain, config, t
         assert (pixels / 127.5 - 1 - x[0]).abs().max() <= 1 / 127.5 + 1e-6
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
+def test_the_same_seed_gives_the_same_digits_whatever_the_batch_size(domain, config, sampler):
+    model = trained_tiny_model(domain, config)
+    runs = [generate(domain, model, config, SampleRequest(n=8, steps=4, seed=5, sampler=sampler, batch_size=size))
+            for size in (1, 3, 8)]
+    for run in runs[1:]:
+        assert run["cond"].tolist() == runs[0]["cond"].tolist()  # labels drawn per sample as well
+        # Equal up to float32 rounding of batched convolutions (about 1e-6 here).
+        torch.testing.assert_close(run["x"], runs[0]["x"], rtol=0, atol=1e-4)
+    assert len(set(runs[0]["cond"].tolist())) > 1
+
+
 def test_an_interpolation_strip_is_one_row(domain, config, tmp_path):
     model = trained_tiny_model(domain, config)
     batch = generate(domain, model, config, SampleRequest(steps=2, interpolate=5, cond="3"))
@@ -173,3 +185,18 @@ def test_the_shipped_weights_load_and_draw_digits_of_the_asked_class(domain, tmp
     reader = LogisticRegression(max_iter=300).fit(digits.pixels.flatten(1).numpy() / 255.0, digits.labels.numpy())
     agreement = (reader.predict(pictures) == batch["cond"].numpy()).mean()
     assert agreement >= 0.8
+
+
+def test_the_default_preset_fits_the_data_not_only_the_device(domain, tmp_path, monkeypatch):
+    import diffkit_image.domain as image_domain
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    preset, why = domain.default_preset(None, cuda)
+    assert preset == "cpu" and "1,797" in why
+    for i in range(3):
+        save(tmp_path / "pictures" / f"{i}.png", np.full((8, 8), 40 * i, dtype=np.uint8))
+    folder = str(tmp_path / "pictures")
+    assert domain.default_preset(folder, cuda) == ("cpu", "3 pictures are too few for the gpu preset (sized for 50,000)")
+    assert domain.default_preset(folder, cpu)[0] == "cpu"
+    monkeypatch.setattr(image_domain, "GPU_PRESET_MIN_PICTURES", 3)
+    assert domain.default_preset(folder, cuda)[0] == "gpu"

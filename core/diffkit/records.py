@@ -1,0 +1,49 @@
+"""The record of how samples were made, written beside them by ``diffkit sample``.
+
+A folder of samples gets ``samples.json`` (``samples-2.json`` and so on when the folder already
+holds a record, e.g. when more samples are added to it); a file ``mols.smi`` gets ``mols.smi.json``.
+A record is never overwritten. It holds everything needed to draw the same samples again (the seed,
+the checkpoint, the settings) and the files it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RECORD_NAME = "samples"
+
+
+def record_path(out: str | Path) -> Path:
+    """Where the record of samples written to ``out`` goes; refuses a file output whose record exists.
+
+    ``out`` is a folder when it exists as one or has no suffix (as the domains read it)."""
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        return _first_free(out)
+    path = out.with_name(out.name + ".json")
+    if path.exists():
+        raise FileExistsError(f"{str(path)!r} already exists (the record of earlier samples); "
+                              "choose another --out or remove it")
+    return path
+
+
+def write_record(path: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as JSON to ``path``, which must not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as file:
+            file.write(json.dumps(record, indent=2) + "\n")
+    except FileExistsError:
+        raise FileExistsError(f"{str(path)!r} already exists; the sample record was not written") from None
+    return path
+
+
+def _first_free(folder: Path) -> Path:
+    index = 1
+    while True:
+        name = f"{RECORD_NAME}.json" if index == 1 else f"{RECORD_NAME}-{index}.json"
+        if not (folder / name).exists():
+            return folder / name
+        index += 1
