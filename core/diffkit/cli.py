@@ -378,17 +378,20 @@ def _relative(path: Path, folder: Path) -> str:
 @click.option("--preset", default=None, help="Or read them from this preset of the domain.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Or from this TOML file (over the preset).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting (repeatable).")
+@click.option("--cond", default=None, help="The condition the samples were asked for, as `sample --cond` takes it (default: from their record).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.pass_context
-def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, sets, as_json):
+def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, sets, cond, as_json):
     """Score samples against reference data with the domain's metrics.
 
     The settings the samples were made with (sizes, rates, ...) come from --checkpoint, or from
-    --preset/--config/--set, or are the domain's defaults.
+    --preset/--config/--set, or are the domain's defaults. The condition they were asked for comes
+    from --cond, or from the record `diffkit sample` wrote beside them.
     """
     from . import checkpoint as ckpt
     from .config import resolve_config
     from .loading import load_config
+    from .records import read_record
 
     plugin_domain = _domain(ctx, domain)
     try:
@@ -396,7 +399,9 @@ def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, s
             config = load_config(plugin_domain, checkpoint)
         else:
             config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets))
-        scores = plugin_domain.evaluate(Path(samples), Path(reference) if reference else None, config)
+        if cond is None:
+            cond = (read_record(samples) or {}).get("cond")
+        scores = _evaluate(plugin_domain, Path(samples), Path(reference) if reference else None, config, cond)
     except (KeyError, ValueError, FileNotFoundError, NotImplementedError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     if as_json:
@@ -405,6 +410,15 @@ def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, s
     width = max((len(name) for name in scores), default=0)
     for name, value in scores.items():
         click.echo(f"{name.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{name.ljust(width)}  {value}")
+
+
+def _evaluate(domain, samples: Path, reference: Path | None, config: dict, cond):
+    """``domain.evaluate``, told the asked condition when there is one and it takes ``cond``."""
+    import inspect
+
+    if cond is not None and "cond" in inspect.signature(domain.evaluate).parameters:
+        return domain.evaluate(samples, reference, config, cond=cond)
+    return domain.evaluate(samples, reference, config)
 
 
 @cli.command()

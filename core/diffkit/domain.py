@@ -134,9 +134,12 @@ class Domain:
         x = samples["x"]
         return [tree_map(lambda leaf: leaf[index], x) for index in range(batch_size(x))]
 
-    def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
+    def evaluate(self, samples: Path, reference: Path | None, config: dict, *, cond: Any = None) -> dict[str, float]:
         """Scores for samples written by :meth:`write_samples` against ``reference`` (the
-        default data when ``None``)."""
+        default data when ``None``). ``cond`` is the condition the samples were asked for (as
+        ``--cond`` reads it, from the record ``diffkit sample`` wrote beside them), or None; a
+        domain may score how well the samples meet it (the core passes it only to an ``evaluate``
+        that takes ``cond``)."""
         raise NotImplementedError(f"the {self.name} domain has no evaluation")
 
     def pretrained(self) -> Path | None:

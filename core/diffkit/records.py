@@ -40,6 +40,23 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def read_record(samples: str | Path) -> dict[str, Any] | None:
+    """The record of the samples at ``samples`` (a folder or a file), or None when there is none,
+    or when a folder holds several (samples of several runs, which no single record describes)."""
+    samples = Path(samples)
+    if samples.is_dir():
+        found = sorted(samples.glob(f"{RECORD_NAME}*.json"))
+        path = found[0] if len(found) == 1 else None
+    else:
+        path = samples.with_name(samples.name + ".json")
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the sample record {str(path)!r} is not valid JSON: {error}") from None
+
+
 def _first_free(folder: Path) -> Path:
     index = 1
     while True:

@@ -164,16 +164,19 @@ class ImageDomain(diffkit.Domain):
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
+    def evaluate(self, samples: Path, reference: Path | None, config: dict, *, cond: Any = None) -> dict[str, float]:
         """Fréchet distance in the features of a cached classifier trained on the reference, and
-        nearest-neighbour memorisation scores (see :mod:`diffkit_image.evaluation`)."""
+        nearest-neighbour memorisation scores (see :mod:`diffkit_image.evaluation`); with the
+        asked labels ``cond``, how often that classifier reads a sample as its label."""
         from .evaluation import score
         from .files import read_images
 
         settings = config["data"]
         pictures = read_images(Path(samples), int(settings["image_size"]), int(settings["channels"]))
-        return score(pictures, _images(reference, config), epochs=int(config["evaluate"]["classifier_epochs"]),
-                     cache=kit.cache_dir(self.name, config))
+        images = _images(reference, config)
+        asked = kit.parse_labels(cond, images.class_names, len(pictures)) if cond is not None else None
+        return score(pictures, images, epochs=int(config["evaluate"]["classifier_epochs"]),
+                     cache=kit.cache_dir(self.name, config), asked=asked)
 
     def pretrained(self) -> Path | None:
         return WEIGHTS if WEIGHTS.is_dir() else None

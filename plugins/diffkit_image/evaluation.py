@@ -179,8 +179,11 @@ def _others(n: int, chosen: Tensor) -> Tensor:
     return keep.nonzero().squeeze(1)
 
 
-def score(samples: Tensor, reference: ImageSet, *, epochs: int, cache: Path | None) -> dict[str, float]:
-    """All scores for uint8 samples ``(N, C, H, W)`` against ``reference`` (same C, H, W)."""
+def score(samples: Tensor, reference: ImageSet, *, epochs: int, cache: Path | None,
+          asked: Tensor | None = None) -> dict[str, float]:
+    """All scores for uint8 samples ``(N, C, H, W)`` against ``reference`` (same C, H, W); with
+    the labels ``asked (N,)`` the samples were drawn for, ``asked_label_accuracy``: the share of
+    samples the reference classifier reads as their label (null labels are left out)."""
     if samples.shape[1:] != reference.pixels.shape[1:]:
         raise ValueError(f"samples are {tuple(samples.shape[1:])} but the reference is "
                          f"{tuple(reference.pixels.shape[1:])}")
@@ -192,4 +195,13 @@ def score(samples: Tensor, reference: ImageSet, *, epochs: int, cache: Path | No
     }
     if accuracy == accuracy:  # not NaN: a trained network
         scores["classifier_accuracy"] = accuracy
+        labelled = asked >= 0 if asked is not None else None
+        if labelled is not None and labelled.any():
+            scores["asked_label_accuracy"] = float((classify(net, samples[labelled]) == asked[labelled]).double().mean())
     return scores
+
+
+@torch.no_grad()
+def classify(net: FeatureNet, pixels: Tensor, batch_size: int = 512) -> Tensor:
+    """The class the feature network reads in each uint8 picture ``(N, C, H, W)``."""
+    return torch.cat([net(to_unit_range(chunk)).argmax(dim=1) for chunk in pixels.split(batch_size)])

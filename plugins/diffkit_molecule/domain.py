@@ -13,6 +13,8 @@ from torch import Tensor, nn
 import diffkit
 from diffkit import kit
 
+from . import properties
+
 WEIGHTS_FOLDER = "molecule"  # in weights/: an exported folder (safetensors, config, model card)
 
 
@@ -204,10 +206,11 @@ class MoleculeDomain(diffkit.Domain):
 
     # -- evaluation ------------------------------------------------------------------------
 
-    def evaluate(self, samples: Path, reference: Path | None, config: dict) -> dict[str, float]:
+    def evaluate(self, samples: Path, reference: Path | None, config: dict, *, cond: Any = None) -> dict[str, float]:
         """Scores of a SMILES file (or a folder holding ``samples.smi``) against ``reference``
-        (the bundled QM9 subset by default); see :mod:`diffkit_molecule.metrics`."""
-        from .metrics import evaluate_smiles
+        (the bundled QM9 subset by default); see :mod:`diffkit_molecule.metrics`. With the asked
+        property values ``cond``, the mean absolute error of each asked property of valid samples."""
+        from .metrics import evaluate_smiles, property_errors
         from .sources import bundled_path, read_smiles_texts
 
         samples = Path(samples)
@@ -215,7 +218,12 @@ class MoleculeDomain(diffkit.Domain):
             samples = samples / "samples.smi"
         generated = read_smiles_texts(samples, config["data"]["smiles_column"])
         known = reference_smiles(Path(reference) if reference else bundled_path(), config["data"]["smiles_column"])
-        return evaluate_smiles(generated, known)
+        scores = evaluate_smiles(generated, known)
+        if cond is not None:
+            names = list(properties.PROPERTIES)
+            asked, _ = kit.parse_values(cond, names, len(generated), extra_keys=("atoms",))
+            scores.update(property_errors(generated, asked, names))
+        return scores
 
     def pretrained(self) -> Path | None:
         from importlib import resources

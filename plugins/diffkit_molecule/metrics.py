@@ -95,6 +95,25 @@ def fcd(samples: Sequence[str], reference: Sequence[str]) -> float:
     return frechet_distance(a, b)
 
 
+def property_errors(samples: Sequence[str], asked, names: Sequence[str]) -> dict[str, float]:
+    """``mae_<name>``: the mean absolute error between each valid sample's property and the value
+    asked for it (``asked (N, P)``, NaN where a property was left free), for every asked property;
+    ``asked_valid`` counts the valid samples that had an asked value."""
+    Chem = chem.rdkit()
+    errors: dict[str, list[float]] = {name: [] for name in names}
+    for smiles, row in zip(samples, asked.tolist()):
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            continue
+        for name, value in zip(names, row):
+            if not math.isnan(value):
+                errors[name].append(abs(properties.compute(mol, [name])[0] - value))
+    scores = {f"mae_{name}": float(np.mean(found)) for name, found in errors.items() if found}
+    if scores:
+        scores["asked_valid"] = float(max(len(found) for found in errors.values()))
+    return scores
+
+
 def evaluate_smiles(samples: Sequence[str], reference: Sequence[str], *, with_fcd: bool = True) -> dict[str, float]:
     """All scores; FCD only when ``fcd-torch`` is installed (a warning says so otherwise)."""
     scores = basic_scores(samples, reference)

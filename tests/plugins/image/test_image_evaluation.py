@@ -114,3 +114,27 @@ def test_evaluate_against_a_reference_folder_and_refuses_a_mismatch(domain, conf
     with pytest.raises(ValueError, match="no sample pictures"):
         (tmp_path / "nothing").mkdir()
         domain.evaluate(tmp_path / "nothing", None, config)
+
+
+def test_evaluate_reads_the_asked_labels_from_the_sample_record(domain, config, digits, tmp_path):
+    """Real digits asked for as their own labels are read as asked about as often as the classifier
+    is right on held-out digits; asked for as shifted labels, almost never."""
+    import json
+
+    from click.testing import CliRunner
+
+    from diffkit.cli import cli
+
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(3))[:200]
+    folder = tmp_path / "asked"
+    domain.write_samples({"x": to_unit_range(digits.pixels[order])}, folder, config)
+    true_labels = ",".join(str(int(label)) for label in digits.labels[order])
+    (folder / "samples.json").write_text(json.dumps({"cond": true_labels}))
+    run = lambda *extra: CliRunner().invoke(  # noqa: E731
+        cli, ["evaluate", "--domain", "image", "--samples", str(folder), "--set", "data.image_size=8", "--json", *extra],
+        catch_exceptions=False)
+    asked = json.loads(run().output)
+    assert asked["asked_label_accuracy"] > 0.85
+    assert asked["asked_label_accuracy"] == pytest.approx(asked["classifier_accuracy"], abs=0.08)
+    shifted = ",".join(str((int(label) + 1) % 10) for label in digits.labels[order])
+    assert json.loads(run("--cond", shifted).output)["asked_label_accuracy"] < 0.1

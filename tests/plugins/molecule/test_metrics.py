@@ -44,3 +44,18 @@ def test_fcd_is_zero_for_identical_sets_and_positive_otherwise():
     aromatics = ["c1ccccc1", "Cc1ccccc1", "c1ccncc1", "Oc1ccccc1", "c1ccc2ccccc2c1", "Nc1ccccc1"]
     assert metrics.fcd(alcohols, alcohols) == pytest.approx(0.0, abs=1e-3)
     assert metrics.fcd(alcohols, aromatics) > 1.0
+
+
+def test_property_errors_against_values_asked_for_each_sample():
+    import math
+
+    import torch
+    from rdkit import Chem
+    from rdkit.Chem import QED
+
+    smiles = ["CCO", "c1ccccc1", "not a molecule", "CC(=O)O"]
+    exact = [QED.qed(Chem.MolFromSmiles(s)) if Chem.MolFromSmiles(s) else math.nan for s in smiles]
+    asked = torch.tensor([[value + 0.1, math.nan] for value in exact], dtype=torch.float64)
+    scores = metrics.property_errors(smiles, asked, ["qed", "logp"])
+    assert scores["mae_qed"] == pytest.approx(0.1, abs=1e-6)
+    assert "mae_logp" not in scores and scores["asked_valid"] == 3.0
