@@ -16,7 +16,8 @@ BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plu
 
 
 class DiffkitGroup(click.Group):
-    """Adds the commands of plugins (``diffkit_cli_commands`` hook) on first use."""
+    """Lets plugins add commands and option names (``diffkit_cli_commands`` hook) before any
+    command is looked up."""
 
     def _load_plugin_commands(self, ctx: click.Context) -> None:
         root = ctx.find_root()
@@ -31,8 +32,7 @@ class DiffkitGroup(click.Group):
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, name: str):
-        if name not in self.commands:
-            self._load_plugin_commands(ctx)
+        self._load_plugin_commands(ctx)  # also for built-in commands: a plugin may name their options
         return super().get_command(ctx, name)
 
 

@@ -108,12 +108,13 @@ class Domain:
         raise NotImplementedError
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
-                   cond: str | None = None) -> Batch:
+                   cond: str | None = None, generator=None) -> Batch:
         """For editing (``diffkit sample --init ... [--mask ...]``): a batch of ``n`` samples whose
         ``x`` is the known state read from ``init`` (a file or a domain-specific string, e.g. a
         scaffold SMILES), with ``keep`` (a state or a mask broadcastable to each leaf, 1 = keep,
         0 = generate) parsed from ``mask`` when given, plus ``cond``/``extra`` as in
-        :meth:`prepare_sampling` (``model`` and ``cond`` are passed as there). Without ``keep``
+        :meth:`prepare_sampling` (``model``, ``cond`` and ``generator`` are passed as there, so
+        random choices, e.g. sizes, follow the seed). Without ``keep``
         the core edits the whole state (SDEdit)."""
         raise NotImplementedError(f"the {self.name} domain does not support editing")
 

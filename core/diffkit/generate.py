@@ -155,7 +155,8 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
                     request: SampleRequest, settings: dict, size: int, generator: SampleGenerators,
                     device, *, offset: int, total: int, bar=None) -> Batch:
     if request.init is not None:
-        batch = domain.load_known(request.init, request.mask, size, config, model=model, cond=request.cond)
+        batch = domain.load_known(request.init, request.mask, size, config, model=model, cond=request.cond,
+                                  generator=generator)
     elif request.interpolate:
         # Every frame shares the first sample's condition and structure (e.g. its atom count);
         # only the noise moves along the interpolation.

@@ -202,7 +202,7 @@ class PointCloudDomain(Domain):
 
     # tutorial: editing
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model=None,
-                   cond=None) -> dict:
+                   cond=None, generator=None) -> dict:
         """``init``: a shape name (its outline, evenly sampled) or a ``.npz``/``.npy`` file (its
         first cloud); ``mask``: the half to keep, left, right, bottom or top (points in it are
         kept, the rest generated); without ``mask`` the whole cloud is edited (SDEdit)."""

@@ -128,7 +128,7 @@ class AudioDomain(diffkit.Domain):
                 "scale": float(config["data"].get("scale", 1.0))}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
-                   cond: str | None = None) -> dict:
+                   cond: str | None = None, generator=None) -> dict:
         """The clip ``init`` to edit (see :mod:`diffkit_audio.editing` for ``mask``). It is
         regenerated without a label unless ``cond`` names one, as for :meth:`prepare_sampling`."""
         from .data import clip_length

@@ -129,7 +129,7 @@ class ImageDomain(diffkit.Domain):
         return {"x": x, "cond": labels.to(device)}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model=None,
-                   cond: str | None = None) -> dict:
+                   cond: str | None = None, generator=None) -> dict:
         """The picture ``init`` fitted to the configured size, repeated ``n`` times; with ``mask``
         (a picture: white = keep, black = generate) also ``keep (n, 1, H, W)``. ``cond`` as in
         :meth:`prepare_sampling` (digit names only: the model is not at hand)."""

@@ -173,7 +173,7 @@ class MoleculeDomain(diffkit.Domain):
         return {"x": x, "extra": {"node_mask": node_mask}}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *,
-                   model: nn.Module | None = None, cond: str | None = None) -> dict:
+                   model: nn.Module | None = None, cond: str | None = None, generator=None) -> dict:
         """Scaffold-constrained generation: ``init`` is a SMILES (or a file whose first entry is
         one). Its atoms and the bonds among them are kept ("keep" = 1), the other atoms and the
         bonds reaching them are generated. The completed molecules have ``sample.num_atoms``
@@ -183,7 +183,7 @@ class MoleculeDomain(diffkit.Domain):
 
         if mask is not None:
             raise ValueError("the molecule domain takes no --mask: the scaffold given with --init is what is kept")
-        return known_batch(self, init, n, config, model)
+        return known_batch(self, init, n, config, model, generator)
 
     def decode(self, x, batch: dict):
         from .state import decode

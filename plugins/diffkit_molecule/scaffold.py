@@ -36,7 +36,7 @@ def scaffold_graph(init: str, vocabulary: list[str]) -> tuple[Tensor, Tensor]:
         raise ValueError(f"--init {text!r}: {error}") from None
 
 
-def known_batch(domain, init: str, n: int, config: dict, model=None) -> dict:
+def known_batch(domain, init: str, n: int, config: dict, model=None, generator=None) -> dict:
     """``{"x", "keep", "extra"}`` for :meth:`MoleculeDomain.load_known`: the scaffold occupies
     atoms ``0..s-1`` of every sample; ``keep`` is 1 on its atoms and on the pairs among them."""
     vocabulary = list(config["data"]["atom_types"])
@@ -44,7 +44,7 @@ def known_batch(domain, init: str, n: int, config: dict, model=None) -> dict:
     s = len(atoms)
     requested = int(config["sample"]["num_atoms"]) or None
     if model is not None:
-        sizes = domain._draw_sizes(model, n, requested, None, at_least=s)
+        sizes = domain._draw_sizes(model, n, requested, generator, at_least=s)
     else:
         size = requested or int(config["data"]["max_atoms"])
         if size < s:

@@ -235,3 +235,12 @@ def test_evaluate_reads_the_settings_of_a_checkpoint(tmp_path, toy_installed):
     result = CliRunner().invoke(cli, ["evaluate", "--domain", "toy", "--samples", str(tmp_path / "s.json"),
                                       "--set", "data.sise=3"])
     assert "unknown config key 'data.sise'; did you mean 'size'?" in result.output
+
+
+def test_the_molecule_plugin_names_init_scaffold(tmp_path):
+    """--scaffold comes from the molecule plugin, not the core, and means --init."""
+    common = ["sample", "--domain", "molecule", "-n", "3", "--steps", "4", "--seed", "5", "--no-progress"]
+    by_init = run(*common, "--init", "c1ccncc1", "--out", str(tmp_path / "init.smi"))
+    by_scaffold = run(*common, "--scaffold", "c1ccncc1", "--out", str(tmp_path / "scaffold.smi"))
+    assert by_init.exit_code == by_scaffold.exit_code == 0, by_scaffold.output
+    assert (tmp_path / "init.smi").read_text() == (tmp_path / "scaffold.smi").read_text()
