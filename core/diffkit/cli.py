@@ -263,7 +263,7 @@ def _resumed_data(run_dir: Path, data: str | None) -> str | None:
 
 
 @cli.command()
-@click.option("--domain", required=True, help="The domain to sample (see `diffkit plugins`).")
+@click.option("--domain", default=None, help="The domain to sample (see `diffkit plugins`); with --checkpoint, the one it was trained for by default.")
 @click.option("--checkpoint", default=None, help="A checkpoint file, a run folder (its latest checkpoint) or an exported weights folder; the domain's shipped weights when omitted.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings merged over the checkpoint's (e.g. a [sample] section); its data, model and diffusion settings must match the weights.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set sample.spacing=trimmed (repeatable).")
@@ -300,7 +300,7 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
     from .loading import load_for_sampling
     from .records import record_path, write_record
 
-    plugin_domain = _domain(ctx, domain)
+    plugin_domain = _domain(ctx, domain or _domain_of_checkpoint(checkpoint))
     source = checkpoint or plugin_domain.pretrained()
     if source is None:
         raise click.UsageError(f"the {domain} domain ships no weights; pass --checkpoint (a file or a run folder)")
@@ -310,6 +310,7 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
     try:  # everything that can be checked before loading the model
         check_request(request, _registry(ctx))
         _check_writable(Path(out), "--out")
+        _check_no_earlier_samples(Path(out))
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     world = distributed.world_from_env()
@@ -335,6 +336,30 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
         distributed.shutdown(world, wait=False)
         raise click.ClickException(_message(error)) from None
     distributed.shutdown(world)
+
+
+def _domain_of_checkpoint(checkpoint: str | None) -> str:
+    """The domain a checkpoint, run folder or exported folder was trained for (when --domain is left out)."""
+    from . import checkpoint as ckpt
+
+    if checkpoint is None:
+        raise click.UsageError("give --domain (see `diffkit plugins`), or --checkpoint to sample from")
+    try:
+        return ckpt.load_sampling_state(checkpoint)["domain"]
+    except (FileNotFoundError, ckpt.CheckpointError) as error:
+        raise click.ClickException(_message(error)) from None
+
+
+def _check_no_earlier_samples(out: Path) -> None:
+    """Refuse, before any sampling, an output that already holds samples: a file, or a folder with
+    the record of earlier samples (outputs are never overwritten)."""
+    from .records import RECORD_NAME
+
+    if out.is_file():
+        raise ValueError(f"--out {str(out)!r} already exists; outputs are never overwritten: choose another --out")
+    if out.is_dir() and any(out.glob(f"{RECORD_NAME}*.json")):
+        raise ValueError(f"--out {str(out)!r} already holds samples (see its {RECORD_NAME}.json); outputs are never "
+                         "overwritten: choose another --out")
 
 
 def _fresh_seed() -> int:

@@ -1,7 +1,7 @@
 """The record of how samples were made, written beside them by ``diffkit sample``.
 
 A folder of samples gets ``samples.json`` (``samples-2.json`` and so on when the folder already
-holds a record, e.g. when more samples are added to it); a file ``mols.smi`` gets ``mols.smi.json``.
+holds a record); a file ``mols.smi`` gets ``mols.smi.json``.
 A record is never overwritten. It holds everything needed to draw the same samples again (the seed,
 the checkpoint, the settings) and the files it describes.
 """

@@ -134,22 +134,25 @@ def test_sample_without_a_seed_draws_prints_and_records_a_fresh_one(tmp_path, to
     before = (tmp_path / "a.json").read_text()
     refused = CliRunner().invoke(cli, ["sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "5",
                                        "--out", str(tmp_path / "a.json"), "--no-progress"])
-    assert refused.exit_code == 1 and "a.json.json' already exists" in refused.output
+    assert refused.exit_code == 1 and "a.json' already exists; outputs are never overwritten" in refused.output
     assert (tmp_path / "a.json").read_text() == before
 
 
-def test_sample_records_in_an_output_folder_without_overwriting(tmp_path, toy_installed):
+def test_sample_into_a_folder_of_earlier_samples_is_refused_before_sampling(tmp_path, toy_installed, monkeypatch):
     run_dir = str(tmp_path / "run")
     run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
     out = tmp_path / "samples"
-    out.mkdir()
-    (out / "samples.json").write_text("mine")
-    result = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3", "--seed", "4", "--out", str(out),
-                 "--no-progress")
-    assert result.exit_code == 0, result.output
-    assert (out / "samples.json").read_text() == "mine"
-    record = json.loads((out / "samples-2.json").read_text())
-    assert record["seed"] == 4 and record["files"] == ["points.json"]
+    first = run("sample", "--checkpoint", run_dir, "-n", "3", "--seed", "4", "--out", str(out), "--no-progress")
+    assert first.exit_code == 0, first.output  # --domain comes from the checkpoint
+    record = json.loads((out / "samples.json").read_text())
+    assert record["seed"] == 4 and record["files"] == ["points.json"] and record["domain"] == "toy"
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    import diffkit.generate
+
+    monkeypatch.setattr(diffkit.generate, "generate", lambda *a, **k: pytest.fail("sampled before refusing"))
+    again = CliRunner().invoke(cli, ["sample", "--checkpoint", run_dir, "-n", "3", "--out", str(out), "--no-progress"])
+    assert again.exit_code == 1 and "already holds samples (see its samples.json)" in again.output
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
 def test_sample_takes_settings_from_config_and_set_but_keeps_the_weights_settings(tmp_path, toy_installed):

@@ -172,3 +172,14 @@ def test_values_set_each_sample_free_values_are_nan():
         kit.parse_values("qed=high", ["qed"], 1)
     with pytest.raises(ValueError, match="key=value"):
         kit.parse_values("qed", ["qed"], 1)
+
+
+def test_written_files_get_the_rights_of_any_new_file(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = kit.write_new(tmp_path / "out.bin", b"x")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -65,6 +65,7 @@ def write_atomic(path: str | Path, write: Callable[[Any], None] | bytes, *, excl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual rights
     try:
         with os.fdopen(handle, "wb") as file:
             if isinstance(write, (bytes, bytearray, memoryview)):
@@ -92,6 +93,12 @@ def save_torch_atomic(obj: Any, path: str | Path) -> Path:
     import torch
 
     return write_atomic(path, lambda file: torch.save(obj, file))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def temporary_files(folder: str | Path, name_pattern: str = "*") -> list[Path]:
