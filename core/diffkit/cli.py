@@ -176,6 +176,11 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     click.echo(f"trained {result.step} steps{loss}; run folder: {result.run_dir}")
 
 
+def _calls(config: dict) -> str:
+    steps = config["sample"]["steps"]
+    return "1 model call" if steps == 1 else f"{steps} model calls"
+
+
 def _default_run_dir(domain: str, resume: bool) -> Path:
     base = Path("runs") / domain
     if resume or not base.exists():
@@ -397,7 +402,7 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
         click.echo(str(interrupted), err=True)
         ctx.exit(130)
     loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
-    click.echo(f"distilled {result.step} steps{loss}; the student samples in {config['sample']['steps']} model calls; "
+    click.echo(f"distilled {result.step} steps{loss}; the student samples in {_calls(config)}; "
                f"run folder: {result.run_dir}")
 
 

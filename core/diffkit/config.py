@@ -62,6 +62,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "teacher_substeps": 4,      # teacher model calls per student step
         "teacher_spacing": "uniform",   # uniform | log_snr: how the substeps divide a student step
         "weighting": "x0",          # x0 | step: the error of the clean-data estimate, or of where the step lands
+        "guidance": 1.0,            # the teacher's guidance weight, learned by the student (which samples unguided)
     },
 }
 

@@ -89,16 +89,19 @@ def substep_times(schedule: Schedule, t: float, s: float, substeps: int, spacing
 @torch.no_grad()
 def teacher_solution(teacher: Callable, diffusion: Diffusion, x_t: State, t: Tensor, s: Tensor, *,
                      cond: Any = None, model_kwargs: dict | None = None, sampler: str = "dpmpp_2m",
-                     substeps: int = 4, spacing: str = "uniform") -> State:
+                     substeps: int = 4, spacing: str = "uniform", guidance: float = 1.0,
+                     uncond: Any = None) -> State:
     """Where the teacher's ``sampler`` takes each sample of ``x_t`` from its time ``t`` to ``s``
-    in ``substeps`` model calls (samples sharing ``(t, s)`` are solved together)."""
+    in ``substeps`` model calls (samples sharing ``(t, s)`` are solved together), with
+    classifier-free ``guidance`` towards ``cond`` (``uncond``: the null condition)."""
     model_kwargs = model_kwargs or {}
     sample_fn = get_sampler(sampler, diffusion.samplers)
     out = tree_map(torch.empty_like, x_t)
     for start, end in torch.stack([t, s], 1).double().unique(dim=0).tolist():
         index = ((t.double() == start) & (s.double() == end)).nonzero().squeeze(1)
         pick = lambda value: select(value, index)  # noqa: E731
-        denoiser = diffusion.denoiser(teacher, cond=pick(cond), model_kwargs={k: pick(v) for k, v in model_kwargs.items()})
+        denoiser = diffusion.denoiser(teacher, cond=pick(cond), guidance=guidance, uncond=pick(uncond),
+                                      model_kwargs={k: pick(v) for k, v in model_kwargs.items()})
         times = substep_times(diffusion.schedule, start, end, substeps, spacing).to(torch.float32)
         solved = sample_fn(denoiser, pick(x_t), times)
         tree_map(lambda o, v: o.index_copy_(0, index, v.to(o.dtype)), out, solved)
@@ -122,7 +125,7 @@ def ddim_target(diffusion: Diffusion, x_t: State, x_s: State, t: Tensor, s: Tens
 def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion, x0: State, *, t: Tensor,
                       noise: State, times: Tensor, cond: Any = None, mask: State | None = None,
                       model_kwargs: dict | None = None, sampler: str = "dpmpp_2m", substeps: int = 4,
-                      spacing: str = "uniform", weighting: str = "x0",
+                      spacing: str = "uniform", weighting: str = "x0", guidance: float = 1.0, uncond: Any = None,
                       leaf_weights: dict[str, float] | None = None, reduction: str = "mean") -> Tensor:
     """The student's error against the teacher over one of its sampling steps (module docstring).
 
@@ -130,8 +133,10 @@ def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion
     the teacher solves to the next one with ``sampler`` in ``substeps`` calls spaced by
     ``spacing`` (:func:`substep_times`). ``weighting="x0"`` counts the squared error of the
     clean-data estimate; ``"step"`` the error of where the step lands, in ``x / alpha`` (the
-    estimate's error times the squared gain of :func:`ddim_target`). ``mask``, ``leaf_weights``
-    and ``reduction`` are as in :meth:`Diffusion.loss`.
+    estimate's error times the squared gain of :func:`ddim_target`). With ``guidance`` ``w != 1``
+    the teacher is guided (``uncond``: the null condition) and the student learns the guided
+    steps in one call each. ``mask``, ``leaf_weights`` and ``reduction`` are as in
+    :meth:`Diffusion.loss`.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown distill.weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
@@ -140,7 +145,7 @@ def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion
     s = next_times(times, t)
     x_t = q_sample(schedule, x0, t, noise)
     x_s = teacher_solution(teacher, diffusion, x_t, t, s, cond=cond, model_kwargs=model_kwargs, sampler=sampler,
-                           substeps=substeps, spacing=spacing)
+                           substeps=substeps, spacing=spacing, guidance=guidance, uncond=uncond)
     wanted, gain = ddim_target(diffusion, x_t, x_s, t, s)
     output = student(x_t, t, cond=cond, **model_kwargs)
     estimate = to_x0(diffusion.prediction, output, x_t, schedule.alpha(t.double()), schedule.std(t.double()))
@@ -175,9 +180,11 @@ class Distillation(DenoisingObjective):
 
     command = "distill"
 
-    def __init__(self, teacher: nn.Module, config: dict, teacher_info: dict | None = None):
+    def __init__(self, teacher: nn.Module, config: dict, teacher_info: dict | None = None,
+                 null_cond: Callable[[Any], Any] | None = None):
         check_student_settings(config)
         self.teacher = teacher.eval().requires_grad_(False)
+        self.null_cond = null_cond  # the domain's, for a guided teacher
         self.settings, self.sample = dict(config["distill"]), dict(config["sample"])
         self.teacher_info = dict(teacher_info or {})
 
@@ -195,11 +202,15 @@ class Distillation(DenoisingObjective):
         times = self.times(diffusion)
         return times[torch.randint(len(times) - 1, (size,), generator=generator)]
 
-    def loss(self, diffusion: Diffusion, model: nn.Module, x0: State, *, t: Tensor, noise: State, **options) -> Tensor:
+    def loss(self, diffusion: Diffusion, model: nn.Module, x0: State, *, t: Tensor, noise: State, cond: Any = None,
+             **options) -> Tensor:
         settings = self.settings
+        guided = settings["guidance"] != 1.0 and cond is not None and self.null_cond is not None
         return distillation_loss(model, self.teacher, diffusion, x0, t=t, noise=noise, times=self.times(diffusion),
-                                 sampler=settings["teacher_sampler"], substeps=settings["teacher_substeps"],
-                                 spacing=settings["teacher_spacing"], weighting=settings["weighting"], **options)
+                                 cond=cond, sampler=settings["teacher_sampler"], substeps=settings["teacher_substeps"],
+                                 spacing=settings["teacher_spacing"], weighting=settings["weighting"],
+                                 guidance=settings["guidance"] if guided else 1.0,
+                                 uncond=self.null_cond(cond) if guided else None, **options)
 
     def run_info(self) -> dict:
         return {"teacher": self.teacher_info}
@@ -258,15 +269,18 @@ def student_config(domain: Domain, teacher_config: dict, source: str, student_st
     """The config of a student of ``teacher_config``: the teacher's, with :data:`TRAIN_DEFAULTS`,
     DDIM sampling in ``student_steps`` steps at ``spacing`` and ``distill.teacher = source``, then
     the user's TOML ``file``, ``--set`` assignments and ``overrides``. The student keeps the
-    teacher's model and diffusion: it starts from the teacher's weights."""
+    teacher's model and diffusion: it starts from the teacher's weights. It learns the teacher
+    guided as the teacher samples (``distill.guidance``, from the teacher's ``sample.guidance``)
+    and samples unguided, one model call a step."""
     from .config import check_config, default_config, load_toml, parse_assignment
     from .domain import merge_config
 
     defaults = default_config(domain)
     config = merge_config(fill_defaults(domain, teacher_config), {
         "train": TRAIN_DEFAULTS,
-        "sample": {"sampler": "ddim", "steps": student_steps, "spacing": spacing},
-        "distill": {**_teacher_step_settings(defaults, teacher_config, student_steps, spacing), "teacher": source},
+        "sample": {"sampler": "ddim", "steps": student_steps, "spacing": spacing, "guidance": 1.0},
+        "distill": {**_teacher_step_settings(defaults, teacher_config, student_steps, spacing), "teacher": source,
+                    "guidance": teacher_config["sample"]["guidance"]},
     })
     if file is not None:
         layer = load_toml(file)
@@ -308,6 +322,6 @@ def distill(domain: Domain, config: dict, *, out: str | Path, data: str | None =
     for section in ("model", "diffusion"):
         if config[section] != teacher_config[section]:
             raise ValueError(f"the teacher {info['path']!r} has other {section!r} settings than the student's config")
-    objective = Distillation(teacher, config, info)
+    objective = Distillation(teacher, config, info, null_cond=domain.null_cond)
     return train(domain, config, out=out, data=data, resume=resume, device=device, progress=progress, plugin=plugin,
                  registry=registry, objective=objective)
