@@ -386,6 +386,9 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
                 raise ValueError("--checkpoint and --student-steps cannot be combined with --resume: the run keeps "
                                  "its own teacher and steps")
             config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, None)
+            if not config["distill"]["teacher"]:
+                raise ValueError(f"{str(run_dir)!r} holds a run of `diffkit train`, not a distillation; resume it with: "
+                                 f"diffkit train --domain {domain} --out {run_dir} --resume")
         else:
             if student_steps is None:
                 raise ValueError("--student-steps is required: how many model calls the student samples with")

@@ -318,6 +318,7 @@ def distill(domain: Domain, config: dict, *, out: str | Path, data: str | None =
     """Train the student that ``config`` describes (see :func:`student_config`) into the run
     folder ``out``, with the teacher ``config["distill"]["teacher"]``; the other arguments are
     those of :func:`diffkit.runner.train`, which runs it."""
+    check_student_settings(config)
     teacher, teacher_config, info = load_teacher(domain, config["distill"]["teacher"])
     for section in ("model", "diffusion"):
         if config[section] != teacher_config[section]:

@@ -80,6 +80,20 @@ def test_the_ddim_target_makes_a_ddim_step_land_on_the_teacher():
         torch.testing.assert_close(landed, x_s, rtol=0, atol=1e-6)
 
 
+def test_a_guided_teacher_solves_with_the_guided_combination_of_its_outputs():
+    diffusion = diffkit.Diffusion("cosine", "v")
+    torch.manual_seed(0)
+    net = ToyDomain().build_model({"model": {"hidden": 16}})
+    cond, null = torch.tensor([0, 1, 2, 3]), torch.full((4,), 4)
+    guided = lambda x, t, cond=None: -1.0 * net(x, t, null) + 2.0 * net(x, t, cond)  # noqa: E731
+    x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    t, s = torch.full((4,), 0.75), torch.full((4,), 0.5)
+    with torch.no_grad():
+        by_guidance = teacher_solution(net, diffusion, x_t, t, s, cond=cond, guidance=2.0, uncond=null, substeps=3)
+        by_hand = teacher_solution(guided, diffusion, x_t, t, s, cond=cond, substeps=3)
+    torch.testing.assert_close(by_guidance, by_hand)
+
+
 def test_the_student_times_are_the_sampling_times_and_each_steps_to_the_next():
     schedule = diffkit.CosineSchedule()
     times = student_times(schedule, 4, "uniform")
