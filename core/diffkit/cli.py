@@ -12,7 +12,7 @@ import click
 
 from .plugins import PLUGIN_FAULTS, PluginLoadError, Registry, make_plugin_manager
 
-BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plugin")
+BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plugin", "distill")
 
 
 class DiffkitGroup(click.Group):
@@ -208,6 +208,11 @@ def _quoted(path) -> str:
     import shlex
 
     return shlex.quote(str(path))
+
+
+def _calls(config: dict) -> str:
+    steps = config["sample"]["steps"]
+    return "1 model call" if steps == 1 else f"{steps} model calls"
 
 
 def _default_run_dir(domain: str, resume: bool) -> Path:
@@ -469,6 +474,73 @@ def export(source, out, card_file):
     except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     click.echo(f"wrote {folder}: {pretrained.WEIGHTS_FILE}, {pretrained.CONFIG_FILE}, {pretrained.CARD_FILE}")
+
+
+@cli.command()
+@click.option("--domain", required=True, help="The domain of the teacher and the student (see `diffkit plugins`).")
+@click.option("--checkpoint", default=None, help="The teacher: a run folder (its latest checkpoint), a checkpoint file or an exported weights folder; the domain's shipped weights when omitted.")
+@click.option("--student-steps", type=int, default=None, help="Model calls the student samples with (its sample.steps); required unless --resume.")
+@click.option("--spacing", type=click.Choice(["uniform", "quadratic", "log_snr", "karras", "trimmed"]), default="uniform", show_default=True,
+              help="Where the student's steps lie in time (its sample.spacing).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder for the student's checkpoints, logs and previews.")
+@click.option("--data", default=None, help="The data whose noised versions the student learns on (as the domain reads it); the domain's bundled data when omitted.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings over the teacher's (e.g. sections train and distill).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set distill.teacher_substeps=8 (repeatable).")
+@click.option("--steps", type=int, default=None, help="Number of optimizer steps (train.steps).")
+@click.option("--batch-size", type=int, default=None, help="Global batch size, split across processes (train.batch_size).")
+@click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@click.option("--resume", is_flag=True, help="Continue the distillation in --out from its latest checkpoint, with its own teacher and settings.")
+@click.option("--compile", "compile_model", is_flag=True, help="Compile the student with torch.compile (train.compile).")
+@click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default=None,
+              help="Under torchrun: ddp replicates the student on every process, fsdp shards it (train.parallel); "
+                   "the frozen teacher is replicated either way.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.pass_context
+def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_file, sets, steps, batch_size, seed,
+            device, resume, compile_model, parallel, no_progress):
+    """Distill a trained model into a student that samples in --student-steps model calls.
+
+    The student starts from the teacher's weights and learns, for each of its DDIM steps, where
+    the teacher's solver lands over the same stretch of time in several calls (see
+    docs/concepts.md). It is a run folder like any other: `diffkit sample --checkpoint OUT`
+    samples with the student's steps by default, and `diffkit export` and `diffkit.load` read it.
+    """
+    from . import checkpoint as ckpt
+    from .distill import distill as run_distillation, load_teacher, student_config
+    from .runner import TrainingError, TrainingInterrupted
+
+    plugin_domain = _domain(ctx, domain)
+    overrides = _training_overrides(steps, batch_size, seed, compile_model, parallel)
+    run_dir = Path(out)
+    try:
+        _check_writable(run_dir, "--out")
+        if resume:
+            if checkpoint or student_steps is not None:
+                raise ValueError("--checkpoint and --student-steps cannot be combined with --resume: the run keeps "
+                                 "its own teacher and steps")
+            config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, None)
+            if not config["distill"]["teacher"]:
+                raise ValueError(f"{str(run_dir)!r} holds a run of `diffkit train`, not a distillation; resume it with: "
+                                 f"diffkit train --domain {domain} --out {run_dir} --resume")
+        else:
+            if student_steps is None:
+                raise ValueError("--student-steps is required: how many model calls the student samples with")
+            if student_steps < 1:
+                raise ValueError(f"--student-steps must be at least 1, got {student_steps}")
+            _, teacher_config, info = load_teacher(plugin_domain, checkpoint)
+            config = student_config(plugin_domain, teacher_config, info["source"], student_steps, spacing=spacing,
+                                    file=config_file, sets=list(sets), overrides=overrides)
+        result = run_distillation(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
+                                  progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx))
+    except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
+        raise click.ClickException(_message(error)) from None
+    except TrainingInterrupted as interrupted:
+        click.echo(str(interrupted), err=True)
+        ctx.exit(130)
+    loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
+    click.echo(f"distilled {result.step} steps{loss}; the student samples in {_calls(config)}; "
+               f"run folder: {result.run_dir}")
 
 
 @cli.command("new-plugin")

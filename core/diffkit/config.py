@@ -58,6 +58,15 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "guidance": 1.0,
         "batch_size": 256,
     },
+    # A few-step student (`diffkit distill`, diffkit.distill): how the teacher's targets are made.
+    "distill": {
+        "teacher": "",              # the domain's name (its shipped weights) or a path; "" = not a student
+        "teacher_sampler": "dpmpp_2m",  # the solver that takes the teacher through one student step
+        "teacher_substeps": 4,      # teacher model calls per student step
+        "teacher_spacing": "uniform",   # uniform | log_snr: how the substeps divide a student step
+        "weighting": "x0",          # x0 | step: the error of the clean-data estimate, or of where the step lands
+        "guidance": 1.0,            # the teacher's guidance weight, learned by the student (which samples unguided)
+    },
 }
 
 
@@ -96,6 +105,7 @@ def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Pat
 # Values below these make a run do nothing, or fail far from the setting that caused it.
 MINIMUMS: dict[str, int] = {
     "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "sample.steps": 1, "sample.batch_size": 1,
+    "distill.teacher_substeps": 1,
 }
 
 

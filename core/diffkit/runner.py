@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from . import distributed, kit, sharding
 from .config import differing_keys, lookup
 from .domain import Domain
+from .diffusion import Diffusion
 from .generate import SampleRequest, build_diffusion, generate
 from .guidance import replace_condition
 from .plugins import Registry
@@ -48,16 +49,16 @@ class TrainingError(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C; the message says where it stopped and how to resume."""
 
-    def __init__(self, domain: str, run_dir: Path, step: int):
+    def __init__(self, domain: str, run_dir: Path, step: int, command: str = "train"):
         found = ckpt.list_checkpoints(run_dir)
         self.domain, self.run_dir, self.step = domain, run_dir, step
         self.checkpoint = found[-1] if found else None
         if self.checkpoint is None:
             message = (f"interrupted at step {step}, before the first checkpoint; start again with: "
-                       f"diffkit train --domain {domain} --out {run_dir}")
+                       f"diffkit {command} --domain {domain} --out {run_dir}")
         else:
             message = (f"interrupted at step {step}; the last checkpoint is {str(self.checkpoint)!r}; "
-                       f"resume with: diffkit train --domain {domain} --out {run_dir} --resume")
+                       f"resume with: diffkit {command} --domain {domain} --out {run_dir} --resume")
         super().__init__(message)
 
 
@@ -85,27 +86,31 @@ class RunResult:
 
 def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = None, resume: bool = False,
           device: str | None = None, progress: bool = True, plugin: tuple[str, str] = ("", ""),
-          registry: Registry | None = None, on_start: Callable[[RunPlan], None] | None = None) -> RunResult:
+          registry: Registry | None = None, on_start: Callable[[RunPlan], None] | None = None,
+          objective: DenoisingObjective | None = None) -> RunResult:
     """Train ``domain`` with ``config`` into the run folder ``out``; see the module docstring.
 
     ``resume=True`` continues from the latest checkpoint in ``out``. ``plugin`` is the
     ``(name, version)`` of the plugin providing the domain, recorded in checkpoints; ``registry``
     resolves schedule and sampler names registered by plugins. ``on_start`` receives the
-    :class:`RunPlan` on the main process before the first step.
+    :class:`RunPlan` on the main process before the first step. ``objective`` is what the steps
+    minimise: the denoising loss by default, a distillation (:class:`diffkit.distill.Distillation`)
+    for a few-step student.
     """
+    objective = objective or DenoisingObjective()
     world = distributed.world_from_env()
     device = distributed.pick_device(device, world)
     distributed.init(world, device)
     trainer, interrupted = None, None
     try:
-        trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress, registry)
+        trainer = Trainer(domain, config, Path(out), data, device, world, plugin, progress, registry, objective)
         trainer.start(resume)
         if on_start is not None and world.is_main:
             on_start(trainer.plan())
         result = trainer.run()
     except KeyboardInterrupt:
         # Raised outside this block, so that the traceback no longer holds the trainer.
-        interrupted = TrainingInterrupted(domain.name, Path(out), trainer.step if trainer else 0)
+        interrupted = TrainingInterrupted(domain.name, Path(out), trainer.step if trainer else 0, objective.command)
     except BaseException:
         distributed.shutdown(world, wait=False)
         raise
@@ -118,10 +123,34 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
     return result
 
 
+class DenoisingObjective:
+    """What ``diffkit train`` minimises: :meth:`Diffusion.loss` at times drawn by the schedule.
+
+    A training mode replaces it (:class:`diffkit.distill.Distillation`); the runner asks it for
+    the model's starting weights, the times of each step's samples, the loss and what to record
+    in ``run.json``, and names its ``command`` in messages about resuming."""
+
+    command = "train"
+
+    def initialise(self, model: nn.Module, device: torch.device) -> None:
+        """Set the starting weights of a new run (a resumed run then loads its checkpoint)."""
+
+    def training_times(self, diffusion: Diffusion, size: int, generator: torch.Generator) -> torch.Tensor:
+        return diffusion.schedule.training_times(size, generator=generator)
+
+    def loss(self, diffusion: Diffusion, model: nn.Module, x0: State, **options) -> torch.Tensor:
+        return diffusion.loss(model, x0, **options)
+
+    def run_info(self) -> dict:
+        return {}
+
+
 class Trainer:
     def __init__(self, domain: Domain, config: dict, run_dir: Path, data: str | None, device: torch.device,
-                 world: distributed.World, plugin: tuple[str, str], progress: bool, registry: Registry | None = None):
+                 world: distributed.World, plugin: tuple[str, str], progress: bool, registry: Registry | None = None,
+                 objective: DenoisingObjective | None = None):
         self.domain, self.config, self.run_dir, self.data, self.registry = domain, config, run_dir, data, registry
+        self.objective = objective or DenoisingObjective()
         self.device, self.world, self.plugin, self.show_progress = device, world, plugin, progress
         self.train_cfg = config["train"]
         self.sharded = _parallel_mode(self.train_cfg) == "fsdp" and world.distributed
@@ -147,6 +176,7 @@ class Trainer:
         self.parameter_count = sum(parameter.numel() for parameter in self.model.parameters())  # before sharding
         self.domain.fit_data(self.model, self.dataset, self.config)
         self.model.to(self.device)
+        self.objective.initialise(self.model, self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
         saved = self._load_checkpoint(existing[-1]) if resume else None
@@ -206,6 +236,10 @@ class Trainer:
     def _load_checkpoint(self, path: Path) -> dict:
         state = ckpt.load(path, map_location="cpu")
         ckpt.check_domain(state, self.domain.name, path)
+        made_by = "distill" if lookup(state["config"], "distill.teacher") else "train"
+        if made_by != self.objective.command:
+            raise TrainingError(f"{str(path)!r} was written by `diffkit {made_by}`; resume it with: diffkit {made_by} "
+                                f"--domain {self.domain.name} --out {self.run_dir} --resume")
         check_resumable(state["config"], self.config, path)
         return state
 
@@ -223,7 +257,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         run = {"domain": self.domain.name, "plugin": self.plugin[0], "plugin_version": self.plugin[1],
-               "data": self.data, "processes": self.world.size}
+               "data": self.data, "processes": self.world.size, **self.objective.run_info()}
         (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         _drop_later_previews(self.run_dir / "previews", self.step)
@@ -314,7 +348,7 @@ class Trainer:
         size = pieces * _batch_size(example["x"])
         x_like = concat([example["x"]] * pieces)
         extra = {key: concat([value] * pieces) for key, value in example.get("extra", {}).items()}
-        t = self.diffusion.schedule.training_times(size, generator=self.noise_generator)
+        t = self.objective.training_times(self.diffusion, size, self.noise_generator)
         noise = self.domain.noise(x_like, self.noise_generator, **extra)
         drop = torch.rand(size, generator=self.noise_generator) < self.train_cfg["cond_drop"]
         parts = [torch.arange(k * size // pieces, (k + 1) * size // pieces) for k in range(pieces)]
@@ -326,7 +360,7 @@ class Trainer:
             uncond = self.domain.null_cond(cond)
             if uncond is not None:
                 cond = replace_condition(cond, uncond, drop)
-        return self.diffusion.loss(self.forward_model, batch["x"], cond=cond, mask=batch.get("mask"),
+        return self.objective.loss(self.diffusion, self.forward_model, batch["x"], cond=cond, mask=batch.get("mask"),
                                    model_kwargs=batch.get("extra", {}), t=t, noise=noise,
                                    leaf_weights=self.domain.leaf_weights(self.config))
 
@@ -358,7 +392,7 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=self.step, desc=f"train {self.domain.name}", unit="step", dynamic_ncols=True)
+        return tqdm(total=total, initial=self.step, desc=f"{self.objective.command} {self.domain.name}", unit="step", dynamic_ncols=True)
 
     def _log(self, loss: float, steps: int, seconds: float, bar) -> None:
         self.last_loss = loss
