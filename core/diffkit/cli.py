@@ -273,7 +273,7 @@ def _resumed_data(run_dir: Path, data: str | None) -> str | None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings merged over the checkpoint's (e.g. a [sample] section); its data, model and diffusion settings must match the weights.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set sample.spacing=trimmed (repeatable).")
 @click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw.")
-@click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ... (default from the config).")
+@click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ...; for categorical diffusion discrete_flow or ancestral (default from the config).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default from the config).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance weight; 1 = none.")
 @click.option("--cond", default=None, help="The condition, as the domain reads it (e.g. a class label).")
@@ -547,7 +547,10 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Where to create the package folder diffkit-NAME.")
-def new_plugin(name, directory):
+@click.option("--kind", type=click.Choice(["gaussian", "categorical"]), default="gaussian", show_default=True,
+              help="gaussian: numeric sequences (CSV) by Gaussian diffusion; categorical: token sequences "
+                   "(FASTA, bases A C G T) by categorical diffusion.")
+def new_plugin(name, directory, kind):
     """Create a working plugin package for a new domain called NAME.
 
     The package (module, pyproject with its entry point, tests, README) installs with
@@ -556,7 +559,7 @@ def new_plugin(name, directory):
     from .scaffold import create_plugin
 
     try:
-        root = create_plugin(name, directory)
+        root = create_plugin(name, directory, kind)
     except (ValueError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"created {root}\nnext: cd {root} && pip install -e \".[dev]\" && python -m pytest")

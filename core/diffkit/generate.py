@@ -13,7 +13,7 @@ from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .plugins import Registry
 from .guidance import slerp
-from .samplers import get_sampler, preferred_spacing
+from .samplers import SAMPLERS, get_sampler, preferred_spacing, sampler_kind, sampler_names
 from .schedules import make_schedule
 from .distributed import World
 from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
@@ -29,17 +29,23 @@ def build_diffusion(domain: Domain, config: dict, registry: Registry | None = No
     schedules, samplers = (registry.schedules, registry.samplers) if registry is not None else (None, None)
     schedule = make_schedule(section["schedule"], schedules=schedules,
                              zero_terminal_snr=section.get("zero_terminal_snr", False))
-    kind = section.get("kind", "gaussian")
+    kind = diffusion_kind(config)
     if kind == "categorical":
         if model is None:
             raise ValueError("a categorical diffusion needs the model, whose domain says its classes")
         num_classes, marginal = domain.categories(model, config)
         return CategoricalDiffusion(num_classes, section["transition"], marginal, schedule, noise_fn=domain.noise,
                                     vb_weight=section["vb_weight"], samplers=samplers)
-    if kind != "gaussian":
-        raise ValueError(f"diffusion.kind must be 'gaussian' or 'categorical', got {kind!r}")
     return Diffusion(schedule, section["prediction"], noise=domain.noise, weighting=section["weighting"],
                      min_snr_gamma=section["min_snr_gamma"], samplers=samplers)
+
+
+def diffusion_kind(config: dict) -> str:
+    """``"gaussian"`` or ``"categorical"``: the config's ``diffusion.kind``, checked."""
+    kind = config["diffusion"].get("kind", "gaussian")
+    if kind not in ("gaussian", "categorical"):
+        raise ValueError(f"diffusion.kind must be 'gaussian' or 'categorical', got {kind!r}")
+    return kind
 
 
 @dataclass
@@ -61,10 +67,11 @@ class SampleRequest:
     progress: bool = False
 
 
-def check_request(request: SampleRequest, registry: Registry | None = None) -> None:
+def check_request(request: SampleRequest, registry: Registry | None = None, kind: str | None = None) -> None:
     """Refuse a request that would fail deep inside sampling or quietly do something else, before
     any model is loaded: counts below their minimum, an unknown sampler name (looked up in
-    ``registry``, the built-ins when None)."""
+    ``registry``, the built-ins when None), or with ``kind`` (the diffusion's, once the config is
+    known) a sampler of the other kind."""
     if not request.interpolate and request.n < 1:
         raise ValueError(f"-n/--num-samples must be at least 1, got {request.n}")
     for option, value in (("--steps", request.steps), ("--batch-size", request.batch_size),
@@ -76,7 +83,26 @@ def check_request(request: SampleRequest, registry: Registry | None = None) -> N
     if request.init is not None and request.mask is None and not 0.0 < request.strength <= 1.0:
         raise ValueError(f"--strength must be in (0, 1], got {request.strength}")
     if request.sampler is not None:
-        get_sampler(request.sampler, registry.samplers if registry is not None else None)
+        check_sampler(request.sampler, registry.samplers if registry is not None else None, kind, "--sampler")
+
+
+def check_sampler(name: str, samplers: dict | None, kind: str | None, where: str) -> None:
+    """Refuse a sampler name that is unknown or, when ``kind`` is given, of the other kind; the
+    error starts with ``where`` (the option or setting that named it)."""
+    known = SAMPLERS if samplers is None else samplers
+    if kind is None:
+        if name not in known:
+            listing = "; ".join(f"{k}: {', '.join(sampler_names(k, known))}" for k in ("gaussian", "categorical")
+                                if sampler_names(k, known))
+            raise ValueError(f"{where}: unknown sampler {name!r}; valid: {listing}")
+        return
+    try:
+        get_sampler(name, known, kind=kind)
+    except ValueError as error:
+        hint = ""
+        if name in known and sampler_kind(known[name]) != kind and where.startswith("sample."):
+            hint = f" (choose one with --set {where}=NAME)"
+        raise ValueError(f"{where}: {error}{hint}") from None
 
 
 def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequest,
@@ -89,7 +115,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     share the work. Under torchrun each rank draws every ``world.size``-th chunk and rank 0
     returns them all, in order (other ranks return ``None``).
     """
-    check_request(request, registry)
+    check_request(request, registry, diffusion_kind(config))
     diffusion = build_diffusion(domain, config, registry, model)
     settings = sample_settings(config, request, registry.samplers if registry is not None else None)
     model = model.to(device).eval()
@@ -136,6 +162,11 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
     categorical diffusion resolves it itself). ``samplers`` is where names are looked up (a
     registry's; the built-ins by default)."""
     section = config["sample"]
+    kind = diffusion_kind(config)
+    if request.sampler is None:
+        check_sampler(section["sampler"], samplers, kind, "sample.sampler")
+    else:
+        check_sampler(request.sampler, samplers, kind, "--sampler")
     settings = {
         "sampler": request.sampler or section["sampler"],
         "steps": request.steps or section["steps"],
@@ -145,7 +176,7 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
     }
     if request.init is not None:
         settings["spacing"] = "uniform"
-    elif settings["spacing"] == "auto" and config["diffusion"].get("kind", "gaussian") == "gaussian":
+    elif settings["spacing"] == "auto" and kind == "gaussian":
         settings["spacing"] = preferred_spacing(get_sampler(settings["sampler"], samplers))
     return settings
 

@@ -29,7 +29,7 @@ from . import distributed, kit, sharding
 from .config import differing_keys, lookup
 from .domain import Domain
 from .diffusion import Diffusion
-from .generate import SampleRequest, build_diffusion, generate
+from .generate import SampleRequest, build_diffusion, generate, sample_settings
 from .guidance import replace_condition
 from .plugins import Registry
 from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
@@ -179,6 +179,8 @@ class Trainer:
         self.objective.initialise(self.model, self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
+        # A sampler of the other kind would otherwise fail at the first preview, or when sampling.
+        sample_settings(self.config, SampleRequest(), self.registry.samplers if self.registry is not None else None)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after
             self.model.load_state_dict(saved["model"])

@@ -7,13 +7,22 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-# template file -> path in the new package ({name} is filled in)
+# template file -> path in the new package ({name} is filled in), per kind of diffusion
 FILES = {
-    "pyproject.toml.tmpl": "pyproject.toml",
-    "README.md.tmpl": "README.md",
-    "plugin.py.tmpl": "src/diffkit_{name}/plugin.py",
-    "test_plugin.py.tmpl": "tests/test_{name}.py",
+    "gaussian": {
+        "pyproject.toml.tmpl": "pyproject.toml",
+        "README.md.tmpl": "README.md",
+        "plugin.py.tmpl": "src/diffkit_{name}/plugin.py",
+        "test_plugin.py.tmpl": "tests/test_{name}.py",
+    },
+    "categorical": {
+        "pyproject.toml.tmpl": "pyproject.toml",
+        "README_categorical.md.tmpl": "README.md",
+        "plugin_categorical.py.tmpl": "src/diffkit_{name}/plugin.py",
+        "test_plugin_categorical.py.tmpl": "tests/test_{name}.py",
+    },
 }
+KINDS = tuple(FILES)
 
 
 def builtin_names() -> set[str]:
@@ -24,12 +33,15 @@ def builtin_names() -> set[str]:
     return {module.split(".")[0].removeprefix("diffkit_") for module in BUILTIN_PLUGINS}
 
 
-def create_plugin(name: str, directory: str | Path = ".") -> Path:
+def create_plugin(name: str, directory: str | Path = ".", kind: str = "gaussian") -> Path:
     """Write the package ``diffkit-<name>`` under ``directory`` and return its folder.
 
     ``name`` becomes the domain name and the import name ``diffkit_<name>``; an existing folder
-    is never overwritten.
+    is never overwritten. ``kind`` picks the starting point: ``"gaussian"`` (numeric sequences
+    from a CSV file) or ``"categorical"`` (DNA-like token sequences from a FASTA file).
     """
+    if kind not in FILES:
+        raise ValueError(f"unknown plugin kind {kind!r}; valid: {', '.join(KINDS)}")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"plugin name {name!r} must be lowercase letters, digits and underscores, "
                          "starting with a letter (it becomes the Python package diffkit_<name>)")
@@ -41,7 +53,7 @@ def create_plugin(name: str, directory: str | Path = ".") -> Path:
         raise FileExistsError(f"{root} already exists; choose another name or --dir")
     values = {"name": name, "class_name": "".join(part.capitalize() for part in name.split("_"))}
     templates = resources.files("diffkit") / "templates"
-    for template_name, relative in FILES.items():
+    for template_name, relative in FILES[kind].items():
         target = root / relative.format(name=name)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(Template((templates / template_name).read_text()).substitute(values))

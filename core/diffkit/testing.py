@@ -11,6 +11,11 @@ dtypes, the noise, the loss mask, the null condition, that a few training steps 
 a fixed batch, that sampling and writing samples work, and that ``to_objects`` gives one object
 per sample (of ``object_type`` when given). Every problem found is reported in plain words, all
 at once.
+
+A domain whose config sets ``diffusion.kind = "categorical"`` is checked against that kind's
+contract: integer state leaves holding classes in ``[0, K)`` (:meth:`~diffkit.Domain.categories`),
+a model returning logits shaped like each leaf plus a last axis of ``K``, noise of uniforms in
+``[0, 1)``, and a ``sample.sampler`` of the categorical kind.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from torch.utils.data import default_collate
 
 from .config import default_config
 from .domain import Domain, merge_config
-from .generate import build_diffusion
+from .generate import build_diffusion, diffusion_kind
 from .kit import Output
+from .samplers import SAMPLERS, sampler_kind
 from .tree import SampleGenerators, State, leaves
 
 
@@ -106,6 +112,11 @@ def check_config(context: dict) -> None:
         except (KeyError, ValueError) as error:
             _fail(context, f"preset {name!r} does not fit the default config: {error.args[0]}")
     context["config"] = merge_config(config, context["overrides"])
+    context["kind"] = kind = diffusion_kind(context["config"])
+    sampler = context["config"]["sample"]["sampler"]
+    if sampler in SAMPLERS and sampler_kind(SAMPLERS[sampler]) != kind:  # plugins' samplers are not known here
+        _fail(context, f"sample.sampler {sampler!r} is a {sampler_kind(SAMPLERS[sampler])} sampler, but "
+                       f"diffusion.kind is {kind!r}: set a {kind} one in default_config()")
 
 
 def check_dataset(context: dict) -> None:
@@ -121,9 +132,14 @@ def check_dataset(context: dict) -> None:
     if unknown:
         _fail(context, f"dataset items have unknown keys {sorted(unknown)}; allowed: x, cond, mask, extra")
     batch = default_collate([dataset[i] for i in range(context["batch_size"])])
+    categorical = context["kind"] == "categorical"
     for leaf in leaves(batch["x"]):
-        if not leaf.is_floating_point():
-            _fail(context, f"state leaves must be floating point, got {leaf.dtype}")
+        if categorical and (leaf.is_floating_point() or leaf.is_complex() or leaf.dtype == torch.bool):
+            _fail(context, f"state leaves of categorical diffusion must hold class indices (an integer dtype), "
+                           f"got {leaf.dtype}")
+        elif not categorical and not leaf.is_floating_point():
+            _fail(context, f"state leaves must be floating point, got {leaf.dtype} (integer states need "
+                           "diffusion.kind = 'categorical')")
     if "mask" in batch:
         _check_same_structure(context, "the loss mask", batch["mask"], batch["x"], broadcast=True)
     context["dataset"], context["batch"] = dataset, batch
@@ -137,8 +153,52 @@ def check_model(context: dict) -> None:
     t = torch.rand(context["batch_size"])
     with torch.no_grad():
         output = model(batch["x"], t, cond=batch.get("cond"), **batch.get("extra", {}))
-    _check_same_structure(context, "model output", output, batch["x"])
     context["model"] = model
+    if context["kind"] == "categorical":
+        _check_logits(context, output, batch["x"])
+    else:
+        _check_same_structure(context, "model output", output, batch["x"])
+
+
+def _check_logits(context: dict, output: State, x: State) -> None:
+    """Classes in range, and logits shaped like each leaf plus ``K``."""
+    domain, config, model = context["domain"], context["config"], context["model"]
+    num_classes, _ = domain.categories(model, config)
+    counts = _per_leaf(num_classes, x, "categories() num_classes")
+    if counts is None:
+        return
+    for key, leaf in _keyed_leaves(x):
+        where = f"[{key!r}]" if key is not None else ""
+        if leaf.numel() and (int(leaf.min()) < 0 or int(leaf.max()) >= counts[key]):
+            _fail(context, f"state{where} holds classes {int(leaf.min())}..{int(leaf.max())}, outside "
+                           f"[0, {counts[key]}) that categories() gives")
+    if isinstance(x, dict) != isinstance(output, dict) or (isinstance(x, dict) and set(output) != set(x)):
+        _check_same_structure(context, "model output (logits)", output, x)  # names the difference
+        return
+    for key, leaf in _keyed_leaves(x):
+        logits = output[key] if key is not None else output
+        where = f"[{key!r}]" if key is not None else ""
+        shape = (*leaf.shape, counts[key])
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != shape:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            _fail(context, f"model output{where} should be logits of shape {shape} (the state's shape plus "
+                           f"{counts[key]} classes), got {got}")
+        elif not logits.is_floating_point():
+            _fail(context, f"model output{where} should be floating-point logits, got {logits.dtype}")
+
+
+def _keyed_leaves(x: State) -> list[tuple[str | None, torch.Tensor]]:
+    return [(None, x)] if isinstance(x, torch.Tensor) else list(x.items())
+
+
+def _per_leaf(value, x: State, what: str) -> dict | None:
+    """``value`` (one for all leaves, or a dict keyed like ``x``) as a dict keyed by leaf."""
+    keys = [key for key, _ in _keyed_leaves(x)]
+    if isinstance(value, dict):
+        if set(value) != set(keys):
+            raise _Stop(f"{what} has keys {sorted(value)} but the state has {sorted(k for k in keys if k)}")
+        return dict(value)
+    return {key: value for key in keys}
 
 
 def check_noise(context: dict) -> None:
@@ -150,10 +210,31 @@ def check_noise(context: dict) -> None:
     _check_same_structure(context, "noise", first, batch["x"])
     if not all(torch.equal(a, b) for a, b in zip(leaves(first), leaves(again))):
         _fail(context, "noise() is not reproducible with the same generator: draw from the generator it gets")
+    if context["kind"] == "categorical":
+        _check_uniforms(context, first)
+        return
     values = torch.cat([leaf.flatten() for leaf in leaves(first)])
     values = values[values != 0]  # padding may be zero
     if values.numel() > 100 and not (0.8 < values.std() < 1.2):
         _fail(context, f"noise() should be unit-variance where it is not zero; its std is {values.std():.3f}")
+
+
+def _check_uniforms(context: dict, noise: State) -> None:
+    """Categorical noise: the uniforms in ``[0, 1)`` of one draw per entry."""
+    if not all(leaf.is_floating_point() for leaf in leaves(noise)):
+        _fail(context, "noise() of a categorical state should be floating-point uniforms in [0, 1) "
+                       "(diffkit.tree.standard_noise draws them)")
+        return
+    values = torch.cat([leaf.double().flatten() for leaf in leaves(noise)])
+    if values.numel() and not (0 <= float(values.min()) and float(values.max()) < 1):
+        _fail(context, f"noise() of a categorical state should lie in [0, 1); it spans "
+                       f"{float(values.min()):.3f}..{float(values.max()):.3f}")
+        return
+    values = values[values != 0]  # padding may be zero
+    # A uniform's std is 1/sqrt(12) = 0.289; Gaussian noise clipped into [0, 1) would be far off.
+    if values.numel() > 100 and not (0.4 < values.mean() < 0.6 and 0.25 < values.std() < 0.33):
+        _fail(context, f"noise() of a categorical state should be uniform in [0, 1) where it is not zero; its "
+                       f"mean is {values.mean():.3f} and its std {values.std():.3f} (expected 0.5 and 0.289)")
 
 
 def check_null_cond(context: dict) -> None:
@@ -174,7 +255,7 @@ def check_null_cond(context: dict) -> None:
 def check_training(context: dict) -> None:
     """a few training steps"""
     domain, config, batch, model = context["domain"], context["config"], context["batch"], context["model"]
-    diffusion = build_diffusion(domain, config)
+    diffusion = build_diffusion(domain, config, model=model)
     generator = torch.Generator().manual_seed(0)
     n = context["batch_size"]
     fixed = {"t": torch.linspace(0.05, 0.95, n), "noise": domain.noise(batch["x"], generator, **batch.get("extra", {}))}
@@ -202,7 +283,7 @@ def check_training(context: dict) -> None:
 def check_sampling(context: dict) -> None:
     """prepare_sampling, sampling, decode and write_samples"""
     domain, config, model = context["domain"], context["config"], context["model"]
-    diffusion = build_diffusion(domain, config)
+    diffusion = build_diffusion(domain, config, model=model)
     generator = SampleGenerators.seeded(0, range(2))  # one per sample, as `diffkit sample` passes them
     try:
         batch = domain.prepare_sampling(model, 2, config, generator=generator)
@@ -210,11 +291,16 @@ def check_sampling(context: dict) -> None:
         raise _Stop(f"prepare_sampling() failed with one generator per sample ({str(error).splitlines()[0]}): draw random "
                     "choices through diffkit.draw_per_sample, which takes a generator of either kind") from None
     cond = batch.get("cond")
+    options = {}
+    if context["kind"] == "categorical":  # its sampler from the config; padding kept by the batch's mask
+        options = {"sampler": config["sample"]["sampler"], "mask": batch.get("mask")}
     with torch.no_grad():
         x = diffusion.sample(model, batch["x"], steps=3, generator=generator, cond=cond,
                              uncond=domain.null_cond(cond) if cond is not None else None,
-                             guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"))
+                             guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"), **options)
     _check_same_structure(context, "a sample", x, batch["x"])
+    if context["kind"] == "categorical" and any(leaf.is_floating_point() for leaf in leaves(batch["x"])):
+        _fail(context, "prepare_sampling() should give an integer example state for categorical diffusion")
     batch["x"] = domain.decode(x, batch)
     context["samples"] = batch
     out = context["tmp"] / "conformance-samples"

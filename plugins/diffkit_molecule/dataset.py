@@ -23,7 +23,7 @@ from diffkit.kit import write_atomic
 
 from . import chem, properties
 from .sources import read_molecules
-from .state import encode, loss_mask
+from .state import class_mask, encode, encode_classes, loss_mask, pair_mask
 
 #: Bump when the way molecules become graphs changes: old caches are then ignored.
 FEATURISATION_VERSION = 1
@@ -209,13 +209,14 @@ def _renumber_atoms(graphs, vocabulary: list[str], sizes: Tensor) -> Tensor:
 class DenseMolecules(Dataset):
     """Training items from a graph dataset, padded to ``num_nodes`` atoms:
     ``{"x": {"nodes": (N, K), "edges": (N, N, E)}, "mask": {...}, "extra": {"node_mask": (N,)},
-    "cond": (P,)}`` (``cond`` only when properties were computed)."""
+    "cond": (P,)}`` (``cond`` only when properties were computed); with ``categorical`` the state
+    and its mask hold class indices, ``{"nodes": (N,), "edges": (N, N)}`` (see :mod:`.state`)."""
 
-    def __init__(self, graphs, vocabulary: list[str], num_nodes: int | None = None):
+    def __init__(self, graphs, vocabulary: list[str], num_nodes: int | None = None, *, categorical: bool = False):
         from torch_geometric.data import Batch
         from torch_geometric.utils import to_dense_adj, to_dense_batch
 
-        self.graphs, self.vocabulary = graphs, vocabulary
+        self.graphs, self.vocabulary, self.categorical = graphs, vocabulary, categorical
         batch = Batch.from_data_list(list(graphs))
         self.sizes = torch.bincount(batch.batch, minlength=len(graphs))
         self.num_nodes = num_nodes or int(self.sizes.max())
@@ -229,9 +230,25 @@ class DenseMolecules(Dataset):
     def __len__(self) -> int:
         return len(self.atoms)
 
+    def class_counts(self) -> tuple[Tensor, Tensor]:
+        """How often each atom type occurs among the atoms ``(K,)``, and each bond type (``none``
+        included) among the pairs of distinct atoms of a molecule ``(E,)``."""
+        atoms = self.atoms.long()
+        real = atoms >= 0
+        atom_counts = torch.bincount(atoms[real], minlength=len(self.vocabulary)).double()
+        pairs = pair_mask(real.float()).bool()
+        bond_counts = torch.bincount(self.bonds.long()[pairs], minlength=len(chem.BOND_TYPES)).double()
+        return atom_counts, bond_counts
+
     def __getitem__(self, index: int) -> dict:
-        state, node_mask = encode(self.atoms[index].long(), self.bonds[index].long(), len(self.vocabulary))
-        item = {"x": state, "mask": loss_mask(node_mask), "extra": {"node_mask": node_mask}}
+        atoms, bonds = self.atoms[index].long(), self.bonds[index].long()
+        if self.categorical:
+            state, node_mask = encode_classes(atoms, bonds)
+            mask = class_mask(node_mask)
+        else:
+            state, node_mask = encode(atoms, bonds, len(self.vocabulary))
+            mask = loss_mask(node_mask)
+        item = {"x": state, "mask": mask, "extra": {"node_mask": node_mask}}
         if self.properties.shape[1]:
             item["cond"] = self.properties[index]
         return item

@@ -83,15 +83,21 @@ class MoleculeDenoiser(nn.Module):
     or ``cond=None``, is the unconditional model). With ``prediction="x0"`` the outputs are
     ``2 softmax(logits) - 1``: the clean one-hot state's expectation under the predicted types.
 
+    With ``categorical=True`` the state holds class indices, ``{"nodes": (B, N), "edges": (B, N, N)}``
+    (long), which the network reads as the one-hot state of the Gaussian model at ``t = 0``, and
+    it returns the logits of ``x_0``: ``{"nodes": (B, N, K), "edges": (B, N, N, E)}``.
+
     Buffers set from the data (:meth:`fit`): ``size_counts`` (how many training molecules have
-    each atom count) and the mean/std used to normalise the properties."""
+    each atom count), the mean/std used to normalise the properties and, for a categorical
+    model, ``atom_counts`` and ``bond_counts`` (how often each atom type occurs among the atoms
+    and each bond type among the pairs of distinct atoms: the marginal transitions' law)."""
 
     def __init__(self, atom_types: list[str], property_names: list[str], *, max_atoms: int, hidden: int = 128,
                  edge_hidden: int = 64, heads: int = 8, layers: int = 6, prediction: str = "x0",
-                 property_drop: float = 0.1):
+                 property_drop: float = 0.1, categorical: bool = False):
         super().__init__()
         self.atom_types, self.property_names = list(atom_types), list(property_names)
-        self.prediction, self.property_drop = prediction, property_drop
+        self.prediction, self.property_drop, self.categorical = prediction, property_drop, categorical
         k, e, p = len(atom_types), len(BOND_TYPES), len(property_names)
         self.structure = StructuralFeatures(max_valences(atom_types), max_atoms)
         self.node_in = nn.Linear(k + StructuralFeatures.node_dim, hidden)
@@ -105,6 +111,9 @@ class MoleculeDenoiser(nn.Module):
         self.register_buffer("size_counts", torch.zeros(max_atoms + 1))
         self.register_buffer("property_mean", torch.zeros(p))
         self.register_buffer("property_std", torch.ones(p))
+        if categorical:  # only then: the Gaussian model's weights keep their layout
+            self.register_buffer("atom_counts", torch.ones(k))
+            self.register_buffer("bond_counts", torch.ones(e))
 
     # The vocabulary travels in the state dict, so that a checkpoint names what it generates.
     def get_extra_state(self) -> dict:
@@ -117,8 +126,15 @@ class MoleculeDenoiser(nn.Module):
                              f"and {self.property_names}")
 
     @torch.no_grad()
-    def fit(self, sizes: Tensor, properties: Tensor) -> None:
-        """Record the atom-count histogram of ``sizes (M,)`` and the statistics of ``properties (M, P)``."""
+    def fit(self, sizes: Tensor, properties: Tensor, atom_counts: Tensor | None = None,
+            bond_counts: Tensor | None = None) -> None:
+        """Record the atom-count histogram of ``sizes (M,)``, the statistics of ``properties (M, P)``
+        and, for a categorical model, the class counts ``atom_counts (K,)`` and ``bond_counts (E,)``."""
+        if self.categorical:
+            if atom_counts is None or bond_counts is None:
+                raise ValueError("a categorical model needs the atom and bond type counts of the data")
+            self.atom_counts.copy_(atom_counts)
+            self.bond_counts.copy_(bond_counts)
         if int(sizes.max()) >= len(self.size_counts):
             raise ValueError(f"molecules of {int(sizes.max())} atoms exceed data.max_atoms = {len(self.size_counts) - 1}")
         self.size_counts.copy_(torch.bincount(sizes, minlength=len(self.size_counts)).float())
@@ -129,6 +145,8 @@ class MoleculeDenoiser(nn.Module):
     def forward(self, x_t: dict[str, Tensor], t: Tensor, cond: Tensor | None = None,
                 node_mask: Tensor | None = None) -> dict[str, Tensor]:
         nodes, edges = x_t["nodes"], x_t["edges"]
+        if self.categorical:
+            nodes, edges = self._one_hot(nodes, edges)
         if node_mask is None:
             node_mask = torch.ones(nodes.shape[:-1], dtype=nodes.dtype, device=nodes.device)
         node_mask = node_mask.to(nodes.dtype)
@@ -144,9 +162,18 @@ class MoleculeDenoiser(nn.Module):
         node_out = self.node_out(h)
         edge_out = self.edge_out(e)
         edge_out = (edge_out + edge_out.transpose(1, 2)) / 2
-        if self.prediction == "x0":
+        if self.prediction == "x0" and not self.categorical:
             node_out, edge_out = 2 * node_out.softmax(-1) - 1, 2 * edge_out.softmax(-1) - 1
         return {"nodes": node_out * node_mask.unsqueeze(-1), "edges": edge_out * pairs}
+
+    def _one_hot(self, nodes: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
+        if nodes.is_floating_point() or edges.is_floating_point():
+            raise TypeError(f"a categorical model reads class indices (integer tensors), got {nodes.dtype} "
+                            f"and {edges.dtype}")
+        dtype = self.node_in.weight.dtype
+        nodes = F.one_hot(nodes.long(), len(self.atom_types)).to(dtype) * 2 - 1
+        edges = F.one_hot(edges.long(), len(BOND_TYPES)).to(dtype) * 2 - 1
+        return nodes, edges
 
     def _condition(self, cond: Tensor | None, like: Tensor) -> Tensor | float:
         if self.cond_in is None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import chem
-from .state import encode
+from .state import class_mask, encode, encode_classes
 
 
 def scaffold_graph(init: str, vocabulary: list[str]) -> tuple[Tensor, Tensor]:
@@ -38,7 +38,8 @@ def scaffold_graph(init: str, vocabulary: list[str]) -> tuple[Tensor, Tensor]:
 
 def known_batch(domain, init: str, n: int, config: dict, model=None, generator=None) -> dict:
     """``{"x", "keep", "extra"}`` for :meth:`MoleculeDomain.load_known`: the scaffold occupies
-    atoms ``0..s-1`` of every sample; ``keep`` is 1 on its atoms and on the pairs among them."""
+    atoms ``0..s-1`` of every sample; ``keep`` is 1 on its atoms and on the pairs among them. A
+    categorical batch holds class indices and the ``mask`` of entries that may change."""
     vocabulary = list(config["data"]["atom_types"])
     atoms, bonds = scaffold_graph(init, vocabulary)
     s = len(atoms)
@@ -59,8 +60,13 @@ def known_batch(domain, init: str, n: int, config: dict, model=None, generator=N
         all_atoms[row, :size] = 0  # placeholder type for atoms to generate (never kept)
         all_atoms[row, :s] = atoms
         all_bonds[row, :s, :s] = bonds
-    state, node_mask = encode(all_atoms, all_bonds, len(vocabulary))
     kept_atoms = torch.zeros(n, width)
     kept_atoms[:, :s] = 1
-    keep = {"nodes": kept_atoms.unsqueeze(-1), "edges": (kept_atoms.unsqueeze(2) * kept_atoms.unsqueeze(1)).unsqueeze(-1)}
+    kept_pairs = kept_atoms.unsqueeze(2) * kept_atoms.unsqueeze(1)
+    if config["diffusion"].get("kind", "gaussian") == "categorical":
+        state, node_mask = encode_classes(all_atoms, all_bonds)
+        keep = {"nodes": kept_atoms, "edges": kept_pairs}
+        return {"x": state, "keep": keep, "mask": class_mask(node_mask), "extra": {"node_mask": node_mask}}
+    state, node_mask = encode(all_atoms, all_bonds, len(vocabulary))
+    keep = {"nodes": kept_atoms.unsqueeze(-1), "edges": kept_pairs.unsqueeze(-1)}
     return {"x": state, "keep": keep, "extra": {"node_mask": node_mask}}

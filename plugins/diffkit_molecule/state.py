@@ -1,9 +1,15 @@
-"""The continuous state of a batch of molecular graphs and its structured noise.
+"""The state of a batch of molecular graphs and its structured noise, for both kinds of diffusion.
 
-A graph of at most ``N`` atoms becomes ``{"nodes": (N, K), "edges": (N, N, E)}``: each real atom a
-one-hot row over the ``K`` atom types and each pair of distinct real atoms a one-hot row over the
-``E`` bond types, both mapped from {0, 1} to {-1, 1}; padding atoms, pairs involving them and the
-diagonal (no self-loops) are 0. ``node_mask (N,)`` is 1 for real atoms.
+Gaussian diffusion: a graph of at most ``N`` atoms becomes ``{"nodes": (N, K), "edges": (N, N, E)}``:
+each real atom a one-hot row over the ``K`` atom types and each pair of distinct real atoms a
+one-hot row over the ``E`` bond types, both mapped from {0, 1} to {-1, 1}; padding atoms, pairs
+involving them and the diagonal (no self-loops) are 0.
+
+Categorical diffusion: the same graph as class indices, ``{"nodes": (N,), "edges": (N, N)}``
+(long), the atom type of each atom and the bond type of each pair, symmetric; padding and the
+diagonal hold class 0 and never change (:func:`class_mask`).
+
+``node_mask (N,)`` is 1 for real atoms.
 """
 
 from __future__ import annotations
@@ -33,10 +39,30 @@ def encode(atoms: Tensor, bonds: Tensor, num_atom_types: int) -> tuple[dict[str,
     return {"nodes": nodes, "edges": edges}, node_mask
 
 
+def encode_classes(atoms: Tensor, bonds: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Integer graphs (``atoms (..., N)`` with -1 for padding, ``bonds (..., N, N)``) to the
+    categorical state and the node mask."""
+    node_mask = (atoms >= 0).float()
+    nodes = atoms.clamp(min=0).long()
+    edges = bonds.clamp(min=0).long() * pair_mask(node_mask).long()
+    return {"nodes": nodes, "edges": edges}, node_mask
+
+
+def class_mask(node_mask: Tensor) -> dict[str, Tensor]:
+    """The entries of a categorical state that count in the loss and may change when sampling:
+    real atoms, and pairs of distinct real atoms."""
+    return {"nodes": node_mask, "edges": pair_mask(node_mask)}
+
+
 def decode(state: dict[str, Tensor], node_mask: Tensor) -> dict[str, Tensor]:
     """The most likely graph of a state: ``{"nodes": (B, N) long, -1 for padding,
-    "edges": (B, N, N) long, symmetric}``. Edge scores are symmetrised before the argmax."""
+    "edges": (B, N, N) long, symmetric}``. Edge scores are symmetrised before the argmax; a
+    categorical state is its own graph (its upper triangle is mirrored, for safety)."""
     real = node_mask.bool()
+    if not state["nodes"].is_floating_point():
+        upper = torch.triu(state["edges"].long(), diagonal=1)
+        bonds = (upper + upper.transpose(-1, -2)) * pair_mask(node_mask).long()
+        return {"nodes": state["nodes"].long().masked_fill(~real, -1), "edges": bonds}
     atoms = state["nodes"].argmax(-1).masked_fill(~real, -1)
     edge_scores = (state["edges"] + state["edges"].transpose(-2, -3)) / 2
     bonds = edge_scores.argmax(-1) * pair_mask(node_mask).long()
@@ -70,6 +96,24 @@ def graph_noise(like: dict[str, Tensor], generator: torch.Generator | None = Non
     return {"nodes": node_noise, "edges": edge_noise}
 
 
+def graph_uniforms(like: dict[str, Tensor], generator: torch.Generator | None = None,
+                   node_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """The noise of a categorical state: a uniform in ``[0, 1)`` (float64) per atom and per pair
+    of atoms, the same for ``(i, j)`` and ``(j, i)``, so that symmetric laws give symmetric draws.
+    Drawn as wide as the atoms in use, like :func:`graph_noise`; padding and the diagonal hold 0
+    (their entries never change)."""
+    nodes, edges = like["nodes"], like["edges"]
+    if node_mask is None:
+        node_mask = torch.ones(nodes.shape, device=nodes.device)
+    node_mask = node_mask.to(torch.float64)
+    width, used = nodes.shape[1], _used_width(node_mask)
+    node_noise = F.pad(_rand((nodes.shape[0], used), generator, nodes), (0, width - used)) * node_mask
+    raw = F.pad(_rand((edges.shape[0], used, used), generator, edges), (0, width - used, 0, width - used))
+    triangle = torch.triu(raw, diagonal=1)
+    edge_noise = (triangle + triangle.transpose(-1, -2)) * pair_mask(node_mask)
+    return {"nodes": node_noise, "edges": edge_noise}
+
+
 def _used_width(node_mask: Tensor) -> int:
     """One past the last atom position that is real in some graph of the batch."""
     used = node_mask.reshape(-1, node_mask.shape[-1]).amax(0).nonzero()
@@ -80,3 +124,8 @@ def _randn(shape, generator, like: Tensor) -> Tensor:
     # Drawn on the generator's device, then moved: a CPU generator may serve a GPU state.
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _rand(shape, generator, like: Tensor) -> Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64).to(like.device)

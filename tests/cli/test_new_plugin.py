@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import diffkit
+import diffkit_image
 from diffkit.cli import cli
 from nested_venv import nested_venv
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A virtual environment on top of this one, shared by this module's tests, so the entry points
+    of the packages they install do not leak into other tests; it imports the diffkit under test
+    (with its built-in plugins) ahead of any installed one."""
+    python = nested_venv(tmp_path_factory.mktemp("venv") / "venv")
+    under_test = {str(Path(module.__file__).parents[1]) for module in (diffkit, diffkit_image)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sorted(under_test))}
+
+    def call(*args, cwd):
+        done = subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    return call
 
 
 def test_name_must_be_a_python_identifier(tmp_path):
@@ -42,23 +63,37 @@ def test_existing_folder_is_not_overwritten(tmp_path):
 
 
 @pytest.mark.slow
-def test_scaffold_installs_lists_trains_and_passes_its_tests(tmp_path):
+def test_scaffold_installs_lists_trains_and_passes_its_tests(tmp_path, venv):
     result = CliRunner().invoke(cli, ["new-plugin", "waves", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     package = tmp_path / "diffkit-waves"
-    # A virtual environment on top of this one, so the entry point does not leak into other tests.
-    python = nested_venv(tmp_path / "venv")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-
-    def call(*args, cwd=package):
-        done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    call(python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", ".")
-    assert "waves" in call(python, "-m", "diffkit", "plugins")
-    assert "3 passed" in call(python, "-m", "pytest", "-q", "-p", "no:cacheprovider")
-    call(python, "-m", "diffkit", "train", "--domain", "waves", "--steps", "20", "--out", "run", "--no-progress")
-    call(python, "-m", "diffkit", "sample", "--domain", "waves", "--checkpoint", "run", "-n", "4", "--out",
-         "s.csv", "--no-progress")
+    venv("-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", ".", cwd=package)
+    assert "waves" in venv("-m", "diffkit", "plugins", cwd=package)
+    assert "3 passed" in venv("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
+    venv("-m", "diffkit", "train", "--domain", "waves", "--steps", "20", "--out", "run", "--no-progress", cwd=package)
+    venv("-m", "diffkit", "sample", "--domain", "waves", "--checkpoint", "run", "-n", "4", "--out", "s.csv",
+         "--no-progress", cwd=package)
     assert len((package / "s.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_categorical_scaffold_installs_trains_samples_and_passes_its_tests(tmp_path, venv):
+    result = CliRunner().invoke(cli, ["new-plugin", "bases", "--kind", "categorical", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    package = tmp_path / "diffkit-bases"
+    venv("-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", ".", cwd=package)
+    assert "bases" in venv("-m", "diffkit", "plugins", cwd=package)
+    assert "5 passed" in venv("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
+    venv("-m", "diffkit", "train", "--domain", "bases", "--steps", "20", "--out", "run", "--no-progress", cwd=package)
+    venv("-m", "diffkit", "sample", "--domain", "bases", "--checkpoint", "run", "-n", "4", "--cond", "gc=0.5",
+         "--out", "s.fasta", "--no-progress", cwd=package)
+    assert (package / "s.fasta").read_text().count(" gc=0.5000\n") == 4
+    scores = json.loads(venv("-m", "diffkit", "evaluate", "--domain", "bases", "--samples", "s.fasta", "--json",
+                             cwd=package))
+    assert set(scores) == {"kmer_distance", "stem_pairing", "gc_error"} and 0 <= scores["gc_error"] <= 0.5
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    result = CliRunner().invoke(cli, ["new-plugin", "bases", "--kind", "discrete", "--dir", str(tmp_path)])
+    assert result.exit_code == 2 and "'discrete' is not one of 'gaussian', 'categorical'" in result.output
+    assert list(tmp_path.iterdir()) == []
