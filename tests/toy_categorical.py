@@ -93,7 +93,7 @@ class ToyCategoricalDomain(diffkit.Domain):
         mask = (torch.arange(WIDTH) < lengths[:, None]).long()
         return {"x": torch.zeros(n, WIDTH, dtype=torch.long), "mask": mask, "extra": {"lengths": lengths}}
 
-    def load_known(self, init, mask, n, config, *, model=None, cond=None):
+    def load_known(self, init, mask, n, config, *, model=None, cond=None, generator=None):
         """``init``: tokens such as ``"1 2 ? ? 1"``; the length is theirs. With a ``?`` (to generate)
         the others are kept (inpainting), without one the whole sequence is edited."""
         words = init.split()
