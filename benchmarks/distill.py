@@ -185,9 +185,9 @@ def domain_benchmark(args, log) -> str:
     teacher, config = load_for_sampling(domain, args.teacher or domain.pretrained())
     rows = []
     for calls in args.teacher_calls:
-        tried = [(sampler, spacing) for sampler, spacing in TEACHER_SAMPLERS]
+        tried = list(args.samplers)
         own = (config["sample"]["sampler"], config["sample"].get("spacing", "uniform"))
-        tried += [own] if own not in tried else []
+        tried += [own] if own not in tried and calls == config["sample"]["steps"] else []
         for sampler, spacing in tried:
             steps = calls if sampler != "heun" else (calls + 1) // 2
             result = score(domain, teacher, with_sampling(config, sampler, steps, spacing), args.n, args.seed)
@@ -227,6 +227,10 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _sampler_list(text: str) -> list[tuple[str, str]]:
+    return [tuple(item.split(":", 1)) if ":" in item else (item, "auto") for item in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +243,9 @@ def main() -> None:
     domain.add_argument("--student", action="append", default=[], help="a student run folder (repeatable)")
     domain.add_argument("--teacher-calls", type=lambda text: [int(v) for v in text.split(",")], default=[30, 4, 2, 1],
                         help="comma-separated numbers of teacher model calls (default 30,4,2,1)")
+    domain.add_argument("--samplers", type=_sampler_list, default=list(TEACHER_SAMPLERS),
+                        help="the teacher's samplers, as sampler:spacing,... (default: "
+                             + ",".join(f"{a}:{b}" for a, b in TEACHER_SAMPLERS) + "; its own at its own steps too)")
     domain.add_argument("-n", type=int, default=1000, help="samples per row")
     domain.add_argument("--seed", type=int, default=0)
     domain.add_argument("--metric", default=None, help="the score rows are ranked by (default: per domain)")

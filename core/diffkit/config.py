@@ -62,7 +62,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
     "distill": {
         "teacher": "",              # the domain's name (its shipped weights) or a path; "" = not a student
         "teacher_sampler": "dpmpp_2m",  # the solver that takes the teacher through one student step
-        "teacher_substeps": 4,      # teacher model calls per student step
+        "teacher_substeps": 4,      # teacher solver steps per student step (model calls, but 2 a step for heun)
         "teacher_spacing": "uniform",   # uniform | log_snr: how the substeps divide a student step
         "weighting": "x0",          # x0 | step: the error of the clean-data estimate, or of where the step lands
         "guidance": 1.0,            # the teacher's guidance weight, learned by the student (which samples unguided)

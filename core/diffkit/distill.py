@@ -41,7 +41,7 @@ from .pretrained import is_pretrained_folder
 from .process import q_sample, to_x0
 from .runner import DenoisingObjective, RunResult, train
 from .samplers import get_sampler
-from .schedules import CosineSchedule, Schedule
+from .schedules import Schedule
 from .tree import State, combine, tree_map
 
 #: Samplers whose steps are the DDIM step a student is trained to take.
@@ -72,10 +72,7 @@ def next_times(times: Tensor, t: Tensor) -> Tensor:
 def substep_times(schedule: Schedule, t: float, s: float, substeps: int, spacing: str = "uniform") -> Tensor:
     """``substeps + 1`` decreasing times from ``t`` to ``s`` for the teacher: ``uniform`` in ``t``,
     or uniform in log-SNR (``log_snr``; to a last noisy time and then 0 when ``s = 0``)."""
-    if substeps < 1:
-        raise ValueError(f"distill.teacher_substeps must be at least 1, got {substeps}")
-    if spacing not in SUBSTEP_SPACINGS:
-        raise ValueError(f"unknown distill.teacher_spacing {spacing!r}; valid: {', '.join(SUBSTEP_SPACINGS)}")
+    check_substeps(substeps, spacing)
     if spacing == "uniform" or substeps == 1:
         return torch.linspace(t, s, substeps + 1, dtype=torch.float64)
     end = s if s > 0 else min(1.0 / schedule.num_steps if schedule.num_steps else 1e-3, t / 2)
@@ -86,13 +83,20 @@ def substep_times(schedule: Schedule, t: float, s: float, substeps: int, spacing
     return inner if s > 0 else torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
 
 
+def check_substeps(substeps: int, spacing: str) -> None:
+    if substeps < 1:
+        raise ValueError(f"distill.teacher_substeps must be at least 1, got {substeps}")
+    if spacing not in SUBSTEP_SPACINGS:
+        raise ValueError(f"unknown distill.teacher_spacing {spacing!r}; valid: {', '.join(SUBSTEP_SPACINGS)}")
+
+
 @torch.no_grad()
 def teacher_solution(teacher: Callable, diffusion: Diffusion, x_t: State, t: Tensor, s: Tensor, *,
                      cond: Any = None, model_kwargs: dict | None = None, sampler: str = "dpmpp_2m",
                      substeps: int = 4, spacing: str = "uniform", guidance: float = 1.0,
                      uncond: Any = None) -> State:
     """Where the teacher's ``sampler`` takes each sample of ``x_t`` from its time ``t`` to ``s``
-    in ``substeps`` model calls (samples sharing ``(t, s)`` are solved together), with
+    in ``substeps`` steps (samples sharing ``(t, s)`` are solved together), with
     classifier-free ``guidance`` towards ``cond`` (``uncond``: the null condition)."""
     model_kwargs = model_kwargs or {}
     sample_fn = get_sampler(sampler, diffusion.samplers)
@@ -130,7 +134,7 @@ def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion
     """The student's error against the teacher over one of its sampling steps (module docstring).
 
     ``t`` holds each sample's start time, one of ``times[:-1]`` (the student's sampling times);
-    the teacher solves to the next one with ``sampler`` in ``substeps`` calls spaced by
+    the teacher solves to the next one with ``sampler`` in ``substeps`` steps spaced by
     ``spacing`` (:func:`substep_times`). ``weighting="x0"`` counts the squared error of the
     clean-data estimate; ``"step"`` the error of where the step lands, in ``x / alpha`` (the
     estimate's error times the squared gain of :func:`ddim_target`). With ``guidance`` ``w != 1``
@@ -142,7 +146,7 @@ def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion
         raise ValueError(f"unknown distill.weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     model_kwargs = model_kwargs or {}
     schedule = diffusion.schedule
-    s = next_times(times, t)
+    s = next_times(times.to(t.device), t)
     x_t = q_sample(schedule, x0, t, noise)
     x_s = teacher_solution(teacher, diffusion, x_t, t, s, cond=cond, model_kwargs=model_kwargs, sampler=sampler,
                            substeps=substeps, spacing=spacing, guidance=guidance, uncond=uncond)
@@ -231,7 +235,7 @@ def check_student_settings(config: dict) -> None:
                          "got 'ddpm'")
     if settings["weighting"] not in WEIGHTINGS:
         raise ValueError(f"unknown distill.weighting {settings['weighting']!r}; valid: {', '.join(WEIGHTINGS)}")
-    substep_times(CosineSchedule(), 1.0, 0.0, settings["teacher_substeps"], settings["teacher_spacing"])
+    check_substeps(settings["teacher_substeps"], settings["teacher_spacing"])
 
 
 def teacher_source(domain: Domain, teacher: str | Path | None) -> tuple[str, Path]:
