@@ -48,6 +48,7 @@ class Ramps(Dataset):
         return {"x": self.tokens[index], "mask": self.mask[index], "extra": {"lengths": self.mask[index].sum()}}
 
 
+# tutorial: categorical-denoiser
 class RampDenoiser(nn.Module):
     """An MLP on the one-hot sequence, its mask and the time: logits ``(B, WIDTH, CLASSES)``."""
 
@@ -61,13 +62,15 @@ class RampDenoiser(nn.Module):
         real = (torch.arange(WIDTH, device=x.device) < lengths.reshape(-1, 1)).float().unsqueeze(-1)
         angle = t[:, None] * math.pi / 2
         h = torch.cat([(one_hot * real).flatten(1), real.flatten(1), torch.cos(angle), torch.sin(angle)], dim=1)
-        return self.net(h).view(-1, WIDTH, CLASSES)
+        return self.net(h).view(-1, WIDTH, CLASSES)  # logits: the state's shape plus the classes
+# end tutorial: categorical-denoiser
 
 
 class ToyCategoricalDomain(diffkit.Domain):
     name = "toycat"
     description = "ramps of 3 to 6 tokens over 4 classes (categorical diffusion, for tests)"
 
+    # tutorial: categorical-domain
     def default_config(self):
         return {
             "data": {"size": 512},
@@ -92,6 +95,7 @@ class ToyCategoricalDomain(diffkit.Domain):
             lambda g, count: torch.randint(SHORTEST, WIDTH + 1, (count,), generator=g), n, generator)
         mask = (torch.arange(WIDTH) < lengths[:, None]).long()
         return {"x": torch.zeros(n, WIDTH, dtype=torch.long), "mask": mask, "extra": {"lengths": lengths}}
+    # end tutorial: categorical-domain
 
     def load_known(self, init, mask, n, config, *, model=None, cond=None, generator=None):
         """``init``: tokens such as ``"1 2 ? ? 1"``; the length is theirs. With a ``?`` (to generate)

@@ -165,8 +165,6 @@ def _check_logits(context: dict, output: State, x: State) -> None:
     domain, config, model = context["domain"], context["config"], context["model"]
     num_classes, _ = domain.categories(model, config)
     counts = _per_leaf(num_classes, x, "categories() num_classes")
-    if counts is None:
-        return
     for key, leaf in _keyed_leaves(x):
         where = f"[{key!r}]" if key is not None else ""
         if leaf.numel() and (int(leaf.min()) < 0 or int(leaf.max()) >= counts[key]):
@@ -191,7 +189,7 @@ def _keyed_leaves(x: State) -> list[tuple[str | None, torch.Tensor]]:
     return [(None, x)] if isinstance(x, torch.Tensor) else list(x.items())
 
 
-def _per_leaf(value, x: State, what: str) -> dict | None:
+def _per_leaf(value, x: State, what: str) -> dict:
     """``value`` (one for all leaves, or a dict keyed like ``x``) as a dict keyed by leaf."""
     keys = [key for key, _ in _keyed_leaves(x)]
     if isinstance(value, dict):
@@ -299,8 +297,8 @@ def check_sampling(context: dict) -> None:
                              uncond=domain.null_cond(cond) if cond is not None else None,
                              guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"), **options)
     _check_same_structure(context, "a sample", x, batch["x"])
-    if context["kind"] == "categorical" and any(leaf.is_floating_point() for leaf in leaves(batch["x"])):
-        _fail(context, "prepare_sampling() should give an integer example state for categorical diffusion")
+    if context["kind"] == "categorical":
+        _check_categorical_sample(context, x, batch)
     batch["x"] = domain.decode(x, batch)
     context["samples"] = batch
     out = context["tmp"] / "conformance-samples"
@@ -315,6 +313,24 @@ def check_sampling(context: dict) -> None:
         if not path.is_file() or path.stat().st_size == 0:
             _fail(context, f"write_samples() reported {path}, which is missing or empty")
     _check_no_overwrite(context, domain, batch, out, config, paths)
+
+
+def _check_categorical_sample(context: dict, x: State, batch: dict) -> None:
+    """An integer example state, and padding (``mask`` 0) kept as the example has it."""
+    if any(leaf.is_floating_point() for leaf in leaves(batch["x"])):
+        _fail(context, "prepare_sampling() should give an integer example state for categorical diffusion")
+        return
+    mask = batch.get("mask")
+    if mask is None:
+        return
+    for key, leaf in _keyed_leaves(x):
+        leaf_mask = mask.get(key) if isinstance(mask, dict) else mask
+        example = batch["x"][key] if key is not None else batch["x"]
+        if leaf_mask is not None and isinstance(leaf, torch.Tensor) and leaf.shape == example.shape:
+            padding = ~leaf_mask.bool().expand_as(leaf)
+            if not torch.equal(leaf[padding], example[padding]):
+                where = f"[{key!r}]" if key is not None else ""
+                _fail(context, f"sampling changed padding entries of the state{where} (where the batch's mask is 0)")
 
 
 def _check_no_overwrite(context: dict, domain: Domain, batch: dict, out: Path, config: dict, paths: list[Path]) -> None:

@@ -75,6 +75,17 @@ def test_samples_do_not_depend_on_the_batch_size(trained):
     assert len(set(runs[0]["mask"].sum(1).tolist())) > 1  # chunks held sequences of different lengths
 
 
+def test_exported_weights_sample_what_the_run_samples(trained, tmp_path):
+    from diffkit import pretrained
+
+    folder = pretrained.export(trained, tmp_path / "weights")
+    draws = []
+    for source in (trained, folder):
+        model, config = load_for_sampling(DOMAIN, source)
+        draws.append(generate(DOMAIN, model, config, SampleRequest(n=5, seed=8))["x"])
+    assert torch.equal(draws[0], draws[1])
+
+
 def test_inpainting_keeps_the_known_tokens(trained):
     model, config = load_for_sampling(DOMAIN, trained)
     request = SampleRequest(n=50, seed=1, init="2 ? ? 1 ?", mask=None)
