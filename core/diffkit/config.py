@@ -90,6 +90,13 @@ def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Pat
         partial = preset_config(domain, preset)
         config = merge_config(config, partial)
         check_config(partial, defaults, source=f"preset {preset!r}")
+    return apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides)
+
+
+def apply_user_layers(config: dict, defaults: Mapping, *, file: str | Path | None = None, sets: list[str] = (),
+                      overrides: Mapping[str, Any] | None = None) -> dict:
+    """``config`` under a user's TOML file, ``--set`` assignments and option overrides, in that
+    order, each checked against ``defaults`` (keys, types, minimums)."""
     if file is not None:
         layer = load_toml(file)
         config = merge_config(config, layer)

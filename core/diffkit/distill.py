@@ -276,7 +276,7 @@ def student_config(domain: Domain, teacher_config: dict, source: str, student_st
     teacher's model and diffusion: it starts from the teacher's weights. It learns the teacher
     guided as the teacher samples (``distill.guidance``, from the teacher's ``sample.guidance``)
     and samples unguided, one model call a step."""
-    from .config import check_config, default_config, load_toml, parse_assignment
+    from .config import apply_user_layers, check_config, default_config
     from .domain import merge_config
 
     defaults = default_config(domain)
@@ -286,14 +286,7 @@ def student_config(domain: Domain, teacher_config: dict, source: str, student_st
         "distill": {**_teacher_step_settings(defaults, teacher_config, student_steps, spacing), "teacher": source,
                     "guidance": teacher_config["sample"]["guidance"]},
     })
-    if file is not None:
-        layer = load_toml(file)
-        config = merge_config(config, layer)
-        check_config(layer, defaults, source=f"config file {str(file)!r}")
-    for assignment in sets:
-        config = merge_config(config, parse_assignment(assignment, config))
-    if overrides:
-        config = merge_config(config, overrides)
+    config = apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides)
     check_config(config, defaults)
     for section in ("model", "diffusion"):
         if config[section] != fill_defaults(domain, teacher_config)[section]:
