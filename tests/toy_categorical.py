@@ -97,7 +97,7 @@ class ToyCategoricalDomain(diffkit.Domain):
         return {"x": torch.zeros(n, WIDTH, dtype=torch.long), "mask": mask, "extra": {"lengths": lengths}}
     # end tutorial: categorical-domain
 
-    def load_known(self, init, mask, n, config, *, model=None, cond=None):
+    def load_known(self, init, mask, n, config, *, model=None, cond=None, generator=None):
         """``init``: tokens such as ``"1 2 ? ? 1"``; the length is theirs. With a ``?`` (to generate)
         the others are kept (inpainting), without one the whole sequence is edited."""
         words = init.split()

@@ -67,7 +67,7 @@ def test_resume_checks_the_types_of_what_it_changes(tmp_path, toy_installed):
     (("-n", "0"), "-n/--num-samples must be at least 1, got 0"),
     (("--steps", "0"), "--steps must be at least 1, got 0"),
     (("--batch-size", "-1"), "--batch-size must be at least 1, got -1"),
-    (("--sampler", "ddmi"), "unknown sampler 'ddmi'; valid: "),
+    (("--sampler", "ddmi"), "--sampler: unknown sampler 'ddmi'; valid: gaussian: ddim, ddpm"),
     (("--interpolate", "1"), "--interpolate draws samples between two ends, so it needs at least 2, got 1"),
     (("--init", "x.json", "--strength", "1.5"), "--strength must be in (0, 1], got 1.5"),
     (("--device", "foo"), "--device 'foo' is not a device; use cpu, cuda, cuda:N or mps"),
