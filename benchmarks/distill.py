@@ -171,6 +171,19 @@ def score(domain, model, config: dict, n: int, seed: int) -> dict:
     return {**scores, "ms_per_sample": 1000 * seconds / n}
 
 
+def over_seeds(domain, model, config: dict, args) -> dict:
+    """The mean scores of :func:`score` over ``args.seeds`` seeds from ``args.seed``, and, when
+    there are several, each score's standard deviation (``<name>_sd``) and every seed's scores
+    (``runs``)."""
+    runs = [score(domain, model, config, args.n, args.seed + k) for k in range(args.seeds)]
+    mean = {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
+    if len(runs) > 1:
+        mean.update({f"{key}_sd": float(torch.tensor([run[key] for run in runs], dtype=torch.float64).std())
+                     for key in runs[0]})
+        mean["runs"] = runs
+    return mean
+
+
 def with_sampling(config: dict, sampler: str, steps: int, spacing: str) -> dict:
     changed = copy.deepcopy(config)
     changed["sample"].update(sampler=sampler, steps=steps, spacing=spacing)
@@ -190,18 +203,18 @@ def domain_benchmark(args, log) -> str:
         tried += [own] if own not in tried and calls == config["sample"]["steps"] else []
         for sampler, spacing in tried:
             steps = calls if sampler != "heun" else (calls + 1) // 2
-            result = score(domain, teacher, with_sampling(config, sampler, steps, spacing), args.n, args.seed)
+            result = over_seeds(domain, teacher, with_sampling(config, sampler, steps, spacing), args)
             rows.append(("teacher", sampler, spacing, calls, config["sample"]["guidance"], result))
             log(_row(rows[-1], metric))
     for folder in args.student:
         model, student_config = load_for_sampling(domain, folder)
         sample = student_config["sample"]
-        result = score(domain, model, student_config, args.n, args.seed)
+        result = over_seeds(domain, model, student_config, args)
         rows.append((f"student {folder}", sample["sampler"], sample["spacing"], sample["steps"], sample["guidance"], result))
         log(_row(rows[-1], metric))
     if args.json:
         Path(args.json).write_text(json.dumps([list(row) for row in rows], indent=2))
-    keys = [metric] + [k for k in rows[0][-1] if k not in (metric, "ms_per_sample", "samples")]
+    keys = [metric] + [k for k in rows[0][-1] if k not in (metric, "ms_per_sample", "samples") and not k.endswith("_sd") and k != "runs"]
     header = "| model | sampler | spacing | calls | guidance | " + " | ".join(keys) + " | ms / sample |"
     lines = [header, "|" + "---|" * 5 + "---:|" * (len(keys) + 1)]
     best_of = {}
@@ -212,7 +225,8 @@ def domain_benchmark(args, log) -> str:
                 best_of[key] = value
     for name, sampler, spacing, calls, guidance, result in rows:
         mark = "**" if name == "teacher" and result[metric] == best_of.get(calls) else ""
-        cells = [f"{mark}{_fmt(result[k])}{mark}" for k in keys]
+        spread = f" +- {_fmt(result[metric + '_sd'])}" if metric + "_sd" in result else ""
+        cells = [f"{mark}{_fmt(result[k])}{mark}{spread}" if k == metric else _fmt(result[k]) for k in keys]
         lines.append(f"| {name} | {sampler} | {spacing} | {calls} | {guidance:g} | " + " | ".join(cells)
                      + f" | {result['ms_per_sample']:.2f} |")
     return "\n".join(lines)
@@ -247,7 +261,8 @@ def main() -> None:
                         help="the teacher's samplers, as sampler:spacing,... (default: "
                              + ",".join(f"{a}:{b}" for a, b in TEACHER_SAMPLERS) + "; its own at its own steps too)")
     domain.add_argument("-n", type=int, default=1000, help="samples per row")
-    domain.add_argument("--seed", type=int, default=0)
+    domain.add_argument("--seed", type=int, default=0, help="the first seed")
+    domain.add_argument("--seeds", type=int, default=1, help="seeds per row (scores are their mean)")
     domain.add_argument("--metric", default=None, help="the score rows are ranked by (default: per domain)")
     domain.add_argument("--json", default=None, help="write every row's scores to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -223,6 +223,10 @@ class Distillation(DenoisingObjective):
 def check_student_settings(config: dict) -> None:
     """Refuse a student config whose sampling is not the DDIM steps the objective trains."""
     sample, settings = config["sample"], config["distill"]
+    if config["diffusion"].get("kind", "gaussian") != "gaussian":
+        raise ValueError("only Gaussian diffusion can be distilled: a student learns where the teacher's "
+                         "probability-flow ODE takes a noisy state, and categorical diffusion (diffusion.kind = "
+                         f"{config['diffusion']['kind']!r}) samples by drawing tokens, with no such deterministic path")
     if not settings["teacher"]:
         raise ValueError("distill.teacher is empty: a student config names its teacher")
     if sample["sampler"] not in STUDENT_SAMPLERS:

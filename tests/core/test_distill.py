@@ -243,3 +243,14 @@ def test_a_student_keeps_the_teachers_network_and_samples_with_ddim(teacher_run)
         student_config(DOMAIN, teacher_config, "toy", 2, sets=["model.hidden=32"])
     with pytest.raises(ValueError, match="sample.sampler must be one of ddim, euler"):
         student_config(DOMAIN, teacher_config, "toy", 2, sets=["sample.sampler=dpmpp_2m"])
+
+
+def test_a_categorical_model_is_refused_with_the_reason(tmp_path):
+    from toy_categorical import ToyCategoricalDomain
+
+    domain = ToyCategoricalDomain()
+    train(domain, resolve_config(domain, overrides={"train": {"steps": 2, "checkpoint_every": 2}}), out=tmp_path,
+          progress=False)
+    _, teacher_config, info = load_teacher(domain, tmp_path)
+    with pytest.raises(ValueError, match="only Gaussian diffusion can be distilled"):
+        student_config(domain, teacher_config, info["source"], 2)
