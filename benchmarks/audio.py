@@ -36,17 +36,27 @@ VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-rp
 VARIANTS = ("", "+m3", "+f2", "+f4")
 
 
-def make_spoken_digits(root: Path, takes: int) -> Path:
+def make_spoken_digits(root: Path, takes: int, sample_rate: int | None = None) -> Path:
     """``root/<digit>_<voice>_<take>.wav``: ten digits, each said ``takes`` times by espeak-ng with
-    a different voice, variant, speed (170-250 words/min) and pitch."""
+    a different voice, variant, speed (170-250 words/min) and pitch. With ``sample_rate`` the files
+    are resampled to it (espeak-ng speaks at 22,050 Hz) and stored as 16-bit PCM."""
+    import soundfile
+    import torchaudio.functional as AF
+
     root.mkdir(parents=True, exist_ok=True)
     for label, word in enumerate(DIGITS):
         for take in range(takes):
             voice = VOICES[take % len(VOICES)] + VARIANTS[(take // len(VOICES)) % len(VARIANTS)]
             speed, pitch = 170 + (take * 37) % 81, 25 + (take * 29) % 51
-            path = root / f"{label}_{voice.replace('+', '-')}_{take}.wav"
+            path = root / f"{label}_{voice.replace('+', '-').replace('_', '-')}_{take}.wav"
+            if path.exists():
+                continue
             subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), word],
                            check=True, capture_output=True)
+            if sample_rate is not None:
+                wave, rate = soundfile.read(str(path), dtype="float32")
+                wave = AF.resample(torch.from_numpy(wave), rate, sample_rate).numpy()
+                soundfile.write(str(path), wave, sample_rate, subtype="PCM_16")
     return root
 
 
