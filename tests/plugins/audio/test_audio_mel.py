@@ -98,7 +98,7 @@ def test_mel_representation_trains_and_samples_waveforms(domain, mel_config):
 
     before = held_out_loss()
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(25):
+    for _ in range(15):
         loss = diffusion.loss(model, batch["x"], cond=batch["cond"])
         optimiser.zero_grad()
         loss.backward()
