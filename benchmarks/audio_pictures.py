@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from diffkit.config import resolve_config
 from diffkit_audio.audio_io import fit_length, load_clip
@@ -72,7 +73,9 @@ def main() -> None:
     if args.out.exists():
         raise FileExistsError(f"{args.out} exists; not replacing it")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    grid_image(images, captions, columns=len(wanted)).save(args.out, optimize=True)
+    # A 64-colour palette keeps the PNG small; the spectrogram palette has five anchors.
+    grid = grid_image(images, captions, columns=len(wanted)).convert("P", palette=Image.ADAPTIVE, colors=64)
+    grid.save(args.out, optimize=True)
     print(args.out)
 
 
