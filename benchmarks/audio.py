@@ -3,7 +3,7 @@ each ``model.representation`` on the embedded notes and on spoken digits (synthe
 espeak-ng, several voices, 8 kHz), each beside the score of held-out real clips. One thread.
 
     OMP_NUM_THREADS=1 python benchmarks/audio.py                # prints a Markdown table
-    OMP_NUM_THREADS=1 python benchmarks/audio.py --seconds 60 --takes 24 --samples 32   # a quick look
+    OMP_NUM_THREADS=1 python benchmarks/audio.py --seconds 60 --takes 24 --samples 32   # quick
 
 The spoken digits need the `espeak-ng` program (Debian: `apt-get install espeak-ng`); without it
 that part is skipped. Models train on the reference part of the digits (the split

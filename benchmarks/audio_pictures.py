@@ -6,7 +6,8 @@ clips, the rows below generated ones (e.g. one row per model), as on docs/benchm
 
 ``--real`` is a folder of clips (labels as ``data.labels`` reads them) or ``notes`` for the
 embedded note set (its held-out split); ``SAMPLES`` are folders written by ``diffkit sample``
-(``sample_003_<label>.wav``). The first clip found for each label is shown.
+(``sample_003_<label>.wav``). The first clip found for each label is shown (of the real ones,
+the one after ``--skip-real`` others).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from diffkit_audio.domain import AudioDomain
 from diffkit_audio.render import grid_image, spectrogram_image
 
 
-def first_per_label(waves, labels: list[str], wanted: list[str]) -> list:
-    chosen = {}
+def first_per_label(waves, labels: list[str], wanted: list[str], skip: int = 0) -> list:
+    """The clip after the first ``skip`` clips of each wanted label."""
+    chosen, seen = {}, {}
     for wave, label in zip(waves, labels):
-        chosen.setdefault(label, wave)
+        seen[label] = seen.get(label, -1) + 1
+        if seen[label] == skip:
+            chosen[label] = wave
     missing = [label for label in wanted if label not in chosen]
     if missing:
         raise ValueError(f"no clip found for label(s) {', '.join(missing)}")
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--generated", action="append", default=[], help="NAME=FOLDER (repeatable)")
     parser.add_argument("--labels", default=None, help="comma-separated labels to show (default: all real ones)")
     parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--skip-real", type=int, default=0, help="show the real clip after this many of each label")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -61,7 +66,7 @@ def main() -> None:
     rate = int(config["data"]["sample_rate"])
     waves, labels = real_clips(args.real, config)
     wanted = args.labels.split(",") if args.labels else sorted(set(labels), key=labels.index)
-    rows = [("real", first_per_label(waves, labels, wanted))]
+    rows = [("real", first_per_label(waves, labels, wanted, args.skip_real))]
     for entry in args.generated:
         name, _, folder = entry.partition("=")
         rows.append((name, first_per_label(*generated_clips(Path(folder), config), wanted)))

@@ -6,18 +6,19 @@ fixed map
 
     x = 2 * (log(max(mel, floor)) - log(floor)) / (log(ceiling) - log(floor)) - 1
 
-which sends the floor (digital silence, 80 dB below a full-scale tone's loudest band) to -1 and
-the ceiling to +1. Louder bands go above 1; the map is exactly invertible above the floor. The
-frames are padded with silence (-1) to a multiple the denoiser needs.
+which sends the floor (digital silence, about 90 dB below the loudest band of a peak-normalised
+note) to -1 and the ceiling to +1. Louder bands go above 1; the map is exactly invertible above
+the floor. The frames are padded with silence (-1) to a multiple the denoiser needs.
 
 Decoding inverts the map, takes the frames back to linear frequency by non-negative least
 squares (the multiplicative updates of Lee & Seung 2001, which keep a tone's energy in the bins
 it came from, where the filterbank's pseudo-inverse, clipped at zero as torchaudio's
 ``InverseMelScale`` does, spreads it and moves a tone's peak by up to a bin), and estimates a
 phase with Griffin-Lim (Griffin & Lim 1984) with the momentum of Perraudin et al. 2013,
-started from zero phase so that decoding is deterministic. The floor is subtracted before the inversion, so that -1 decodes to zeros.
-A clean floor is what keeps the background silent: a state near -1 decodes to
-audio 80 dB down, where a waveform model leaves a hiss at the level of its error.
+started from zero phase so that decoding is deterministic. The floor is subtracted before the
+inversion, so that -1 decodes to zeros. A clean floor is what keeps the background silent: a
+state near -1 decodes to audio about 90 dB down, where a waveform model leaves a hiss at the
+level of its error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-MEL_FLOOR = 1e-4      # about -80 dB below the loudest band of a full-scale tone (about 4 with these filters)
+MEL_FLOOR = 1e-4      # about 90 dB below the loudest band of a peak-normalised note (about 4 with these filters)
 MEL_CEILING = 10.0
 INVERSE_ITERS = 100   # multiplicative updates of the mel -> linear inversion
 
