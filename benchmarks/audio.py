@@ -8,9 +8,9 @@ espeak-ng, several voices, 8 kHz), each beside the score of held-out real clips.
 The spoken digits need the `espeak-ng` program (Debian: `apt-get install espeak-ng`); without it
 that part is skipped. Models train on the reference part of the digits (the split
 ``diffkit evaluate`` uses), so the held-out clips are unseen by the model and by the classifier.
-Every run uses the `cpu` preset (8 kHz, 0.5 s clips); training follows the runner (AdamW, warm-up, gradient clipping, EMA, condition
-dropout; no learning-rate decay, as the step count is not known in advance) in a loop that stops
-after a fixed amount of process CPU time.
+Every run uses the `cpu` preset (8 kHz, 0.5 s clips); training follows the runner (AdamW,
+warm-up, gradient clipping, EMA, condition dropout; no learning-rate decay, as the step count is
+not known in advance) in a loop that stops after a fixed amount of process CPU time.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main() -> None:
                         help="use (or make, if missing) the spoken digits in this folder instead of a temporary one")
     parser.add_argument("--representations", default="mel,waveform", help="comma-separated model.representation values")
     parser.add_argument("--sets", default="notes,digits", help="comma-separated: notes, digits")
-    parser.add_argument("--write", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--write", type=Path, default=None, help="also write the table (Markdown) to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     began = time.time()
