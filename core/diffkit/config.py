@@ -76,8 +76,9 @@ def default_config(domain: Domain) -> dict:
 
 
 def fill_defaults(domain: Domain, config: Mapping[str, Any]) -> dict:
-    """``config`` completed with the settings it lacks (added since it was saved) at their defaults."""
-    return _deep_update(default_config(domain), config)
+    """``config`` completed with the settings it lacks (added since it was saved) at their defaults,
+    after the domain's :meth:`~diffkit.Domain.upgrade_config` has read it in today's terms."""
+    return _deep_update(default_config(domain), domain.upgrade_config(copy.deepcopy(dict(config))))
 
 
 def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Path | None = None,

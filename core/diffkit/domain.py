@@ -92,6 +92,13 @@ class Domain:
         raise NotImplementedError(f"the {self.name} domain does not declare its classes (Domain.categories), "
                                   "which categorical diffusion needs")
 
+    def upgrade_config(self, config: dict) -> dict:
+        """A saved config (of a checkpoint or an exported model) in today's terms, before the
+        settings it lacks are filled in at their defaults. Override it when a new setting's default
+        differs from what older versions did (e.g. a new default network: a saved config without
+        the setting meant the old one). Identity by default."""
+        return config
+
     def null_cond(self, cond: Any) -> Any:
         """The unconditional value matching ``cond``, for classifier-free guidance; ``None``
         when the domain is unconditional. Any value the model reads as "no condition" will do,

@@ -1,1 +1,2 @@
-"""The built-in audio domain of diffkit: diffusion on raw waveforms (see :mod:`diffkit_audio.domain`)."""
+"""The built-in audio domain of diffkit: diffusion of audio clips, on log-mel spectrograms or raw
+waveforms (see :mod:`diffkit_audio.domain`)."""

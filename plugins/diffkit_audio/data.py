@@ -35,7 +35,8 @@ LABEL_MODES = ("folder", "pattern", "none")
 
 class ClipDataset(Dataset):
     """Fixed-length clips ``{"x": (C, length) float32, "cond": long label}``; ``x`` is the
-    waveform times ``scale`` (the state the model sees, see ``data.scale``).
+    waveform times ``scale`` (the state the model sees, see ``data.scale``), or what
+    ``transform`` makes of it when set (the mel representation's encoder).
 
     ``sources`` are waveforms ``(C, T_i)`` already at the target rate, or paths decoded on
     access (for folders too large to hold in memory). Clips longer than ``length`` are cropped at
@@ -51,6 +52,7 @@ class ClipDataset(Dataset):
         self.sources, self.labels, self.label_names = sources, labels, label_names
         self.sample_rate, self.length, self.channels = sample_rate, length, channels
         self.random_crop, self.normalise, self.scale = random_crop, normalise, scale
+        self.transform = None   # a callable applied to each clip after scaling (the mel encoder)
 
     @property
     def num_classes(self) -> int:
@@ -70,8 +72,11 @@ class ClipDataset(Dataset):
         wave = self.waveform(index)
         spare = wave.shape[1] - self.length
         offset = int(torch.randint(0, spare + 1, ())) if self.random_crop and spare > 0 else 0
-        return {"x": fit_length(wave, self.length, offset).float() * self.scale,
-                "cond": torch.tensor(self.labels[index], dtype=torch.long)}
+        x = fit_length(wave, self.length, offset).float() * self.scale
+        if self.transform is not None:
+            with torch.no_grad():
+                x = self.transform(x)
+        return {"x": x, "cond": torch.tensor(self.labels[index], dtype=torch.long)}
 
     def __repr__(self) -> str:
         return (f"ClipDataset({len(self)} clips, {self.num_classes} labels, {self.sample_rate} Hz, "

@@ -1,4 +1,12 @@
-"""The audio domain: class-conditional diffusion on raw waveforms ``(B, C, T)`` in [-1, 1].
+"""The audio domain: class-conditional diffusion of audio clips. Waveforms ``(B, C, T)`` in
+[-1, 1] are what goes in (data) and what comes out (samples); ``model.representation`` picks
+the state the diffusion runs on:
+
+* ``mel`` (default): normalised log-mel spectrograms ``(B, C, mel_bins, frames)``
+  (:mod:`diffkit_audio.mel`), denoised by the core's 2-D U-Net and turned back into waveforms
+  by Griffin-Lim;
+* ``waveform``: the samples themselves, denoised by a DiffWave-style network
+  (:mod:`diffkit_audio.network`).
 
 Conditions are class labels ``(B,)`` long (:mod:`diffkit.kit.conditions`); the kit's null label
 is the one of classifier-free guidance (the network maps it to its extra "no label" embedding row).
@@ -17,20 +25,26 @@ import diffkit
 from diffkit import kit
 
 WEIGHTS = Path(__file__).parent / "weights" / "audio"   # exported folder: safetensors, config, card
+REPRESENTATIONS = ("mel", "waveform")
 
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
 CPU_PRESET: dict[str, dict[str, Any]] = {
     "data": {"sample_rate": 8000, "duration": 0.5, "notes_per_class": 32},
-    "model": {"residual_channels": 64, "layers": 12, "dilation_cycle": 6, "embedding_dim": 128,
+    "model": {"representation": "mel", "mel_bins": 64, "mel_fft": 512, "mel_hop": 64, "griffin_lim_iters": 64,
+              "base_channels": 32, "channel_mults": [1, 2, 2], "blocks_per_level": 1, "mel_patch": 2,
+              "residual_channels": 64, "layers": 12, "dilation_cycle": 6, "embedding_dim": 128,
               "hidden_dim": 256, "patch": 8},
     "train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.995,
               "checkpoint_every": 250, "preview_every": 500, "preview_count": 8},
     "sample": {"steps": 30, "batch_size": 64, "guidance": 2.0},
 }
-# DiffWave-base scale (64 channels, 30 layers, dilation cycle 10) on 1 s clips at 16 kHz.
+# 1 s clips at 16 kHz: an 80-band mel U-Net at image-model width; the waveform settings are
+# DiffWave-base (64 channels, 30 layers, dilation cycle 10).
 GPU_PRESET: dict[str, dict[str, Any]] = {
     "data": {"sample_rate": 16000, "duration": 1.0, "notes_per_class": 64},
-    "model": {"residual_channels": 64, "layers": 30, "dilation_cycle": 10, "embedding_dim": 128,
+    "model": {"representation": "mel", "mel_bins": 80, "mel_fft": 1024, "mel_hop": 128, "griffin_lim_iters": 100,
+              "base_channels": 64, "channel_mults": [1, 2, 2, 2], "blocks_per_level": 2, "mel_patch": 1,
+              "residual_channels": 64, "layers": 30, "dilation_cycle": 10, "embedding_dim": 128,
               "hidden_dim": 512, "patch": 1},
     "train": {"steps": 200_000, "batch_size": 32, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9999,
               "checkpoint_every": 5000, "preview_every": 5000, "preview_count": 16},
@@ -40,7 +54,7 @@ GPU_PRESET: dict[str, dict[str, Any]] = {
 
 class AudioDomain(diffkit.Domain):
     name = "audio"
-    description = "raw waveforms: DiffWave-style class-conditional denoiser, WAV + spectrogram output"
+    description = "audio clips: class-conditional diffusion of log-mel spectrograms or waveforms; WAV + spectrograms"
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -59,12 +73,27 @@ class AudioDomain(diffkit.Domain):
                 "scale": 1.0,               # the model's state is the waveform times this
             },
             "model": {
+                "representation": "mel",    # mel | waveform: the state the diffusion runs on
+                "num_classes": 64,          # label capacity; the data may use fewer
+                # mel: a U-Net on normalised log-mel spectrograms, decoded by Griffin-Lim
+                "mel_bins": 64,             # mel bands, 0 Hz to half the sample rate
+                "mel_fft": 512,             # STFT window (samples)
+                "mel_hop": 64,              # samples between frames
+                "griffin_lim_iters": 64,    # phase-estimation iterations when decoding
+                "base_channels": 32,        # U-Net width at full resolution
+                "channel_mults": [1, 2, 2], # width multipliers, one per resolution level
+                "blocks_per_level": 1,
+                "attention_resolutions": [],  # feature-map heights with self-attention (the middle always has it)
+                "attention_heads": 4,
+                "groups": 8,
+                "dropout": 0.0,
+                "mel_patch": 2,             # mel_patch x mel_patch squares folded into channels
+                # waveform: a DiffWave-style stack on the samples
                 "residual_channels": 64,
                 "layers": 12,
                 "dilation_cycle": 6,
                 "embedding_dim": 128,
                 "hidden_dim": 256,
-                "num_classes": 64,          # label capacity; the data may use fewer
                 "patch": 8,                 # samples folded into channels (1 = classic DiffWave)
             },
             "diffusion": {"prediction": "v"},
@@ -77,6 +106,13 @@ class AudioDomain(diffkit.Domain):
             },
         }
         return _deep_merge(base, CPU_PRESET)
+
+    def upgrade_config(self, config: dict) -> dict:
+        # Runs saved before the mel representation existed were waveform models.
+        model = config.get("model")
+        if isinstance(model, dict) and "residual_channels" in model and "representation" not in model:
+            model["representation"] = "waveform"
+        return config
 
     def presets(self) -> dict[str, dict]:
         return {"cpu": copy.deepcopy(CPU_PRESET), "gpu": copy.deepcopy(GPU_PRESET)}
@@ -91,6 +127,8 @@ class AudioDomain(diffkit.Domain):
         else:
             dataset = folder_dataset(data, config["data"], random_crop=bool(config["data"]["random_crop"]))
         dataset.scale = float(config["data"].get("scale", 1.0))
+        if representation(config) == "mel":
+            dataset.scale, dataset.transform = 1.0, build_codec(config)
         capacity = int(config["model"]["num_classes"])
         if dataset.num_classes > capacity:
             raise ValueError(f"the data at {data!r} has {dataset.num_classes} labels but model.num_classes is "
@@ -98,9 +136,12 @@ class AudioDomain(diffkit.Domain):
         return dataset
 
     def build_model(self, config: dict) -> nn.Module:
-        from .network import build_diffwave
+        from .network import build_diffwave, build_mel_denoiser
 
-        return build_diffwave(config["model"], channels=int(config["data"]["channels"]))
+        channels = int(config["data"]["channels"])
+        if representation(config) == "mel":
+            return build_mel_denoiser(config["model"], channels, build_codec(config).frames)
+        return build_diffwave(config["model"], channels=channels)
 
     def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
         # The label names travel with the weights, so `--cond C4` works with any checkpoint.
@@ -124,28 +165,35 @@ class AudioDomain(diffkit.Domain):
         names = network.label_names.names
         labels = kit.draw_labels(n, len(names), generator=generator) if cond is None else kit.parse_labels(cond, names, n)
         x = torch.zeros(n, int(config["data"]["channels"]), clip_length(config["data"]), device=device)
-        return {"x": x, "cond": labels.to(device), "names": kit.label_texts(labels, names),
-                "scale": float(config["data"].get("scale", 1.0))}
+        batch = {"cond": labels.to(device), "names": kit.label_texts(labels, names), **state_decoding(config)}
+        return {"x": encode_state(x, batch), **batch}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
                    cond: str | None = None, generator=None) -> dict:
         """The clip ``init`` to edit (see :mod:`diffkit_audio.editing` for ``mask``). It is
-        regenerated without a label unless ``cond`` names one, as for :meth:`prepare_sampling`."""
+        regenerated without a label unless ``cond`` names one, as for :meth:`prepare_sampling`.
+        With the ``mel`` representation a span is kept or generated frame by frame (a frame
+        belongs to the span its centre falls in), and the kept part is re-synthesised by
+        Griffin-Lim with the rest, so it sounds the same but is not the same samples."""
         from .data import clip_length
-        from .editing import known_clip
+        from .editing import known_clip, frame_keep
 
         known, keep = known_clip(init, mask, config["data"], clip_length(config["data"]))
         names = _unwrap(model).label_names.names if model is not None else []
         labels = kit.parse_labels("none" if cond is None else cond, names, n)
-        scale = float(config["data"].get("scale", 1.0))
-        batch = {"x": known[None].expand(n, -1, -1) * scale, "cond": labels, "names": kit.label_texts(labels, names),
-                 "scale": scale}
+        batch = {"cond": labels, "names": kit.label_texts(labels, names), **state_decoding(config)}
+        batch["x"] = encode_state(known[None].expand(n, -1, -1), batch)
         if keep is not None:
-            batch["keep"] = keep[None].expand(n, -1, -1).clone()
+            codec = batch.get("codec")
+            keep = keep if codec is None else frame_keep(keep, codec.hop, codec.frames)[:, None]
+            batch["keep"] = keep[None].expand(n, *keep.shape).clone()
         return batch
 
     def decode(self, x: Tensor, batch: dict) -> Tensor:
         """The model's state back to a waveform in [-1, 1]."""
+        codec = batch.get("codec")
+        if codec is not None:
+            return codec.to(x.device).decode(x).clamp(-1.0, 1.0)
         return (x / float(batch.get("scale", 1.0))).clamp(-1.0, 1.0)
 
     def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
@@ -179,6 +227,41 @@ class AudioDomain(diffkit.Domain):
 
     def pretrained(self) -> Path | None:
         return WEIGHTS if WEIGHTS.is_dir() else None
+
+
+def representation(config: dict) -> str:
+    """``model.representation``, checked."""
+    value = config["model"].get("representation", "waveform")
+    if value not in REPRESENTATIONS:
+        raise ValueError(f"model.representation = {value!r}; expected one of {', '.join(REPRESENTATIONS)}")
+    return value
+
+
+def build_codec(config: dict):
+    """The :class:`~diffkit_audio.mel.MelCodec` of a ``mel`` config."""
+    from .data import clip_length
+    from .mel import MelCodec
+    from .network import mel_frame_multiple
+
+    model = config["model"]
+    return MelCodec(int(config["data"]["sample_rate"]), clip_length(config["data"]), n_fft=int(model["mel_fft"]),
+                    hop=int(model["mel_hop"]), n_mels=int(model["mel_bins"]),
+                    frame_multiple=mel_frame_multiple(model), griffin_lim_iters=int(model["griffin_lim_iters"]))
+
+
+def state_decoding(config: dict) -> dict:
+    """What a sampling batch carries for :meth:`AudioDomain.decode`: the codec (mel) or the scale (waveform)."""
+    if representation(config) == "mel":
+        return {"codec": build_codec(config)}
+    return {"scale": float(config["data"].get("scale", 1.0))}
+
+
+def encode_state(wave: Tensor, batch: dict) -> Tensor:
+    """Waveforms ``(B, C, T)`` as the model's state, the inverse of :meth:`AudioDomain.decode`."""
+    codec = batch.get("codec")
+    if codec is not None:
+        return codec.to(wave.device).encode(wave)
+    return wave * float(batch.get("scale", 1.0))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -79,3 +79,15 @@ def known_clip(init: str, mask: str | None, data_config: dict, length: int) -> t
     if ":" not in mask:
         raise ValueError(f"--mask {mask!r}: expected START:END in seconds (e.g. 0.2:0.4), or continue[:SECONDS]")
     return fit_length(wave, length), span_keep(mask, length, rate)
+
+
+def frame_keep(keep: Tensor, hop: int, frames: int) -> Tensor:
+    """A keep mask over samples ``(1, length)`` -> over STFT frames ``(1, frames)``: each frame
+    takes the value at its centre sample (frame ``f`` is centred on sample ``f * hop``); frames
+    past the end of the clip (padding) are kept."""
+    length = keep.shape[-1]
+    centres = torch.arange(frames) * hop
+    inside = centres < length
+    framed = torch.ones(keep.shape[0], frames)
+    framed[:, inside] = keep[:, centres[inside]]
+    return framed

@@ -160,3 +160,45 @@ def build_diffwave(model_config: dict, channels: int) -> DiffWave:
         num_classes=int(model_config["num_classes"]),
         patch=int(model_config["patch"]),
     )
+
+
+class MelDenoiser(nn.Module):
+    """The denoiser of the ``mel`` representation: the core's U-Net (:class:`diffkit.nets.UNet`)
+    on ``(B, C, n_mels, frames)`` normalised log-mel states, with the label names beside it.
+    ``model(x_t, t, cond=labels) -> prediction`` of the same shape; a negative label, or none,
+    is the null class."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+        self.label_names = LabelNames()
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, **_: Any) -> Tensor:
+        if cond is not None and (cond.long() >= self.unet.num_classes).any():
+            raise ValueError(f"label {int(cond.max())} is out of range for a model with "
+                             f"{self.unet.num_classes} classes (model.num_classes)")
+        return self.unet(x, t, cond)
+
+
+def mel_frame_multiple(model_config: dict) -> int:
+    """What the U-Net needs both sides of its input divisible by: ``mel_patch * 2**(levels - 1)``."""
+    return int(model_config["mel_patch"]) * 2 ** (len(model_config["channel_mults"]) - 1)
+
+
+def build_mel_denoiser(model_config: dict, channels: int, frames: int) -> MelDenoiser:
+    """The mel denoiser described by the ``model`` section, for inputs ``(B, channels, mel_bins, frames)``."""
+    from diffkit.nets import UNet
+
+    bins = int(model_config["mel_bins"])
+    multiple = mel_frame_multiple(model_config)
+    if bins % multiple:
+        raise ValueError(f"model.mel_bins = {bins} must be divisible by {multiple} "
+                         f"(model.mel_patch * 2**(len(model.channel_mults) - 1))")
+    unet = UNet(image_size=(bins, frames), channels=channels, base_channels=int(model_config["base_channels"]),
+                channel_mults=tuple(model_config["channel_mults"]),
+                blocks_per_level=int(model_config["blocks_per_level"]),
+                attention_resolutions=tuple(model_config["attention_resolutions"]),
+                attention_heads=int(model_config["attention_heads"]), groups=int(model_config["groups"]),
+                dropout=float(model_config["dropout"]), num_classes=int(model_config["num_classes"]),
+                patch=int(model_config["mel_patch"]))
+    return MelDenoiser(unet)

@@ -26,6 +26,7 @@ def test_presets_resolve_with_the_promised_scales(domain):
     assert cpu["data"]["sample_rate"] == 8000 and cpu["data"]["duration"] < 1
     assert gpu["data"]["sample_rate"] == 16000 and gpu["data"]["duration"] == 1.0
     assert (gpu["model"]["residual_channels"], gpu["model"]["layers"], gpu["model"]["dilation_cycle"]) == (64, 30, 10)
+    assert cpu["model"]["representation"] == gpu["model"]["representation"] == "mel"
     with pytest.raises(KeyError, match="did you mean"):
         resolve_config(domain, sets=["data.sample_rat=100"])
 

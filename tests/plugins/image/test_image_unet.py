@@ -119,21 +119,26 @@ def test_too_many_classes_for_the_model_is_an_error_naming_the_setting():
 
 
 def test_image_size_must_fit_the_levels():
-    with pytest.raises(ValueError, match="data.image_size=12"):
+    with pytest.raises(ValueError, match=r"12x12 must be divisible by patch \* 2\*\*3"):
         UNet(image_size=12, channels=1, channel_mults=(1, 2, 2, 2))
-
-
-def test_build_unet_reads_the_config(domain, config):
-    model = build_unet(config["data"], config["model"])
-    assert model.image_size == 8 and model.base_channels == 16 and model.num_classes == 10
-    assert model.channels_last == config["model"]["channels_last"]
-
-
-def test_gpu_preset_is_cifar_scale(domain):
     from diffkit.config import resolve_config
+    from diffkit_image.domain import ImageDomain
 
-    config = resolve_config(domain, preset="gpu")
-    model = domain.build_model(config)
-    parameters = sum(p.numel() for p in model.parameters())
-    assert config["data"]["image_size"] == 32 and config["data"]["channels"] == 3
-    assert 30e6 < parameters < 45e6
+    config = resolve_config(ImageDomain(), overrides={"data": {"image_size": 12}, "model": {"channel_mults": [1, 2, 2, 2]}})
+    with pytest.raises(ValueError, match="data.image_size=12"):
+        build_unet(config["data"], config["model"])
+
+
+def test_patches_fold_into_channels_and_back():
+    """``patch=2`` is the same network run on 2x2 squares folded into channels (space-to-depth)."""
+    import torch.nn.functional as F
+
+    settings = dict(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(), groups=4)
+    torch.manual_seed(0)
+    folded = UNet(image_size=(4, 8), channels=8, **settings)
+    torch.nn.init.normal_(folded.output[-1].weight)   # a non-zero output, to see where each value lands
+    patched = UNet(image_size=(8, 16), channels=2, patch=2, **settings)
+    patched.load_state_dict(folded.state_dict())
+    x, t, labels = torch.randn(3, 2, 8, 16), torch.rand(3), torch.tensor([0, 1, -1])
+    expected = F.pixel_shuffle(folded(F.pixel_unshuffle(x, 2), t, labels), 2)
+    assert torch.allclose(patched(x, t, labels), expected, atol=1e-6)
