@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import default_collate
 
@@ -34,6 +35,25 @@ def test_edge_noise_entries_are_standard_normal():
     off_diagonal = edges[:, pair_mask(torch.ones(4)).bool()]
     assert abs(off_diagonal.mean().item()) < 0.02
     assert abs(off_diagonal.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_noise_from_sample_generators_is_each_graph_drawn_alone(domain, categorical):
+    """The noise takes the generators itself (one call for the batch); it must give every graph
+    the numbers that drawing it alone, as a batch of one with its own generator, gives."""
+    sizes = torch.tensor([3, 5, 1, 4, 5, 0])
+    node_mask = (torch.arange(6) < sizes.unsqueeze(1)).float()
+    if categorical:
+        like = {"nodes": torch.zeros(6, 6, dtype=torch.long), "edges": torch.zeros(6, 6, 6, dtype=torch.long)}
+    else:
+        like = {"nodes": torch.zeros(6, 6, 3), "edges": torch.zeros(6, 6, 6, 4)}
+    seeded = lambda: diffkit.SampleGenerators.seeded(7, range(6))  # noqa: E731
+    batched = diffkit.draw_noise(domain.noise, like, seeded(), node_mask=node_mask)
+    one_by_one = diffkit.draw_noise(lambda *a, **k: domain.noise(*a, **k), like, seeded(), node_mask=node_mask)
+    for key in ("nodes", "edges"):
+        assert torch.equal(batched[key], one_by_one[key])
+    assert batched["nodes"][1].abs().sum() > 0 and batched["edges"][1, :5, :5].abs().sum() > 0
+    assert batched["nodes"][5].abs().sum() == 0 and batched["edges"][:, :, 5].abs().sum() == 0
 
 
 def test_encode_then_decode_returns_the_graph():
