@@ -70,9 +70,9 @@ def _device_name(device: str) -> str:
 
 
 def _trained_steps(source) -> int | None:
-    from diffkit import checkpoint
+    from diffkit.loading import load_checkpoint
 
-    return checkpoint.load(checkpoint.resolve(source)).get("step")
+    return load_checkpoint(MoleculeDomain(), source).get("step")
 
 
 if __name__ == "__main__":
