@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cpu", help="where to sample: cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default=None, choices=["float32", "bfloat16"],
+                        help="sample.precision (default: the checkpoint's)")
     parser.add_argument("--reference", default=None, help="reference molecules (default: the bundled QM9 subset)")
     parser.add_argument("--out", required=True, help="folder for samples.smi and results.json")
     args = parser.parse_args()
@@ -43,6 +45,8 @@ def main() -> None:
     if source is None:
         raise SystemExit("no checkpoint given and no shipped weights found")
     model, config = load_for_sampling(domain, source, args.device)
+    if args.precision is not None:
+        config["sample"]["precision"] = args.precision
     request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
     start, start_cpu = time.perf_counter(), time.process_time()
     batch = generate(domain, model, config, request, device=args.device)
@@ -56,6 +60,7 @@ def main() -> None:
     results = {
         "samples": args.n, "checkpoint": str(source), "trained_steps": _trained_steps(source),
         "sampler": request.sampler or config["sample"]["sampler"], "steps": request.steps or config["sample"]["steps"],
+        "precision": config["sample"].get("precision", "float32"),
         "device": _device_name(args.device), "threads": args.threads, "sampling_seconds": round(seconds, 1),
         "seconds_per_1000": round(seconds / args.n * 1000, 1),
         # CPU time: what the wall time would be on an otherwise idle machine with these threads.
@@ -70,9 +75,9 @@ def _device_name(device: str) -> str:
 
 
 def _trained_steps(source) -> int | None:
-    from diffkit import checkpoint
+    from diffkit.loading import load_checkpoint
 
-    return checkpoint.load(checkpoint.resolve(source)).get("step")
+    return load_checkpoint(MoleculeDomain(), source).get("step")
 
 
 if __name__ == "__main__":

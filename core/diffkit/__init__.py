@@ -24,7 +24,8 @@ from .schedules import (
     make_schedule,
     register_schedule,
 )
-from .tree import SampleGenerators, append_dims, draw_noise, draw_per_sample, gaussian_like, tree_map
+from .tree import (SampleGenerators, append_dims, draw_noise, draw_per_sample, draws_per_sample, gaussian_like,
+                   tree_map)
 from .plugins import hookimpl, make_plugin_manager
 from .pipeline import Pipeline, load
 
@@ -34,6 +35,6 @@ __all__ = [
     "CategoricalDenoiser", "CategoricalDiffusion", "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule",
     "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "Pipeline", "SAMPLERS", "SampleGenerators",
     "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert", "draw_noise", "draw_per_sample",
-    "drop_condition", "gaussian_like", "get_sampler", "inpaint", "load", "make_schedule", "masked_mean", "posterior",
-    "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",
+    "draws_per_sample", "drop_condition", "gaussian_like", "get_sampler", "inpaint", "load", "make_schedule",
+    "masked_mean", "posterior", "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",
 ]

@@ -205,6 +205,7 @@ class CategoricalDiffusion:
         return CategoricalDenoiser(model, self.schedule, self.processes_like(like), cond=cond, guidance=guidance,
                                    uncond=uncond, model_kwargs=model_kwargs, noise=self.noise_fn, mask=mask)
 
+    @torch.no_grad()
     def sample(self, model: Callable, shape: tuple[int, ...] | State, *, sampler: str | None = None,
                steps: int = DEFAULT_STEPS, spacing: str = "auto", generator: torch.Generator | None = None,
                callback: Callable | None = None, cond: Any = None, guidance: float = 1.0, uncond: Any = None,
@@ -219,7 +220,8 @@ class CategoricalDiffusion:
         ``a(t)``) when every leaf has absorbing noise and ``"uniform"`` otherwise, the better of
         the two in benchmarks/categorical.py (see :func:`categorical_process.sample_times`).
         ``cond``/``guidance``/``uncond`` set classifier-free guidance on the logits; ``options``
-        go to the sampler (e.g. ``eta`` for ``discrete_flow``).
+        go to the sampler (e.g. ``eta`` for ``discrete_flow``). Sampling runs without autograd,
+        as :meth:`Diffusion.sample` does.
         """
         sample_fn = get_sampler(sampler or DEFAULT_SAMPLER, self.samplers, kind="categorical")
         example = self._example(model, shape)
@@ -233,6 +235,7 @@ class CategoricalDiffusion:
         with _progress(progress, steps, callback) as observe:
             return sample_fn(denoiser, x_T, times, generator=generator, callback=observe, **options)
 
+    @torch.no_grad()
     def inpaint(self, model: Callable, known: State, keep: State, *, mask: State | None = None,
                 generator: torch.Generator | None = None, **kwargs) -> State:
         """Generate the entries of ``known`` where ``keep`` is 0, holding the rest at their known values.

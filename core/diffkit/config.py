@@ -57,6 +57,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "spacing": "auto",           # auto: the spacing each sampler was tuned with
         "guidance": 1.0,
         "batch_size": 256,
+        "precision": "float32",      # or bfloat16: the model's matrix products under autocast (CUDA, CPUs with AMX)
     },
     # A few-step student (`diffkit distill`, diffkit.distill): how the teacher's targets are made.
     "distill": {

@@ -81,7 +81,8 @@ class Domain:
         """Standard noise for a state (:func:`diffkit.tree.standard_noise`: Gaussian for float
         leaves, the uniforms of a categorical draw for integer leaves); override for structure
         (symmetric edges, zero padding). When sampling, the core calls it for one sample at a time
-        (:func:`diffkit.draw_noise`)."""
+        (:func:`diffkit.draw_noise`), or once for the batch with a :class:`~diffkit.SampleGenerators`
+        when the override is marked with :func:`diffkit.draws_per_sample`."""
         return standard_noise(like, generator)
 
     def categories(self, model: nn.Module, config: dict) -> tuple[int | dict, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ from .samplers import SAMPLERS, get_sampler, preferred_spacing, sampler_kind, sa
 from .schedules import make_schedule
 from .distributed import World
 from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
+
+
+PRECISIONS = ("float32", "bfloat16")
 
 
 def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,
@@ -173,7 +177,10 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
         "guidance": section["guidance"] if request.guidance is None else request.guidance,
         "spacing": section.get("spacing", "auto"),
         "batch_size": request.batch_size or section["batch_size"],
+        "precision": section.get("precision", "float32"),
     }
+    if settings["precision"] not in PRECISIONS:
+        raise ValueError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
     if request.init is not None:
         settings["spacing"] = "uniform"
     elif settings["spacing"] == "auto" and kind == "gaussian":
@@ -197,6 +204,23 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
     else:
         batch = domain.prepare_sampling(model, size, config, cond=request.cond, generator=generator)
     batch = to_device(batch, device)
+    with _autocast(device, settings["precision"]):
+        x = _denoise_chunk(domain, diffusion, model, batch, request, settings, generator, offset=offset,
+                           size=size, total=total, bar=bar)
+    batch["x"] = domain.decode(x, batch)
+    return to_device(batch, "cpu")
+
+
+def _autocast(device, precision: str):
+    """The model's matrix products in bfloat16 when asked (its outputs go back to the state's dtype)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def _denoise_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, batch: Batch, request: SampleRequest,
+                   settings: dict, generator: SampleGenerators, *, offset: int, size: int, total: int,
+                   bar=None) -> State:
     cond = batch.get("cond")
     common = dict(
         cond=cond, guidance=settings["guidance"], uncond=domain.null_cond(cond) if cond is not None else None,
@@ -216,8 +240,7 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
         x_T = _interpolated_noise(diffusion, batch, offset, size, total, request.seed) if request.interpolate else None
         x = diffusion.sample(model, batch["x"], sampler=settings["sampler"], steps=settings["steps"],
                              spacing=settings["spacing"], x_T=x_T, **common)
-    batch["x"] = domain.decode(x, batch)
-    return to_device(batch, "cpu")
+    return x
 
 
 def _categorical_chunk(diffusion: CategoricalDiffusion, model: nn.Module, batch: Batch, request: SampleRequest,

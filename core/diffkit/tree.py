@@ -151,11 +151,20 @@ def draw_per_sample(draw: Callable[[torch.Generator | None, int], Tensor], n: in
     return torch.cat([draw(g, 1) for g in generator])
 
 
+def draws_per_sample(noise: Callable[..., State]) -> Callable[..., State]:
+    """Mark a noise function that takes a :class:`SampleGenerators` itself and draws each sample's
+    noise from that sample's generator alone, as :func:`draw_noise` would one sample at a time:
+    :func:`draw_noise` then calls it once for the whole batch, without the per-sample loop."""
+    noise.draws_per_sample = True
+    return noise
+
+
 def draw_noise(noise: Callable[..., State], like: State, generator=None, **extra: Any) -> State:
     """``noise(like, generator, **extra)``; with :class:`SampleGenerators` the noise of each sample
     is drawn alone, from its own generator, with its own slice of ``like`` and of the batched
-    ``extra`` tensors, so that it does not depend on the rest of the batch."""
-    if not isinstance(generator, SampleGenerators):
+    ``extra`` tensors, so that it does not depend on the rest of the batch (a noise function
+    marked with :func:`draws_per_sample` is given the generators and does this itself)."""
+    if not isinstance(generator, SampleGenerators) or getattr(noise, "draws_per_sample", False):
         return noise(like, generator, **extra)
     n = batch_size(like)
     if len(generator) != n:

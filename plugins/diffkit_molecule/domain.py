@@ -116,6 +116,7 @@ class MoleculeDomain(diffkit.Domain):
     def leaf_weights(self, config: dict) -> dict[str, float]:
         return {"nodes": 1.0, "edges": float(config["model"]["edge_loss_weight"])}
 
+    @diffkit.draws_per_sample
     def noise(self, like, generator: torch.Generator | None = None, **extra: Tensor):
         """Symmetric edge noise, zero on padding: Gaussian for the one-hot state, the uniforms of
         the categorical draws for a state of class indices."""

@@ -114,6 +114,26 @@ def property_errors(samples: Sequence[str], asked, names: Sequence[str]) -> dict
     return scores
 
 
+def failure_kind(smiles: str) -> str:
+    """Why RDKit rejects a sample written as :func:`~diffkit_molecule.outputs.smiles_lines` writes
+    it (the graph as it stands): ``"valid"``, ``"unreadable"``, ``"valence <atom> <bonds>"`` for
+    the first atom whose bond orders exceed what its element and charge allow (e.g.
+    ``"valence N+ 5"``), or the type of RDKit's first complaint (``"kekulize"``, ...)."""
+    Chem = chem.rdkit()
+    mol = Chem.MolFromSmiles(smiles, sanitize=False) if smiles else None
+    if mol is None:
+        return "unreadable"
+    problems = Chem.DetectChemistryProblems(mol)
+    if not problems:
+        return "valid"
+    problem = problems[0]
+    if problem.GetType() == "AtomValenceException":
+        atom = mol.GetAtomWithIdx(problem.GetAtomIdx())
+        bonds = sum(bond.GetBondTypeAsDouble() for bond in atom.GetBonds())
+        return f"valence {chem.atom_token(atom.GetSymbol(), atom.GetFormalCharge())} {bonds:g}"
+    return problem.GetType().removesuffix("Exception").lower()
+
+
 def evaluate_smiles(samples: Sequence[str], reference: Sequence[str], *, with_fcd: bool = True) -> dict[str, float]:
     """All scores; FCD only when ``fcd-torch`` is installed (a warning says so otherwise)."""
     scores = basic_scores(samples, reference)

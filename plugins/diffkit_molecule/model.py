@@ -21,8 +21,45 @@ from .features import StructuralFeatures
 from .state import pair_mask
 
 
+class AtomPairs:
+    """The pairs ``i < j`` of ``n`` atoms, for edge states kept as one row per pair.
+
+    The edge state is symmetric (the input is, and every update is symmetric in ``i`` and ``j``), so
+    the network computes each pair once, on ``(B, P, C)`` with ``P = n (n - 1) / 2``, and lays it
+    out as ``(B, n, n, C)`` (zero diagonal) only where attention needs the square."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.n = n
+        self.first, self.second = torch.triu_indices(n, n, offset=1, device=device)
+        self.upper = self.first * n + self.second  # (i, j) in a flattened (n, n)
+        self.lower = self.second * n + self.first  # (j, i)
+        count = len(self.first)
+        square = torch.full((n, n), count, dtype=torch.long, device=device)  # the diagonal: a zero row
+        square[self.first, self.second] = torch.arange(count, device=device)
+        square[self.second, self.first] = torch.arange(count, device=device)
+        self.square_index = square.flatten()
+
+    # index_select, not advanced indexing: several times faster on the CPU for these shapes.
+    def rows(self, square: Tensor, transposed: bool = False) -> Tensor:
+        """``(B, n, n, ...) -> (B, P, ...)``: the upper triangle (of the transpose, with ``transposed``)."""
+        flat = square.flatten(1, 2)
+        return flat.index_select(1, self.lower if transposed else self.upper)
+
+    def ends(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, n, C) -> (B, P, C)`` twice: the features of each pair's first and second atom."""
+        return atoms.index_select(1, self.first), atoms.index_select(1, self.second)
+
+    def square(self, rows: Tensor, diagonal: Tensor | None = None) -> Tensor:
+        """``(B, P, C) -> (B, n, n, C)``: symmetric, ``diagonal (C,)`` (zero by default) on the diagonal."""
+        fill = rows.new_zeros(rows.shape[0], 1, rows.shape[2])
+        if diagonal is not None:
+            fill = fill + diagonal.to(rows.dtype)
+        square = torch.cat([rows, fill], dim=1).index_select(1, self.square_index)
+        return square.view(rows.shape[0], self.n, self.n, rows.shape[2])
+
+
 class GraphTransformerBlock(nn.Module):
-    """One block: ``h (B, N, D)``, ``e (B, N, N, De)``, ``g (B, D)`` -> updated ``h``, ``e``."""
+    """One block: ``h (B, N, D)``, pair rows ``e (B, P, De)``, ``g (B, D)`` -> updated ``h``, ``e``."""
 
     def __init__(self, dim: int, edge_dim: int, heads: int, ff_mult: int = 2):
         super().__init__()
@@ -44,34 +81,39 @@ class GraphTransformerBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, h: Tensor, e: Tensor, g: Tensor, node_mask: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, e: Tensor, g: Tensor, node_mask: Tensor, pair_rows: Tensor,
+                pairs: AtomPairs) -> tuple[Tensor, Tensor]:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(g).unsqueeze(1).chunk(6, dim=-1)
         x = self.norm_attention(h) * (1 + scale_a) + shift_a
-        message, scores = self._attend(x, e, node_mask)
+        message, scores = self._attend(x, e, node_mask, pairs)
         h = h + (1 + gate_a) * self.attention_out(message)
         h = h + (1 + gate_f) * self.ff(self.norm_ff(h) * (1 + scale_f) + shift_f)
         h = h * node_mask.unsqueeze(-1)
-        e = e + self._edge_update(h, e, scores) * pairs
+        e = e + self._edge_update(h, e, scores, pairs) * pair_rows
         return h, e
 
-    def _attend(self, x: Tensor, e: Tensor, node_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def _attend(self, x: Tensor, e: Tensor, node_mask: Tensor, pairs: AtomPairs) -> tuple[Tensor, Tensor]:
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, N, N)
-        scores = scores + self.edge_bias(e).permute(0, 3, 1, 2)
+        # An atom's pair with itself has a zero edge state: its bias is the layer's constant term.
+        scores = scores + pairs.square(self.edge_bias(e), self.edge_bias.bias).permute(0, 3, 1, 2)
         keys = node_mask.bool()[:, None, None, :]
-        weights = torch.softmax(scores.masked_fill(~keys, float("-inf")), dim=-1)
+        weights = softmax(scores.masked_fill(~keys, float("-inf")))
         # Edge features enter the values after aggregation (sum_j a_ij e_ij per head, then a
         # projection): the same function as projecting every edge first, at a fraction of the cost.
-        edge_message = torch.einsum("bhij,bijc->bihc", weights, e).reshape(b, n, -1)
+        # The diagonal's edge state is zero, as the square layout gives it.
+        edge_message = torch.einsum("bhij,bijc->bihc", weights, pairs.square(e)).reshape(b, n, -1)
         message = (weights @ v).transpose(1, 2).reshape(b, n, -1) + self.edge_message(edge_message)
         return message, scores
 
-    def _edge_update(self, h: Tensor, e: Tensor, scores: Tensor) -> Tensor:
+    def _edge_update(self, h: Tensor, e: Tensor, scores: Tensor, pairs: AtomPairs) -> Tensor:
         a, c = self.edge_from_nodes(h).chunk(2, dim=-1)
         # Symmetric in (i, j): sums and products of the two ends, symmetrised attention scores.
-        pair = a.unsqueeze(1) + a.unsqueeze(2) + c.unsqueeze(1) * c.unsqueeze(2)
-        symmetric_scores = ((scores + scores.transpose(-1, -2)) / 2).permute(0, 2, 3, 1)
+        (a_i, a_j), (c_i, c_j) = pairs.ends(a), pairs.ends(c)
+        pair = a_i + a_j + c_i * c_j
+        by_pair = scores.permute(0, 2, 3, 1)  # (B, N, N, H)
+        symmetric_scores = (pairs.rows(by_pair) + pairs.rows(by_pair, transposed=True)) / 2
         return self.edge_ff(torch.cat([self.norm_edges(e) + pair, symmetric_scores], dim=-1))
 
 
@@ -150,21 +192,24 @@ class MoleculeDenoiser(nn.Module):
         if node_mask is None:
             node_mask = torch.ones(nodes.shape[:-1], dtype=nodes.dtype, device=nodes.device)
         node_mask = node_mask.to(nodes.dtype)
-        pairs = pair_mask(node_mask).unsqueeze(-1)
-        nodes, edges = nodes * node_mask.unsqueeze(-1), edges * pairs
+        real_pairs = pair_mask(node_mask).unsqueeze(-1)
+        # The network reads the symmetric part of the edges (all of them for a symmetric state).
+        edges = (edges + edges.transpose(1, 2)) / 2
+        nodes, edges = nodes * node_mask.unsqueeze(-1), edges * real_pairs
         node_features, graph_features = self.structure(nodes, edges, node_mask)
+        pairs = AtomPairs(nodes.shape[1], nodes.device)
+        pair_rows = pairs.rows(real_pairs)
         h = self.node_in(torch.cat([nodes, node_features], dim=-1)) * node_mask.unsqueeze(-1)
-        e = self.edge_in(edges) * pairs
+        e = self.edge_in(pairs.rows(edges)) * pair_rows
         g = self.time_in(timestep_embedding(t, h.shape[-1])) + self.graph_in(graph_features)
         g = F.silu(g + self._condition(cond, nodes))
         for block in self.blocks:
-            h, e = block(h, e, g, node_mask, pairs)
+            h, e = block(h, e, g, node_mask, pair_rows, pairs)
         node_out = self.node_out(h)
         edge_out = self.edge_out(e)
-        edge_out = (edge_out + edge_out.transpose(1, 2)) / 2
         if self.prediction == "x0" and not self.categorical:
-            node_out, edge_out = 2 * node_out.softmax(-1) - 1, 2 * edge_out.softmax(-1) - 1
-        return {"nodes": node_out * node_mask.unsqueeze(-1), "edges": edge_out * pairs}
+            node_out, edge_out = 2 * softmax(node_out) - 1, 2 * softmax(edge_out) - 1
+        return {"nodes": node_out * node_mask.unsqueeze(-1), "edges": pairs.square(edge_out * pair_rows)}
 
     def _one_hot(self, nodes: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
         if nodes.is_floating_point() or edges.is_floating_point():
@@ -188,6 +233,13 @@ class MoleculeDenoiser(nn.Module):
             present = present & (torch.rand(present.shape, device=like.device) >= self.property_drop)
         normalised = torch.where(present, (cond - self.property_mean) / self.property_std, torch.zeros_like(cond))
         return self.cond_in(torch.cat([normalised, present.to(like.dtype)], dim=-1))
+
+
+def softmax(x: Tensor) -> Tensor:
+    """Softmax over the last dimension. Written out because ``torch.softmax`` over a dimension of a
+    few entries is slow on the CPU (13 ms against 2 ms for ``(1000, 8, 9, 9)`` on one thread)."""
+    exp = (x - x.amax(-1, keepdim=True)).exp()
+    return exp / exp.sum(-1, keepdim=True)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:

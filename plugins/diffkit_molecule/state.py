@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffkit import SampleGenerators
+
 from .chem import BOND_TYPES
 
 
@@ -74,21 +76,19 @@ def loss_mask(node_mask: Tensor) -> dict[str, Tensor]:
     return {"nodes": node_mask.unsqueeze(-1), "edges": pair_mask(node_mask).unsqueeze(-1)}
 
 
-def graph_noise(like: dict[str, Tensor], generator: torch.Generator | None = None,
+def graph_noise(like: dict[str, Tensor], generator: torch.Generator | SampleGenerators | None = None,
                 node_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Standard normal noise for a state: symmetric over edges, zero on the diagonal and, when
     ``node_mask`` is given, zero on padding. Each off-diagonal entry is still N(0, 1). It is drawn
     as wide as the atoms in use and zero padded from there, so a molecule's noise does not depend
-    on how far its batch is padded."""
+    on how far its batch is padded; with :class:`~diffkit.SampleGenerators` each molecule's is
+    drawn from its own generator, as wide as its own atoms."""
     nodes, edges = like["nodes"], like["edges"]
     if node_mask is None:
         node_mask = torch.ones(nodes.shape[:-1], dtype=nodes.dtype, device=nodes.device)
     node_mask = node_mask.to(nodes.dtype)
-    width, used = nodes.shape[1], _used_width(node_mask)
-    drawn = _randn((nodes.shape[0], used, nodes.shape[2]), generator, nodes)
-    node_noise = F.pad(drawn, (0, 0, 0, width - used)) * node_mask.unsqueeze(-1)
-    drawn = _randn((edges.shape[0], used, used, edges.shape[3]), generator, edges)
-    raw = F.pad(drawn, (0, 0, 0, width - used, 0, width - used))
+    node_noise = _padded_draws(_randn, generator, node_mask, nodes, pairs=False) * node_mask.unsqueeze(-1)
+    raw = _padded_draws(_randn, generator, node_mask, edges, pairs=True)
     upper = torch.triu(torch.ones(edges.shape[-2], edges.shape[-2], device=edges.device), diagonal=1)
     upper = upper.to(edges.dtype).unsqueeze(-1)
     triangle = raw * upper
@@ -96,7 +96,7 @@ def graph_noise(like: dict[str, Tensor], generator: torch.Generator | None = Non
     return {"nodes": node_noise, "edges": edge_noise}
 
 
-def graph_uniforms(like: dict[str, Tensor], generator: torch.Generator | None = None,
+def graph_uniforms(like: dict[str, Tensor], generator: torch.Generator | SampleGenerators | None = None,
                    node_mask: Tensor | None = None) -> dict[str, Tensor]:
     """The noise of a categorical state: a uniform in ``[0, 1)`` (float64) per atom and per pair
     of atoms, the same for ``(i, j)`` and ``(j, i)``, so that symmetric laws give symmetric draws.
@@ -106,18 +106,51 @@ def graph_uniforms(like: dict[str, Tensor], generator: torch.Generator | None = 
     if node_mask is None:
         node_mask = torch.ones(nodes.shape, device=nodes.device)
     node_mask = node_mask.to(torch.float64)
-    width, used = nodes.shape[1], _used_width(node_mask)
-    node_noise = F.pad(_rand((nodes.shape[0], used), generator, nodes), (0, width - used)) * node_mask
-    raw = F.pad(_rand((edges.shape[0], used, used), generator, edges), (0, width - used, 0, width - used))
-    triangle = torch.triu(raw, diagonal=1)
+    node_noise = _padded_draws(_rand, generator, node_mask, nodes, pairs=False) * node_mask
+    triangle = torch.triu(_padded_draws(_rand, generator, node_mask, edges, pairs=True), diagonal=1)
     edge_noise = (triangle + triangle.transpose(-1, -2)) * pair_mask(node_mask)
     return {"nodes": node_noise, "edges": edge_noise}
+
+
+def _padded_draws(draw, generator, node_mask: Tensor, like: Tensor, *, pairs: bool) -> Tensor:
+    """Random numbers shaped like ``like`` (``(B, N, ...)``, or ``(B, N, N, ...)`` with ``pairs``),
+    drawn for the positions below the used width and zero beyond it. One generator draws the whole
+    batch as wide as its widest graph; :class:`~diffkit.SampleGenerators` draw each graph as wide
+    as its own, from its own generator: the numbers a batch of one would get, with one draw per
+    graph and the rest done for the whole batch."""
+    batch, width = like.shape[0], like.shape[1]
+    tail = like.shape[3 if pairs else 2:]
+    if not isinstance(generator, SampleGenerators):
+        used = _used_width(node_mask)
+        drawn = draw((batch, used, used, *tail) if pairs else (batch, used, *tail), generator, like)
+        padding = [0, 0] * len(tail) + [0, width - used] * (2 if pairs else 1)
+        return F.pad(drawn, padding)
+    if len(generator) != batch:
+        raise ValueError(f"{len(generator)} sample generators for a batch of {batch}")
+    used = _used_widths(node_mask).tolist()
+    drawn = [draw((u, u, *tail) if pairs else (u, *tail), g, like) for g, u in zip(generator, used)]
+    out = torch.zeros(like.shape, dtype=drawn[0].dtype if drawn else like.dtype, device=like.device)
+    for u in set(used):  # graphs of one width are placed together
+        rows = [i for i, width_i in enumerate(used) if width_i == u]
+        block = torch.stack([drawn[i] for i in rows])
+        index = torch.tensor(rows, device=like.device)
+        if pairs:
+            out[index, :u, :u] = block
+        else:
+            out[index, :u] = block
+    return out
 
 
 def _used_width(node_mask: Tensor) -> int:
     """One past the last atom position that is real in some graph of the batch."""
     used = node_mask.reshape(-1, node_mask.shape[-1]).amax(0).nonzero()
     return int(used.max()) + 1 if len(used) else 0
+
+
+def _used_widths(node_mask: Tensor) -> Tensor:
+    """``(B,)``: one past the last real atom position of each graph (0 for a graph of none)."""
+    positions = torch.arange(1, node_mask.shape[-1] + 1, device=node_mask.device)
+    return ((node_mask > 0) * positions).amax(-1)
 
 
 def _randn(shape, generator, like: Tensor) -> Tensor:

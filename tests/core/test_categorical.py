@@ -461,3 +461,20 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="pass key="):
         graph_diffusion().transition(0.5)
     assert graph_diffusion().transition(0.5, key="nodes").shape == (3, 3)
+
+
+def test_sampling_and_inpainting_call_the_model_without_autograd():
+    d, law = make("uniform"), correlated_law()
+    exact, grad_enabled = law.denoiser(d), []
+
+    def model(x, t, cond=None):
+        grad_enabled.append(torch.is_grad_enabled())
+        return exact(x, t, cond=cond)
+
+    x = d.sample(model, (8, 3), steps=3, generator=torch.Generator().manual_seed(0))
+    keep = torch.zeros(8, 3, dtype=torch.long)
+    keep[:, 0] = 1
+    d.inpaint(model, x, keep, steps=3, generator=torch.Generator().manual_seed(1))
+    d.edit(model, x, 0.5, steps=4, generator=torch.Generator().manual_seed(2))
+    assert len(grad_enabled) >= 6 and not any(grad_enabled)
+    assert torch.is_grad_enabled()

@@ -185,3 +185,47 @@ def test_progress_bar_and_callback_together():
     seen = []
     diffusion.sample(lambda x, t, cond=None: torch.zeros_like(x), (2, 2), steps=3, progress=True, callback=seen.append)
     assert len(seen) == 3
+
+
+class _Linear(torch.nn.Module):
+    """A model with trainable parameters: its outputs would carry a graph under autograd."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.layer = torch.nn.Linear(dim, dim)
+
+    def forward(self, x, t, cond=None):
+        return self.layer(x) * 0.1
+
+
+def test_sampling_inpainting_and_editing_keep_no_graph():
+    diffusion, model = Diffusion("cosine", "v"), _Linear(4)
+    x = torch.randn(3, 4)
+    assert all(p.requires_grad for p in model.parameters())
+    outputs = [diffusion.sample(model, (3, 4), sampler=name, steps=3) for name in ("ddpm", "dpmpp_2m", "heun")]
+    outputs.append(diffusion.inpaint(model, x, torch.ones(3, 4).tril(), steps=3))
+    outputs.append(diffusion.edit(model, x, 0.5, steps=4))
+    assert not any(out.requires_grad for out in outputs)
+    assert torch.is_grad_enabled()  # and autograd is on again afterwards
+
+
+def test_a_model_guided_by_a_gradient_still_gets_it():
+    """eps = -std * grad log p_t(x), computed by autograd inside the model, gives the same samples
+    as the closed-form posterior mean of the same Gaussian mixture."""
+    mixture = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [1.0, 0.0]]),
+                              stds=torch.tensor([0.4, 0.6]))
+    diffusion = Diffusion("cosine", "eps")
+
+    def score_model(x, t, cond=None):
+        alpha, std = diffusion.schedule.alpha(t.double()), diffusion.schedule.std(t.double())
+        with torch.enable_grad():
+            x = x.detach().double().requires_grad_()
+            log_p = torch.logsumexp(mixture.noisy_log_prob(x, alpha, std), dim=1).sum()
+            (score,) = torch.autograd.grad(log_p, x)
+        return -std[:, None] * score
+
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    by_gradient = diffusion.sample(score_model, x_T, sampler="ddim", steps=10, x_T=x_T)
+    exact = diffusion.sample(mixture.denoiser(diffusion.schedule, "eps"), x_T, sampler="ddim", steps=10, x_T=x_T)
+    assert not by_gradient.requires_grad
+    assert torch.allclose(by_gradient, exact, atol=1e-6)

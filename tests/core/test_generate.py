@@ -55,3 +55,32 @@ def test_the_conformance_kit_reports_draws_that_ignore_per_sample_generators(tmp
     (problem,) = check_domain(DrawsDirectly(), tmp_path / "direct")
     assert problem.startswith("prepare_sampling() failed with one generator per sample")
     assert "diffkit.draw_per_sample" in problem
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_sample_precision_sets_autocast_for_the_model_only(toy, precision):
+    domain, model, config = toy
+    seen = []
+
+    class Watched(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args, **kwargs):
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+            return self.inner(*args, **kwargs)
+
+    settings = {**config, "sample": {**config["sample"], "precision": precision}}
+    out = generate(domain, Watched(), settings, SampleRequest(n=4, steps=3))
+    assert seen and set(seen) == {torch.bfloat16 if precision == "bfloat16" else False}
+    assert out["x"].dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    reference = generate(domain, model, config, SampleRequest(n=4, steps=3))
+    assert torch.allclose(out["x"], reference["x"], atol=0.1 if precision == "bfloat16" else 1e-6)
+
+
+def test_an_unknown_precision_is_refused_by_name(toy):
+    domain, model, config = toy
+    settings = {**config, "sample": {**config["sample"], "precision": "fp8"}}
+    with pytest.raises(ValueError, match="sample.precision must be one of float32, bfloat16, got 'fp8'"):
+        generate(domain, model, settings, SampleRequest(n=2, steps=2))

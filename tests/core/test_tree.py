@@ -111,3 +111,26 @@ def test_sample_generators_draw_each_samples_noise_from_its_own_stream():
     assert len({sample_seed(s, i) for s in range(50) for i in range(50)}) == 2500
     with pytest.raises(ValueError, match="2 sample generators for a batch of 3"):
         draw_noise(noise, like, SampleGenerators.seeded(0, range(2)), mask=torch.ones(3, 2), scale=1.0)
+
+
+def test_a_noise_marked_as_drawing_per_sample_gets_the_generators_in_one_call():
+    from diffkit.tree import SampleGenerators, draw_noise, draws_per_sample
+
+    calls = []
+
+    @draws_per_sample
+    def noise(state, generator, *, mask):
+        calls.append((type(generator).__name__, state.shape, mask.shape))
+        if not isinstance(generator, SampleGenerators):
+            return gaussian_like(state, generator)
+        return torch.stack([torch.randn(state.shape[1:], generator=g) for g in generator])
+
+    like, generators = torch.zeros(3, 4), SampleGenerators.seeded(5, range(3))
+    drawn = draw_noise(noise, like, generators, mask=torch.ones(3, 4))
+    assert calls == [("SampleGenerators", (3, 4), (3, 4))]
+    unmarked = draw_noise(lambda s, g, mask: gaussian_like(s, g), like, SampleGenerators.seeded(5, range(3)),
+                          mask=torch.ones(3, 4))
+    assert torch.equal(drawn, unmarked)
+    single = torch.Generator().manual_seed(0)
+    draw_noise(noise, like, single, mask=torch.ones(3, 4))  # a plain generator passes through as before
+    assert calls[-1][0] == "Generator"

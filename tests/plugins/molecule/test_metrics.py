@@ -59,3 +59,25 @@ def test_property_errors_against_values_asked_for_each_sample():
     scores = metrics.property_errors(smiles, asked, ["qed", "logp"])
     assert scores["mae_qed"] == pytest.approx(0.1, abs=1e-6)
     assert "mae_logp" not in scores and scores["asked_valid"] == 3.0
+
+
+def test_failure_kinds_name_the_atom_and_its_bond_orders():
+    from diffkit_molecule.chem import graph_to_mol, mol_to_graph, prepare, rdkit
+    from diffkit_molecule.outputs import smiles_lines
+
+    cases = {
+        "C(C)(C)(C)(C)C": "valence C 5",       # five single bonds on a carbon
+        "[N+](C)(C)(C)(C)C": "valence N+ 5",   # N+ allows four
+        "C=[O-]": "valence O- 2",              # O- allows one
+        "FC=F": "valence F 2",
+        "c1cccc1": "kekulize",                 # five aromatic atoms: no alternating bonds
+        "CC(=O)[O-]": "valid",
+        "": "unreadable",
+    }
+    assert {smiles: metrics.failure_kind(smiles) for smiles in cases} == cases
+    # Samples are written as their graph stands: a graph with a five-bonded carbon keeps its reason.
+    vocabulary = ["C", "O"]
+    atoms, bonds = mol_to_graph(prepare(rdkit().MolFromSmiles("CC(C)(C)C")), vocabulary)
+    bonds[1, 0] = bonds[0, 1] = 2
+    (line,) = smiles_lines([graph_to_mol(atoms, bonds, vocabulary)])
+    assert metrics.failure_kind(line) == "valence C 5"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import default_collate
 
@@ -36,6 +37,25 @@ def test_edge_noise_entries_are_standard_normal():
     assert abs(off_diagonal.std().item() - 1) < 0.02
 
 
+@pytest.mark.parametrize("categorical", [False, True])
+def test_noise_from_sample_generators_is_each_graph_drawn_alone(domain, categorical):
+    """The noise takes the generators itself (one call for the batch); it must give every graph
+    the numbers that drawing it alone, as a batch of one with its own generator, gives."""
+    sizes = torch.tensor([3, 5, 1, 4, 5, 0])
+    node_mask = (torch.arange(6) < sizes.unsqueeze(1)).float()
+    if categorical:
+        like = {"nodes": torch.zeros(6, 6, dtype=torch.long), "edges": torch.zeros(6, 6, 6, dtype=torch.long)}
+    else:
+        like = {"nodes": torch.zeros(6, 6, 3), "edges": torch.zeros(6, 6, 6, 4)}
+    seeded = lambda: diffkit.SampleGenerators.seeded(7, range(6))  # noqa: E731
+    batched = diffkit.draw_noise(domain.noise, like, seeded(), node_mask=node_mask)
+    one_by_one = diffkit.draw_noise(lambda *a, **k: domain.noise(*a, **k), like, seeded(), node_mask=node_mask)
+    for key in ("nodes", "edges"):
+        assert torch.equal(batched[key], one_by_one[key])
+    assert batched["nodes"][1].abs().sum() > 0 and batched["edges"][1, :5, :5].abs().sum() > 0
+    assert batched["nodes"][5].abs().sum() == 0 and batched["edges"][:, :, 5].abs().sum() == 0
+
+
 def test_encode_then_decode_returns_the_graph():
     atoms = torch.tensor([[0, 2, 1, -1]])
     bonds = torch.tensor([[[0, 1, 0, 0], [1, 0, 3, 0], [0, 3, 0, 0], [0, 0, 0, 0]]])
@@ -61,6 +81,60 @@ def test_model_is_permutation_equivariant_with_symmetric_edges(domain, config, s
     # Padding is zero in the prediction.
     padding = node_mask == 0
     assert out["nodes"][padding].abs().sum() == 0
+
+
+def _dense_block(block, h, e, g, node_mask, pairs):
+    """A graph transformer block written on the square edge state ``(B, N, N, De)``: the layout the
+    network's one-row-per-pair code must reproduce."""
+    import math
+
+    shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = block.modulation(g).unsqueeze(1).chunk(6, dim=-1)
+    x = block.norm_attention(h) * (1 + scale_a) + shift_a
+    b, n, _ = x.shape
+    q, k, v = block.qkv(x).view(b, n, 3, block.heads, block.head_dim).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(block.head_dim) + block.edge_bias(e).permute(0, 3, 1, 2)
+    weights = torch.softmax(scores.masked_fill(~node_mask.bool()[:, None, None, :], float("-inf")), dim=-1)
+    edge_message = torch.einsum("bhij,bijc->bihc", weights, e).reshape(b, n, -1)
+    message = (weights @ v).transpose(1, 2).reshape(b, n, -1) + block.edge_message(edge_message)
+    h = h + (1 + gate_a) * block.attention_out(message)
+    h = (h + (1 + gate_f) * block.ff(block.norm_ff(h) * (1 + scale_f) + shift_f)) * node_mask.unsqueeze(-1)
+    a, c = block.edge_from_nodes(h).chunk(2, dim=-1)
+    pair = a.unsqueeze(1) + a.unsqueeze(2) + c.unsqueeze(1) * c.unsqueeze(2)
+    symmetric = ((scores + scores.transpose(-1, -2)) / 2).permute(0, 2, 3, 1)
+    return h, e + block.edge_ff(torch.cat([block.norm_edges(e) + pair, symmetric], dim=-1)) * pairs
+
+
+def test_the_pair_rows_network_equals_the_square_one(domain, config, smiles_file):
+    from diffkit_molecule.model import AtomPairs, timestep_embedding
+
+    _, batch = small_batch(domain, config, smiles_file, n=6)
+    torch.manual_seed(1)
+    model = domain.build_model(config).eval()
+    for block in model.blocks:  # zero at initialisation: give the modulation a part to play
+        torch.nn.init.normal_(block.modulation.weight, std=0.05)
+    x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((6,), 0.6))
+    node_mask, t = batch["extra"]["node_mask"], torch.full((6,), 0.6)
+    with torch.no_grad():
+        out = model(x, t, node_mask=node_mask)
+        pairs = pair_mask(node_mask).unsqueeze(-1)
+        nodes, edges = x["nodes"] * node_mask.unsqueeze(-1), x["edges"] * pairs
+        node_features, graph_features = model.structure(nodes, edges, node_mask)
+        h = model.node_in(torch.cat([nodes, node_features], dim=-1)) * node_mask.unsqueeze(-1)
+        e = model.edge_in(edges) * pairs
+        g = torch.nn.functional.silu(model.time_in(timestep_embedding(t, h.shape[-1])) + model.graph_in(graph_features)
+                                     + model._condition(None, nodes))
+        for block in model.blocks:
+            h, e = _dense_block(block, h, e, g, node_mask, pairs)
+        node_out = 2 * model.node_out(h).softmax(-1) - 1
+        edge_out = model.edge_out(e)
+        edge_out = 2 * ((edge_out + edge_out.transpose(1, 2)) / 2).softmax(-1) - 1
+    assert torch.allclose(out["nodes"], node_out * node_mask.unsqueeze(-1), atol=1e-5)
+    assert torch.allclose(out["edges"], edge_out * pairs, atol=1e-5)
+    square = torch.randn(2, 5, 5, 3)
+    square = (square + square.transpose(1, 2)) * (1 - torch.eye(5)).unsqueeze(-1)
+    layout = AtomPairs(5, square.device)
+    assert torch.equal(layout.square(layout.rows(square)), square)
+    assert torch.equal(layout.rows(square.transpose(1, 2).contiguous()), layout.rows(square, transposed=True))
 
 
 def test_a_few_steps_reduce_the_loss(domain, config, smiles_file):

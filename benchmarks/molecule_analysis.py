@@ -1,0 +1,181 @@
+"""Analyses of generated molecules beyond benchmarks/molecule.py's scores; the numbers in
+docs/benchmarks/molecule.md come from them.
+
+    python benchmarks/molecule_analysis.py failures OUT/samples.smi    # why invalid samples fail
+    python benchmarks/molecule_analysis.py qm9 OUT/samples.smi         # novelty vs QM9, FCD vs a held-out split
+    python benchmarks/molecule_analysis.py guidance -n 1000 --guidance 1 2 3
+    python benchmarks/molecule_analysis.py scaffold -n 250 --scaffold c1ccccc1 c1ccncc1 C1CCOC1
+
+``qm9`` and ``guidance`` need the qm9pack package (all of QM9). The held-out molecules are QM9
+molecules outside the bundled subset (the shipped model's training data), drawn with ``--seed``.
+Sampling uses the shipped weights (or ``--checkpoint``) and the config's sampler and steps unless
+``--steps`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from diffkit.generate import SampleRequest, generate
+from diffkit.loading import load_for_sampling
+from diffkit_molecule import MoleculeDomain
+from diffkit_molecule.chem import canonical_smiles, rdkit
+from diffkit_molecule.metrics import basic_scores, failure_kind, fcd, property_errors
+from diffkit_molecule.outputs import molecules_from_graphs, smiles_lines
+from diffkit_molecule.properties import compute
+from diffkit_molecule.sources import bundled_path, read_smiles_texts
+
+HELD_OUT_SIZE = 10_000  # the FCD reference: as many molecules as the 10,000-sample benchmark draws
+
+
+def failures(samples: list[str]) -> dict:
+    """Counts over all samples: valid ones, invalid ones by reason, and among the valid ones those
+    in several pieces and those with charged atoms."""
+    Chem = rdkit()
+    reasons = [failure_kind(s) for s in samples]
+    kinds = Counter(reasons)
+    valid = [Chem.MolFromSmiles(s) for s, reason in zip(samples, reasons) if reason == "valid"]
+    charged = Counter()
+    for mol in valid:
+        tokens = sorted({f"{a.GetSymbol()}{'+' if a.GetFormalCharge() > 0 else '-'}" for a in mol.GetAtoms()
+                         if a.GetFormalCharge()})
+        charged[" ".join(tokens) or "none"] += 1
+    pieces = Counter(len(Chem.GetMolFrags(mol)) for mol in valid)
+    return {"samples": len(samples), "valid": kinds.pop("valid", 0),
+            "invalid_by_kind": dict(kinds.most_common()),
+            "valid_by_pieces": dict(sorted(pieces.items())),
+            "valid_by_charged_atoms": dict(charged.most_common()),
+            "valid_net_charge_nonzero": sum(Chem.GetFormalCharge(mol) != 0 for mol in valid)}
+
+
+def qm9_canonical() -> list[str]:
+    """All of QM9 as canonical SMILES without stereochemistry (as the bundled subset is written)."""
+    from diffkit_molecule.qm9 import qm9_smiles
+
+    Chem = rdkit()
+    out = []
+    for text in qm9_smiles():
+        mol = Chem.MolFromSmiles(text)
+        if mol is not None:
+            out.append(canonical_smiles(mol))
+    return out
+
+
+def held_out(everything: list[str], count: int, seed: int) -> list[str]:
+    """``count`` distinct QM9 molecules that are not in the bundled subset."""
+    training = set(read_smiles_texts(bundled_path()))
+    outside = sorted(set(everything) - training)
+    return random.Random(seed).sample(outside, count)
+
+
+def qm9_scores(samples: list[str], seed: int) -> dict:
+    everything = qm9_canonical()
+    scores = basic_scores(samples, everything)
+    reference = held_out(everything, HELD_OUT_SIZE, seed)
+    return {"qm9_molecules": len(set(everything)), "novelty_vs_qm9": scores["novelty"],
+            "fcd_vs_held_out": fcd(samples, reference), "held_out_size": len(reference)}
+
+
+def sample_smiles(domain, model, config, request: SampleRequest) -> tuple[list[str], float]:
+    start = time.perf_counter()
+    batch = generate(domain, model, config, request)
+    seconds = time.perf_counter() - start
+    mols = molecules_from_graphs(batch["x"]["nodes"], batch["x"]["edges"], config["data"]["atom_types"])
+    return smiles_lines(mols), seconds
+
+
+def guidance(domain, model, config, args) -> dict:
+    """MAE of each property of valid samples against values asked for them (the properties of
+    held-out molecules, all three asked together), conditional at each guidance weight and
+    unconditional (the same asked values: the baseline)."""
+    Chem = rdkit()
+    names = list(model.property_names)
+    asked_mols = held_out(qm9_canonical(), args.n, args.seed)
+    asked = [dict(zip(names, compute(Chem.MolFromSmiles(s), names))) for s in asked_mols]
+    table = torch.tensor([[row[name] for name in names] for row in asked], dtype=torch.float64)
+    results = {}
+    for weight in [None, *args.guidance]:
+        request = SampleRequest(n=args.n, seed=args.seed, steps=args.steps,
+                                cond=None if weight is None else asked, guidance=weight)
+        smiles, seconds = sample_smiles(domain, model, config, request)
+        label = "unconditional" if weight is None else f"guidance {weight:g}"
+        row = {**property_errors(smiles, table, names), **basic_scores(smiles, [])}
+        row.pop("novelty")
+        results[label] = {k: round(v, 4) for k, v in row.items()} | {"seconds": round(seconds, 1)}
+        print(label, results[label], flush=True)
+    return results
+
+
+def _kekule(mol):
+    """A copy with Kekulé bonds and no aromatic flags: matches compare the graph as generated."""
+    Chem = rdkit()
+    mol = Chem.Mol(mol)
+    Chem.Kekulize(mol, clearAromaticFlags=True)
+    return mol
+
+
+def scaffolds(domain, model, config, args) -> dict:
+    """Strict validity and, among valid samples, the fraction that hold the scaffold as a
+    substructure in RDKit's sense (aromatic rings perceived as aromatic) and as the Kekulé graph
+    that was kept."""
+    Chem = rdkit()
+    results = {}
+    for scaffold in args.scaffold:
+        query = Chem.MolFromSmiles(scaffold)
+        request = SampleRequest(n=args.n, seed=args.seed, steps=args.steps, init=scaffold, resample=args.resample)
+        smiles, seconds = sample_smiles(domain, model, config, request)
+        valid = [m for m in (Chem.MolFromSmiles(s) for s in smiles) if m is not None]
+        kept = sum(m.HasSubstructMatch(query) for m in valid)
+        as_graph = sum(_kekule(m).HasSubstructMatch(_kekule(query)) for m in valid)
+        results[scaffold] = {"samples": len(smiles), "validity": round(len(valid) / len(smiles), 4),
+                             "kept_in_valid": round(kept / max(len(valid), 1), 4), "kept": kept,
+                             "kept_as_kekule_graph": as_graph, "valid": len(valid),
+                             "unique_valid": len({canonical_smiles(m) for m in valid}),
+                             "resample": args.resample, "seconds": round(seconds, 1)}
+        print(scaffold, results[scaffold], flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("failures", "qm9"):
+        command = commands.add_parser(name)
+        command.add_argument("samples", help="a samples.smi written by diffkit sample or benchmarks/molecule.py")
+        command.add_argument("--seed", type=int, default=0)
+    for name, default_n in (("guidance", 1000), ("scaffold", 250)):
+        command = commands.add_parser(name)
+        command.add_argument("-n", type=int, default=default_n, help="samples per setting")
+        command.add_argument("--checkpoint", default=None, help="checkpoint or run folder (default: shipped weights)")
+        command.add_argument("--steps", type=int, default=None)
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--threads", type=int, default=1)
+        command.add_argument("--out", default=None, help="a JSON file for the results")
+    commands.choices["guidance"].add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    commands.choices["scaffold"].add_argument("--scaffold", nargs="+", default=["c1ccccc1", "c1ccncc1", "C1CCOC1"])
+    commands.choices["scaffold"].add_argument("--resample", type=int, default=1, help="RePaint resampling rounds")
+    args = parser.parse_args()
+
+    if args.command in ("failures", "qm9"):
+        samples = read_smiles_texts(Path(args.samples))
+        results = failures(samples) if args.command == "failures" else qm9_scores(samples, args.seed)
+    else:
+        torch.set_num_threads(args.threads)
+        domain = MoleculeDomain()
+        model, config = load_for_sampling(domain, args.checkpoint or domain.pretrained(), "cpu")
+        results = (guidance if args.command == "guidance" else scaffolds)(domain, model, config, args)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if getattr(args, "out", None):
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
