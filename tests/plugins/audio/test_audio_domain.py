@@ -14,6 +14,8 @@ from diffkit.generate import build_diffusion
 from diffkit.testing import assert_domain_conforms
 from diffkit.kit import NULL_LABEL
 
+from audio_helpers import loss_before_and_after_training
+
 
 def test_registered_through_the_plugin_manager():
     registry = diffkit.make_plugin_manager(entry_points=False)
@@ -39,28 +41,7 @@ def test_conforms_to_the_domain_contract(domain, config, tmp_path):
 
 
 def test_few_steps_reduce_the_loss(domain, config):
-    torch.manual_seed(0)
-    dataset = domain.build_dataset(config)
-    model = domain.build_model(config)
-    domain.fit_data(model, dataset, config)
-    diffusion = build_diffusion(domain, config)
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(0, len(dataset), 2)])
-    generator = torch.Generator().manual_seed(1)
-    fixed = {"t": torch.rand(len(batch["x"]), generator=generator),
-             "noise": torch.randn(batch["x"].shape, generator=generator)}
-
-    def held_out_loss() -> float:
-        with torch.no_grad():
-            return float(diffusion.loss(model, batch["x"], cond=batch["cond"], **fixed))
-
-    before = held_out_loss()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        loss = diffusion.loss(model, batch["x"], cond=batch["cond"])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    after = held_out_loss()
+    _, before, after = loss_before_and_after_training(domain, config, every=2, steps=40)
     assert after < 0.85 * before, (before, after)
 
 

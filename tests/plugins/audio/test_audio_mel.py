@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from diffkit.config import resolve_config
-from diffkit.generate import SampleRequest, build_diffusion, generate
+from diffkit.generate import SampleRequest, generate
 from diffkit.testing import assert_domain_conforms
 from diffkit_audio.editing import frame_keep
 from diffkit_audio.mel import MEL_CEILING, MEL_FLOOR, MelCodec, denormalise_log_mel, frames_for, normalise_log_mel
 
-from audio_helpers import RATE, peak_frequency, sine, write
+from audio_helpers import RATE, loss_before_and_after_training, peak_frequency, sine, write
 
 
 def test_log_mel_map_sends_floor_and_ceiling_to_the_ends_and_inverts_exactly():
@@ -83,28 +83,8 @@ def test_mel_dataset_items_and_model_shapes(domain, mel_config):
 
 
 def test_mel_representation_trains_and_samples_waveforms(domain, mel_config):
-    torch.manual_seed(0)
-    dataset = domain.build_dataset(mel_config)
-    model = domain.build_model(mel_config)
-    domain.fit_data(model, dataset, mel_config)
-    diffusion = build_diffusion(domain, mel_config)
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(0, len(dataset), 4)])
-    generator = torch.Generator().manual_seed(1)
-    fixed = {"t": torch.rand(len(batch["x"]), generator=generator),
-             "noise": torch.randn(batch["x"].shape, generator=generator)}
-
-    def held_out_loss() -> float:
-        with torch.no_grad():
-            return float(diffusion.loss(model, batch["x"], cond=batch["cond"], **fixed))
-
-    before = held_out_loss()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(10):
-        loss = diffusion.loss(model, batch["x"], cond=batch["cond"])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    assert held_out_loss() < 0.8 * before
+    model, before, after = loss_before_and_after_training(domain, mel_config, every=4, steps=10)
+    assert after < 0.8 * before
     samples = generate(domain, model.eval(), mel_config, SampleRequest(n=3, steps=3, seed=0, cond="C4,E4,G4"))
     assert samples["x"].shape == (3, 1, 2000) and samples["names"] == ["C4", "E4", "G4"]
     assert samples["x"].abs().max() <= 1.0 and torch.isfinite(samples["x"]).all()
