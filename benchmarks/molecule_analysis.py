@@ -138,7 +138,7 @@ def scaffolds(domain, model, config, args) -> dict:
                              "kept_in_valid": round(kept / max(len(valid), 1), 4), "kept": kept,
                              "kept_as_kekule_graph": as_graph, "valid": len(valid),
                              "unique_valid": len({canonical_smiles(m) for m in valid}),
-                             "resample": args.resample, "seconds": round(seconds, 1)}
+                             "resample": args.resample or config["sample"]["resample"], "seconds": round(seconds, 1)}
         print(scaffold, results[scaffold], flush=True)
     return results
 
@@ -160,7 +160,8 @@ def main() -> None:
         command.add_argument("--out", default=None, help="a JSON file for the results")
     commands.choices["guidance"].add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     commands.choices["scaffold"].add_argument("--scaffold", nargs="+", default=["c1ccccc1", "c1ccncc1", "C1CCOC1"])
-    commands.choices["scaffold"].add_argument("--resample", type=int, default=1, help="RePaint resampling rounds")
+    commands.choices["scaffold"].add_argument("--resample", type=int, default=None,
+                                                      help="RePaint resampling rounds (default: the config's sample.resample)")
     args = parser.parse_args()
 
     if args.command in ("failures", "qm9"):

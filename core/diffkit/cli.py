@@ -283,7 +283,7 @@ def _resumed_data(run_dir: Path, data: str | None) -> str | None:
 @click.option("--init", "init", default=None, help="Edit this input: a file, or what the domain reads as one (e.g. a SMILES string).")
 @click.option("--mask", default=None, help="With --init: what to keep, as the domain reads it (e.g. a mask image or a time span); without it --init is edited as a whole.")
 @click.option("--strength", type=float, default=0.6, show_default=True, help="With --init and no --mask: how far to noise the input (0..1).")
-@click.option("--resample", type=int, default=1, show_default=True, help="With --mask: resampling rounds per step (RePaint); more agrees better with the kept part.")
+@click.option("--resample", type=int, default=None, help="With --mask (or a kept part of --init): resampling rounds per step (RePaint); more agrees better with the kept part. Default: sample.resample.")
 @click.option("--interpolate", type=int, default=0, help="Draw this many samples along a spherical interpolation between two noises.")
 @click.option("--out", required=True, type=click.Path(), help="Where to write the samples (a folder, or a file whose suffix the domain supports).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -384,7 +384,7 @@ def _sample_record(domain: str, source, config: dict, request, written: list, re
             "n": request.interpolate or request.n, "cond": request.cond}
     made.update({key: settings[key] for key in ("sampler", "steps", "spacing", "guidance")})
     if request.init is not None:
-        made.update(init=request.init, mask=request.mask, strength=request.strength, resample=request.resample)
+        made.update(init=request.init, mask=request.mask, strength=request.strength, resample=settings["resample"])
     if request.interpolate:
         made["interpolate"] = request.interpolate
     made["sample_config"] = config["sample"]

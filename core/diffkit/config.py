@@ -58,6 +58,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "guidance": 1.0,
         "batch_size": 256,
         "precision": "float32",      # or bfloat16: the model's matrix products under autocast (CUDA, CPUs with AMX)
+        "resample": 1,               # inpainting (--mask, a domain's kept part): rounds per step (RePaint)
     },
     # A few-step student (`diffkit distill`, diffkit.distill): how the teacher's targets are made.
     "distill": {
@@ -113,7 +114,7 @@ def apply_user_layers(config: dict, defaults: Mapping, *, file: str | Path | Non
 
 # Values below these make a run do nothing, or fail far from the setting that caused it.
 MINIMUMS: dict[str, int] = {
-    "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "sample.steps": 1, "sample.batch_size": 1,
+    "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "sample.steps": 1, "sample.batch_size": 1, "sample.resample": 1,
     "distill.teacher_substeps": 1,
 }
 

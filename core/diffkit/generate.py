@@ -66,7 +66,7 @@ class SampleRequest:
     init: str | None = None
     mask: str | None = None
     strength: float = 0.6
-    resample: int = 1
+    resample: int | None = None
     interpolate: int = 0
     progress: bool = False
 
@@ -178,6 +178,7 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
         "spacing": section.get("spacing", "auto"),
         "batch_size": request.batch_size or section["batch_size"],
         "precision": section.get("precision", "float32"),
+        "resample": section.get("resample", 1) if request.resample is None else request.resample,
     }
     if settings["precision"] not in PRECISIONS:
         raise ValueError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
@@ -231,7 +232,7 @@ def _denoise_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, batch
         x = _categorical_chunk(diffusion, model, batch, request, settings, common)
     elif request.init is not None and "keep" in batch:
         x = diffusion.inpaint(model, batch["x"], batch["keep"], sampler=_inpaint_sampler(settings),
-                              steps=settings["steps"], spacing=settings["spacing"], resample=request.resample,
+                              steps=settings["steps"], spacing=settings["spacing"], resample=settings["resample"],
                               **common)
     elif request.init is not None:
         x = diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"],

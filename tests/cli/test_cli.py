@@ -247,3 +247,18 @@ def test_the_molecule_plugin_names_init_scaffold(tmp_path):
     by_scaffold = run(*common, "--scaffold", "c1ccncc1", "--out", str(tmp_path / "scaffold.smi"))
     assert by_init.exit_code == by_scaffold.exit_code == 0, by_scaffold.output
     assert (tmp_path / "init.smi").read_text() == (tmp_path / "scaffold.smi").read_text()
+
+
+def test_a_scaffold_is_resampled_as_the_molecule_config_says(tmp_path):
+    """Without --resample, inpainting takes sample.resample from the config (3 for molecules):
+    the same molecules as --resample 3, other ones than --resample 1, and the record says 3."""
+    common = ["sample", "--domain", "molecule", "-n", "3", "--steps", "4", "--seed", "5", "--no-progress",
+              "--scaffold", "c1ccncc1"]
+    outputs = {}
+    for name, extra in (("default", []), ("three", ["--resample", "3"]), ("one", ["--resample", "1"])):
+        result = run(*common, *extra, "--out", str(tmp_path / f"{name}.smi"))
+        assert result.exit_code == 0, result.output
+        outputs[name] = (tmp_path / f"{name}.smi").read_text()
+    assert outputs["default"] == outputs["three"] != outputs["one"]
+    record = json.loads((tmp_path / "default.smi.json").read_text())
+    assert record["resample"] == 3
