@@ -8,13 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from diffkit import checkpoint as ckpt
 from diffkit.cli import cli
 from diffkit.config import resolve_config
 from diffkit.generate import SampleRequest, generate, sample_settings
 from diffkit.loading import load_for_sampling
-from diffkit.runner import Trainer, train
+from diffkit.runner import train
 from diffkit.testing import assert_domain_conforms, check_domain
+from run_checks import assert_same_weights, final_weights, stop_at_step
 from toy_categorical import ToyCategoricalDomain, is_ramp
 
 DOMAIN = ToyCategoricalDomain()
@@ -48,23 +48,11 @@ def test_training_lowers_the_loss_and_sampling_learns_the_ramps(trained):
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
     config = toy_config(steps=30, checkpoint_every=10)
     train(DOMAIN, config, out=tmp_path / "straight", progress=False)
-    original = Trainer._train_step
-
-    def dies_at_step_15(self, batch):
-        if self.step == 15:
-            raise RuntimeError("stopped")
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_15)
-    with pytest.raises(RuntimeError, match="stopped"):
-        train(DOMAIN, config, out=tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    stop_at_step(15, lambda: train(DOMAIN, config, out=tmp_path / "resumed", progress=False), monkeypatch)
     train(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)
-    straight, resumed = (ckpt.load(ckpt.resolve(tmp_path / name)) for name in ("straight", "resumed"))
-    assert straight["step"] == resumed["step"] == 30
-    for part in ("model", "ema"):
-        for key, value in straight[part].items():
-            assert torch.equal(value, resumed[part][key]), (part, key)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert straight["step"] == 30
+    assert_same_weights(straight, resumed, rtol=0, atol=0)
 
 
 def test_samples_do_not_depend_on_the_batch_size(trained):

@@ -15,14 +15,15 @@ import diffkit
 from diffkit import checkpoint as ckpt
 from diffkit.config import resolve_config
 from diffkit.distill import (
-    Distillation, ddim_target, distill, distillation_loss, load_teacher, next_times, student_config,
+    ddim_target, distill, distillation_loss, load_teacher, next_times, student_config,
     student_times, substep_times, teacher_solution,
 )
 from diffkit.generate import SampleRequest, generate
 from diffkit.gmm import GaussianMixture, random_directions
 from diffkit.loading import load_for_sampling
-from diffkit.runner import Trainer, TrainingError, train
+from diffkit.runner import TrainingError, train
 from diffkit.samplers import sample_ddim
+from run_checks import assert_same_weights, final_weights, stop_at_step
 from toy_domain import ToyDomain
 
 DOMAIN = ToyDomain()
@@ -193,30 +194,14 @@ def test_the_student_starts_from_the_teachers_weights_and_records_its_teacher(te
     assert (student["config"]["sample"]["sampler"], student["config"]["sample"]["steps"]) == ("ddim", 3)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_an_interrupted_then_resumed_distillation_matches_an_uninterrupted_one(teacher_run, tmp_path, monkeypatch):
     config = toy_student(teacher_run, steps=16, checkpoint_every=5)
     distill(DOMAIN, config, out=tmp_path / "straight", progress=False)
-    original = Trainer._train_step
-
-    def dies_at_step_12(self, batch):
-        if self.step == 12:
-            raise Interrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_12)
-    with pytest.raises(Interrupt):
-        distill(DOMAIN, config, out=tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    stop_at_step(12, lambda: distill(DOMAIN, config, out=tmp_path / "resumed", progress=False), monkeypatch)
     distill(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)
-    straight, resumed = (ckpt.load(ckpt.resolve(tmp_path / name)) for name in ("straight", "resumed"))
-    assert straight["step"] == resumed["step"] == 16
-    for part in ("model", "ema"):
-        for key in straight[part]:
-            torch.testing.assert_close(straight[part][key], resumed[part][key], rtol=0, atol=0)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert straight["step"] == 16
+    assert_same_weights(straight, resumed, rtol=0, atol=0)
     # A distillation run is resumed as one, and a training run as one.
     with pytest.raises(TrainingError, match="written by `diffkit distill`"):
         train(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,8 @@ import torch
 from diffkit import checkpoint as ckpt
 from diffkit.config import resolve_config
 from diffkit.loading import load_for_sampling
-from diffkit.runner import Trainer, TrainingError, train
+from diffkit.runner import TrainingError, train
+from run_checks import assert_same_weights, final_weights, stop_at_step
 from toy_domain import PointDenoiser, ToyDomain
 
 DOMAIN = ToyDomain()
@@ -22,18 +22,6 @@ DOMAIN = ToyDomain()
 
 def toy_config(**train_settings):
     return resolve_config(DOMAIN, overrides={"train": train_settings} if train_settings else None)
-
-
-def final_weights(run_dir: Path) -> dict:
-    state = ckpt.load(ckpt.resolve(run_dir))
-    return {"model": state["model"], "ema": state["ema"], "step": state["step"]}
-
-
-def assert_same_weights(a: dict, b: dict, **tolerance):
-    assert a["step"] == b["step"]
-    for part in ("model", "ema"):
-        for key in a[part]:
-            torch.testing.assert_close(a[part][key], b[part][key], **tolerance)
 
 
 def test_training_reduces_the_loss_and_writes_its_logs(tmp_path):
@@ -46,26 +34,11 @@ def test_training_reduces_the_loss_and_writes_its_logs(tmp_path):
     assert result.checkpoint == ckpt.checkpoint_path(tmp_path / "run", 60)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
     config = toy_config(steps=40, checkpoint_every=10)
     train(DOMAIN, config, out=tmp_path / "straight", progress=False)
-
-    original = Trainer._train_step
-
-    def dies_at_step_25(self, batch):
-        if self.step == 25:
-            raise Interrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_25)
-    with pytest.raises(Interrupt):
-        train(DOMAIN, config, out=tmp_path / "resumed", progress=False)
+    stop_at_step(25, lambda: train(DOMAIN, config, out=tmp_path / "resumed", progress=False), monkeypatch)
     assert ckpt.resolve(tmp_path / "resumed").name == "step_00000020.pt"
-    monkeypatch.setattr(Trainer, "_train_step", original)
     train(DOMAIN, config, out=tmp_path / "resumed", resume=True, progress=False)
 
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"), rtol=0, atol=0)
