@@ -62,15 +62,21 @@ def test_existing_folder_is_not_overwritten(tmp_path):
     assert list((tmp_path / "diffkit-waves").iterdir()) == []
 
 
+def install_test_and_train(package, domain: str, passed: str, venv) -> None:
+    """Install a generated plugin into ``venv``, see ``diffkit plugins`` list its domain, run its
+    own tests (``passed``: pytest's count line) and train it for 20 steps into ``package/run``."""
+    venv("-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", ".", cwd=package)
+    assert domain in venv("-m", "diffkit", "plugins", cwd=package)
+    assert passed in venv("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
+    venv("-m", "diffkit", "train", "--domain", domain, "--steps", "20", "--out", "run", "--no-progress", cwd=package)
+
+
 @pytest.mark.slow
 def test_scaffold_installs_lists_trains_and_passes_its_tests(tmp_path, venv):
     result = CliRunner().invoke(cli, ["new-plugin", "waves", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     package = tmp_path / "diffkit-waves"
-    venv("-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", ".", cwd=package)
-    assert "waves" in venv("-m", "diffkit", "plugins", cwd=package)
-    assert "3 passed" in venv("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
-    venv("-m", "diffkit", "train", "--domain", "waves", "--steps", "20", "--out", "run", "--no-progress", cwd=package)
+    install_test_and_train(package, "waves", "3 passed", venv)
     venv("-m", "diffkit", "sample", "--domain", "waves", "--checkpoint", "run", "-n", "4", "--out", "s.csv",
          "--no-progress", cwd=package)
     assert len((package / "s.csv").read_text().splitlines()) == 4
@@ -81,10 +87,7 @@ def test_categorical_scaffold_installs_trains_samples_and_passes_its_tests(tmp_p
     result = CliRunner().invoke(cli, ["new-plugin", "bases", "--kind", "categorical", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     package = tmp_path / "diffkit-bases"
-    venv("-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", ".", cwd=package)
-    assert "bases" in venv("-m", "diffkit", "plugins", cwd=package)
-    assert "5 passed" in venv("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
-    venv("-m", "diffkit", "train", "--domain", "bases", "--steps", "20", "--out", "run", "--no-progress", cwd=package)
+    install_test_and_train(package, "bases", "5 passed", venv)
     venv("-m", "diffkit", "sample", "--domain", "bases", "--checkpoint", "run", "-n", "4", "--cond", "gc=0.5",
          "--out", "s.fasta", "--no-progress", cwd=package)
     assert (package / "s.fasta").read_text().count(" gc=0.5000\n") == 4
