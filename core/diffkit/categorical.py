@@ -22,7 +22,7 @@ from .categorical_process import (
     uniform_like,
 )
 from .categorical_samplers import CategoricalDenoiser, keep_masked, leaf_process, map_leaves, mask_for
-from .diffusion import _model_device, _progress, masked_mean
+from .diffusion import _model_device, _progress, masked_mean, training_draws
 from .samplers import get_sampler
 from .schedules import Schedule, make_schedule
 from .tree import State, append_dims, batch_size, draw_noise, first_leaf
@@ -127,11 +127,7 @@ class CategoricalDiffusion:
         summed with ``leaf_weights``; ``reduction="none"`` returns one value per sample.
         """
         model_kwargs = model_kwargs or {}
-        n, device = batch_size(x0), first_leaf(x0).device
-        if t is None:
-            t = self.schedule.training_times(n, generator=generator, device=device)
-        if noise is None:
-            noise = draw_noise(self.noise_fn, x0, generator, **model_kwargs)
+        t, noise = training_draws(self.schedule, self.noise_fn, x0, t, noise, generator, model_kwargs)
         x_t = self.q_sample(x0, t, noise, mask=mask)
         logits = model(x_t, t, cond=cond, **model_kwargs)
         weightings = self._leaf_weighting(weighting or self.weighting)

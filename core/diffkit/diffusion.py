@@ -74,11 +74,7 @@ class Diffusion:
         over leaves (weighted by ``leaf_weights``). ``reduction="none"`` returns one value per sample.
         """
         model_kwargs = model_kwargs or {}
-        n, device = batch_size(x0), first_leaf(x0).device
-        if t is None:
-            t = self.schedule.training_times(n, generator=generator, device=device)
-        if noise is None:
-            noise = draw_noise(self.noise, x0, generator, **model_kwargs)
+        t, noise = training_draws(self.schedule, self.noise, x0, t, noise, generator, model_kwargs)
         alpha, std = self.schedule.alpha(t), self.schedule.std(t)
         x_t = q_sample(self.schedule, x0, t, noise)
         output = model(x_t, t, cond=cond, **model_kwargs)
@@ -203,6 +199,17 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     total = (values * mask).reshape(values.shape[0], -1).sum(dim=1)
     count = mask.reshape(values.shape[0], -1).sum(dim=1).clamp(min=1.0)
     return total / count
+
+
+def training_draws(schedule: Schedule, noise_fn: Callable, x0: State, t: Tensor | None, noise: State | None,
+                   generator: torch.Generator | None, model_kwargs: dict) -> tuple[Tensor, State]:
+    """A training loss's times and noise: ``t`` and ``noise`` as given, or drawn for ``x0``
+    (``schedule.training_times``, ``noise_fn`` through :func:`draw_noise`) where None."""
+    if t is None:
+        t = schedule.training_times(batch_size(x0), generator=generator, device=first_leaf(x0).device)
+    if noise is None:
+        noise = draw_noise(noise_fn, x0, generator, **model_kwargs)
+    return t, noise
 
 
 def _model_device(model: Callable) -> torch.device:
