@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from diffkit.generate import SampleRequest, generate
+from diffkit.generate import SampleRequest, generate, sample_settings
 from diffkit.loading import load_for_sampling
 from diffkit_molecule import MoleculeDomain
 from diffkit_molecule.chem import canonical_smiles, rdkit
@@ -138,7 +138,7 @@ def scaffolds(domain, model, config, args) -> dict:
                              "kept_in_valid": round(kept / max(len(valid), 1), 4), "kept": kept,
                              "kept_as_kekule_graph": as_graph, "valid": len(valid),
                              "unique_valid": len({canonical_smiles(m) for m in valid}),
-                             "resample": args.resample or config["sample"]["resample"], "seconds": round(seconds, 1)}
+                             "resample": sample_settings(config, request)["resample"], "seconds": round(seconds, 1)}
         print(scaffold, results[scaffold], flush=True)
     return results
 
