@@ -137,14 +137,18 @@ def _training_overrides(steps, batch_size, seed, compile_model, parallel) -> dic
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder for checkpoints, logs and previews (default: runs/<domain>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--init-from", default=None,
+              help="Fine-tune: start from these weights (a run folder, a checkpoint file, an exported folder, or the "
+                   "domain's name for its shipped weights) and their settings, which --config and --set then change "
+                   "(train.init_from).")
 @click.option("--compile", "compile_model", is_flag=True, help="Compile the denoiser with torch.compile (train.compile).")
 @click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default=None,
               help="Under torchrun: ddp replicates the model on every process, fsdp shards its parameters, "
                    "gradients and optimizer state across them, for models too large for one device (train.parallel).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.pass_context
-def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, compile_model,
-          parallel, no_progress):
+def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, init_from,
+          compile_model, parallel, no_progress):
     """Train a diffusion model for a domain; works with no options on the bundled data.
 
     Checkpoints, metrics.jsonl, loss.png and sample previews go to the run folder. Run it
@@ -152,6 +156,7 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     """
     from . import checkpoint as ckpt
     from .config import resolve_config
+    from .loading import finetune_config, weights_source
     from .runner import TrainingError, TrainingInterrupted
     from .runner import train as run_training
 
@@ -160,9 +165,17 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
         _check_writable(run_dir, "--out")
+        if init_from is not None:
+            overrides.setdefault("train", {})["init_from"] = weights_source(plugin_domain, init_from, "--init-from")[0]
         if resume:
             config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, preset)
             preset_line = f"preset: {preset}" if preset else "settings: the run's own"
+        elif init_from is not None:
+            if preset:
+                raise ValueError("--preset does not go with --init-from: the model's settings are those of the "
+                                 "weights it starts from (change training settings with --set or --config)")
+            config = finetune_config(plugin_domain, init_from, file=config_file, sets=list(sets), overrides=overrides)
+            preset_line = f"settings: those of {overrides['train']['init_from']}"
         else:
             chosen, why = (preset, "as asked") if preset else _default_preset(plugin_domain, data, device)
             preset_line = f"preset: {chosen} ({why})" if chosen else "preset: none (the domain's defaults)"

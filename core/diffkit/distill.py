@@ -32,12 +32,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
 from .config import fill_defaults
 from .diffusion import Diffusion
 from .domain import Domain
 from .plugins import Registry
-from .pretrained import is_pretrained_folder
 from .process import q_sample, to_x0
 from .runner import DenoisingObjective, RunResult, train
 from .samplers import get_sampler
@@ -242,30 +240,12 @@ def check_student_settings(config: dict) -> None:
     check_substeps(settings["teacher_substeps"], settings["teacher_spacing"])
 
 
-def teacher_source(domain: Domain, teacher: str | Path | None) -> tuple[str, Path]:
-    """How a config names the teacher, and where its weights are: the domain's name for its
-    shipped weights (``teacher`` None or the name), else the absolute path."""
-    if teacher is None or str(teacher) == domain.name:
-        shipped = domain.pretrained()
-        if shipped is None:
-            raise FileNotFoundError(f"the {domain.name} domain ships no weights; pass --checkpoint (the teacher: "
-                                    "a run folder, a checkpoint file or an exported folder)")
-        return domain.name, Path(shipped)
-    path = Path(teacher).resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"teacher {str(teacher)!r} does not exist (expected a run folder, a checkpoint "
-                                "file or an exported folder)")
-    if path.is_dir() and not is_pretrained_folder(path):
-        path = ckpt.resolve(path)  # the run's latest checkpoint now: a run that goes on must not change the teacher
-    return str(path), path
-
-
 def load_teacher(domain: Domain, teacher: str | Path | None) -> tuple[nn.Module, dict, dict]:
     """The teacher's model (EMA weights, on the CPU), its completed config, and what ``run.json``
     records of it (``source``, ``path``, ``domain``, ``step``)."""
-    from .loading import load_checkpoint, model_from_state
+    from .loading import load_checkpoint, model_from_state, weights_source
 
-    source, path = teacher_source(domain, teacher)
+    source, path = weights_source(domain, teacher, "--checkpoint")
     state = load_checkpoint(domain, path)
     info = {"source": source, "path": str(path), "domain": state["domain"], "step": state.get("step")}
     return model_from_state(domain, state, path), state["config"], info

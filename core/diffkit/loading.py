@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import fill_defaults
-from .domain import Domain
+from .config import apply_user_layers, default_config, differing_keys, fill_defaults, lookup
+from .domain import Domain, merge_config
+from .pretrained import is_pretrained_folder
 
 
 def load_checkpoint(domain: Domain, path: str | Path) -> dict:
@@ -45,3 +46,56 @@ def load_for_sampling(domain: Domain, path: str | Path, device: str | torch.devi
     folder or exported folder."""
     state = load_checkpoint(domain, path)
     return model_from_state(domain, state, path, device), state["config"]
+
+
+def weights_source(domain: Domain, source: str | Path | None, option: str) -> tuple[str, Path]:
+    """How a config names a model's weights, and where they are: the domain's name for its
+    shipped weights (``source`` None or the name), else the absolute path of a checkpoint file,
+    an exported folder or a run folder's latest checkpoint (fixed now: a run that goes on must
+    not change the weights named). ``option`` (e.g. ``--checkpoint``) is named in errors."""
+    if source is None or str(source) == domain.name:
+        shipped = domain.pretrained()
+        if shipped is None:
+            raise FileNotFoundError(f"the {domain.name} domain ships no weights; pass {option} (a run folder, "
+                                    "a checkpoint file or an exported folder)")
+        return domain.name, Path(shipped)
+    path = Path(source).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {str(source)!r} does not exist (expected a run folder, a checkpoint "
+                                f"file, an exported folder or {domain.name!r} for the shipped weights)")
+    if path.is_dir() and not is_pretrained_folder(path):
+        path = ckpt.resolve(path)
+    return str(path), path
+
+
+# What must match between a fine-tuned model and the weights it starts from.
+SECTIONS_OF_THE_WEIGHTS = ("model", "diffusion")
+
+
+def start_from(domain: Domain, model: nn.Module, config: dict) -> None:
+    """Load the EMA weights that ``train.init_from`` names into ``model`` (a new run's), after
+    checking that ``config`` describes the same model and diffusion as theirs."""
+    source, path = weights_source(domain, config["train"]["init_from"], "train.init_from")
+    state = load_checkpoint(domain, path)
+    differing = [key for key in differing_keys(state["config"], config)
+                 if key.split(".")[0] in SECTIONS_OF_THE_WEIGHTS]
+    if differing:
+        details = "; ".join(f"{key}: {lookup(state['config'], key)!r} there, {lookup(config, key)!r} here"
+                            for key in differing)
+        raise ckpt.CheckpointError(f"cannot start from {source!r}: its weights were trained with other settings "
+                                   f"({details}); `diffkit train --init-from` takes them from the weights")
+    try:
+        model.load_state_dict(state["ema"])
+    except RuntimeError as error:
+        raise ckpt.CheckpointError(f"the weights of {source!r} do not fit the model: {error}") from None
+
+
+def finetune_config(domain: Domain, source: str | Path, *, file: str | Path | None = None, sets: list[str] = (),
+                    overrides: dict | None = None) -> dict:
+    """The config of a new run that starts from the weights ``source`` names: the settings they
+    were trained with (a student's distillation settings dropped), ``train.init_from`` naming
+    them, under the user's TOML ``file``, ``--set`` assignments and ``overrides``."""
+    name, path = weights_source(domain, source, "--init-from")
+    defaults = default_config(domain)
+    config = merge_config(load_config(domain, path), {"train": {"init_from": name}, "distill": defaults["distill"]})
+    return apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides)

@@ -31,6 +31,7 @@ from .domain import Domain
 from .diffusion import Diffusion
 from .generate import SampleRequest, build_diffusion, generate, sample_settings
 from .guidance import replace_condition
+from .loading import start_from
 from .plugins import Registry
 from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
 
@@ -185,6 +186,9 @@ class Trainer:
         if saved is not None:  # weights before sharding, optimizer state after
             self.model.load_state_dict(saved["model"])
             self.ema.load_state_dict(saved["ema"])
+        elif self.train_cfg["init_from"]:  # a resumed run has them in its checkpoint
+            start_from(self.domain, self.model, self.config)
+            self.ema.load_state_dict(self.model.state_dict())
         self.forward_model = self._wrap()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.train_cfg["lr"], weight_decay=self.train_cfg["weight_decay"],
