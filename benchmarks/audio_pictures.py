@@ -6,7 +6,7 @@ clips, the rows below generated ones (e.g. one row per model), as on docs/benchm
 
 ``--real`` is a folder of clips (labels as ``data.labels`` reads them) or ``notes`` for the
 embedded note set (its held-out split); ``SAMPLES`` are folders written by ``diffkit sample``
-(``sample_003_<label>.wav``). The first clip found for each label is shown (of the real ones,
+(``sample-00003-<label>.wav``). The first clip found for each label is shown (of the real ones,
 the one after ``--skip-real`` others).
 """
 

@@ -199,7 +199,7 @@ class AudioDomain(diffkit.Domain):
     def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
         """WAV files at the data's rate plus a spectrogram PNG each and a grid PNG of all.
 
-        ``out`` is a folder (``sample_000_<label>.wav`` ...) or a file name ending in .wav, .flac
+        ``out`` is a folder (``sample-00000-<label>.wav`` ...) or a file name ending in .wav, .flac
         or .ogg (one sample: that file; several: numbered beside it). Existing files are never
         replaced: writing stops with an error naming them."""
         from .writer import write_clips

@@ -7,7 +7,7 @@ the same number of clips.
   reference data (see :mod:`diffkit_audio.classifier`).
 * ``is``: Inception score of that classifier's class probabilities.
 * ``label_accuracy``: for samples whose file names carry the label they were generated for
-  (``sample_003_C4.wav``), how often the classifier agrees.
+  (``sample-00003-C4.wav``), how often the classifier agrees.
 
 The reference is the embedded note set (held out: a second note set from another seed) or a
 folder, split by a hash of the file paths into reference and held-out parts
@@ -17,6 +17,7 @@ so both sides of each comparison have the same sample-size bias.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .audio_io import UnreadableAudio, fit_length, load_clip
 from .classifier import classify, reference_classifier
 from .data import ClipDataset, find_audio_files, folder_dataset, notes_dataset, split_files, warn_skipped
 from .metrics import frame_features, inception_score
+from .writer import safe_label
 
 
 def stack_clips(dataset: ClipDataset) -> tuple[Tensor, Tensor]:
@@ -77,10 +79,16 @@ def reference_sets(reference: Path | None, data_config: dict, heldout_fraction: 
     return kept, heldout
 
 
+# What `diffkit sample` names a clip: its stem, its number and its label (``sample-00003-C4``;
+# ``sample_003_C4`` before the domains were numbered alike).
+LABELLED_STEM = re.compile(r"^.*?[-_]\d+[-_](?P<label>.+)$")
+
+
 def labels_from_stems(stems: list[str], names: list[str]) -> np.ndarray | None:
-    """The intended label index of each sample from names like ``sample_003_C4``; None unless all have one."""
-    index = {name: i for i, name in enumerate(names)}
-    found = [index.get(stem.split("_", 2)[2]) if stem.count("_") >= 2 else None for stem in stems]
+    """The intended label index of each sample from names like ``sample-00003-C4``; None unless all have one."""
+    index = {safe_label(name): i for i, name in enumerate(names)}
+    matches = [LABELLED_STEM.match(stem) for stem in stems]
+    found = [index.get(match["label"]) if match else None for match in matches]
     return None if any(label is None for label in found) else np.asarray(found)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from diffkit.kit import Output, check_new, write_new
+from diffkit.kit import Output, check_new, numbered_names, write_new
 
 from .audio_io import encode_audio
 from .render import grid_image, png_bytes, spectrogram_image
@@ -26,13 +26,14 @@ def target_paths(out: Path, names: list[str]) -> tuple[list[Path], Path]:
     """(audio file per clip, grid PNG) for an output folder or an audio file name."""
     if out.suffix.lower() in AUDIO_OUT_SUFFIXES:
         if len(names) == 1:
-            return [out], out.with_name(f"{out.stem}_grid.png")
-        paths = [out.with_name(f"{out.stem}_{i:03d}_{safe_label(name)}{out.suffix}") for i, name in enumerate(names)]
-        return paths, out.with_name(f"{out.stem}_grid.png")
+            return [out], out.with_name(f"{out.stem}-grid.png")
+        labels = [safe_label(name) for name in names]
+        paths = [out.with_name(name) for name in numbered_names(out.stem, len(names), out.suffix, labels)]
+        return paths, out.with_name(f"{out.stem}-grid.png")
     if out.suffix and not out.is_dir():
         raise ValueError(f"cannot write audio samples to {str(out)!r}: give a folder or a file ending in "
                          f"{', '.join(AUDIO_OUT_SUFFIXES)}")
-    paths = [out / f"sample_{i:03d}_{safe_label(name)}.wav" for i, name in enumerate(names)]
+    paths = [out / name for name in numbered_names("sample", len(names), ".wav", [safe_label(n) for n in names])]
     return paths, out / "grid.png"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffkit.kit import Output, check_new, write_new
+from diffkit.kit import Output, check_new, numbered_names, write_new
 
 from .data import fit_image, to_pixels
 
@@ -41,7 +41,7 @@ def write_images(images: Tensor, out: Path) -> list[Output]:
     grid = make_grid(images[:GRID_MAX_SAMPLES])
     if out.suffix.lower() == ".png":
         return [_write_png(out, grid, "overview")]
-    paths = [out / f"sample-{index:05d}.png" for index in range(len(images))]
+    paths = [out / name for name in numbered_names("sample", len(images), ".png")]
     check_new([*paths, out / GRID_FILE])
     written = [_write_png(path, image, "samples") for path, image in zip(paths, images)]
     return written + [_write_png(out / GRID_FILE, grid, "overview")]

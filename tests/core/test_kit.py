@@ -183,3 +183,12 @@ def test_written_files_get_the_rights_of_any_new_file(tmp_path):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_numbered_names_sort_in_sample_order_at_any_count():
+    assert kit.numbered_names("sample", 2, ".png") == ["sample-00000.png", "sample-00001.png"]
+    assert kit.numbered_names("clip", 2, ".wav", ["C4", "7"]) == ["clip-00000-C4.wav", "clip-00001-7.wav"]
+    many = kit.numbered_names("sample", 100_001, ".png")
+    assert many[-1] == "sample-100000.png" and sorted(many) == many
+    with pytest.raises(ValueError, match="3 samples but 2 labels"):
+        kit.numbered_names("sample", 3, ".wav", ["a", "b"])

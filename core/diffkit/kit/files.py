@@ -124,6 +124,17 @@ def _link_new(temporary: str, path: Path) -> None:
                                     "choose another --out or remove it") from None
 
 
+def numbered_names(stem: str, count: int, suffix: str, labels: Sequence[str] | None = None) -> list[str]:
+    """The file names of ``count`` samples: ``{stem}-00000{suffix}``, ... (or
+    ``{stem}-00000-{label}{suffix}`` with ``labels``), numbered with at least five digits and
+    all with the same number of digits, so that their sorted order is the samples' order."""
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"{count} samples but {len(labels)} labels")
+    width = max(5, len(str(count - 1)))
+    tails = [f"-{label}" for label in labels] if labels is not None else [""] * count
+    return [f"{stem}-{index:0{width}d}{tail}{suffix}" for index, tail in enumerate(tails)]
+
+
 def outputs_of(written: Sequence[Output | str | Path]) -> list[Output]:
     """Writers' results as :class:`Output` records (plain paths become ``kind="data"``)."""
     return [item if isinstance(item, Output) else Output(Path(item)) for item in written]

@@ -70,7 +70,7 @@ def test_sampling_writes_wavs_at_the_data_rate_and_length(domain, config, tmp_pa
     written = domain.write_samples(batch, tmp_path / "out", config)
     assert {(o.kind, o.role) for o in written} == {("audio", "samples"), ("image", "samples"), ("image", "overview")}
     wavs = sorted(o.path for o in written if o.kind == "audio")
-    assert [path.name for path in wavs] == ["sample_000_C4.wav", "sample_001_E4.wav", "sample_002_C4.wav"]
+    assert [path.name for path in wavs] == ["sample-00000-C4.wav", "sample-00001-E4.wav", "sample-00002-C4.wav"]
     for i, path in enumerate(wavs):
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
         assert rate == 8000 and data.shape == (2000, 1)
@@ -79,14 +79,14 @@ def test_sampling_writes_wavs_at_the_data_rate_and_length(domain, config, tmp_pa
             assert image.width >= 256 and image.mode == "RGB"
     with Image.open(tmp_path / "out" / "grid.png") as grid:
         assert grid.width > 3 * 256
-    with pytest.raises(FileExistsError, match="sample_000_C4.wav.*never overwritten"):
+    with pytest.raises(FileExistsError, match="sample-00000-C4.wav.*never overwritten"):
         domain.write_samples(batch, tmp_path / "out", config)
 
 
 def test_writing_to_a_file_name(domain, config, tmp_path):
     batch = sample(domain, config, 2, cond="C4,D4")
     written = domain.write_samples(batch, tmp_path / "clip.flac", config)
-    assert {o.path.name for o in written} >= {"clip_000_C4.flac", "clip_001_D4.flac", "clip_grid.png"}
+    assert {o.path.name for o in written} >= {"clip-00000-C4.flac", "clip-00001-D4.flac", "clip-grid.png"}
     one = {"x": batch["x"][:1], "cond": batch["cond"][:1]}
     written = domain.write_samples(one, tmp_path / "single.wav", config)
     assert tmp_path / "single.wav" in [o.path for o in written] and soundfile.info(str(tmp_path / "single.wav")).frames == 2000

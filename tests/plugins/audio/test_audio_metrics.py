@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffkit_audio.data import notes_dataset
+from diffkit_audio.evaluation import labels_from_stems
 from diffkit_audio.metrics import inception_score
 
 from audio_helpers import RATE, write
@@ -23,6 +24,14 @@ def write_set(domain, config, waves, labels, folder):
     """Write clips the way `diffkit sample` does, named by their labels."""
     names = notes_dataset(config["data"]).label_names
     return domain.write_samples({"x": waves, "names": [names[label] for label in labels]}, folder, config)
+
+
+def test_intended_labels_are_read_from_both_naming_styles():
+    names = ["C4", "7", "a b"]
+    stems = ["sample-00000-C4", "sample-00001-7", "clip-00002-a-b", "sample_003_C4"]
+    assert labels_from_stems(stems, names).tolist() == [0, 1, 2, 0]
+    assert labels_from_stems(["sample-00000-D4"], names) is None  # not a label of the reference
+    assert labels_from_stems(["recording"], names) is None
 
 
 def test_evaluate_real_data_scores_near_zero_and_noise_far(domain, config, tmp_path):
