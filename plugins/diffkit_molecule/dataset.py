@@ -92,7 +92,16 @@ def _screen(mol, spec: Featurisation) -> tuple[str | None, object]:
     return None, prepared
 
 
+def import_torch_geometric() -> None:
+    """Import torch-geometric, silencing the FutureWarning that recent torch releases raise about
+    its own use of ``torch.jit.script``: a user of diffkit cannot act on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import torch_geometric  # noqa: F401
+
+
 def _to_data(mol, smiles: str, vocabulary: list[str], spec: Featurisation):
+    import_torch_geometric()
     from torch_geometric.data import Data
 
     try:
@@ -120,6 +129,7 @@ def cache_key(source: Path, spec: Featurisation) -> str:
 
 def _graph_dataset_class():
     """Defined lazily so that importing the plugin does not import torch-geometric."""
+    import_torch_geometric()
     from torch_geometric.data import InMemoryDataset
 
     class MoleculeGraphs(InMemoryDataset):
@@ -213,6 +223,7 @@ class DenseMolecules(Dataset):
     and its mask hold class indices, ``{"nodes": (N,), "edges": (N, N)}`` (see :mod:`.state`)."""
 
     def __init__(self, graphs, vocabulary: list[str], num_nodes: int | None = None, *, categorical: bool = False):
+        import_torch_geometric()
         from torch_geometric.data import Batch
         from torch_geometric.utils import to_dense_adj, to_dense_batch
 
