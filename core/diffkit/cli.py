@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -90,6 +91,12 @@ def cli() -> None:
       diffkit train --domain image                     # train on the bundled digits
       diffkit sample --domain image -n 64 --out samples/
     """
+    warnings.formatwarning = warning_line
+
+
+def warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: its kind and message, without the source line."""
+    return f"{category.__name__}: {message}\n"
 
 
 @cli.command()

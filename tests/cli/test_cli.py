@@ -207,6 +207,17 @@ def test_python_dash_m_diffkit_works():
     assert "train" in result.stdout and "sample" in result.stdout
 
 
+def test_warnings_show_as_one_line_naming_their_kind(monkeypatch):
+    import warnings
+
+    from diffkit.kit import FewSamplesWarning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored afterwards
+    assert run("plugins").exit_code == 0
+    shown = warnings.formatwarning(FewSamplesWarning("from 8 samples"), FewSamplesWarning, "frechet.py", 20, "code")
+    assert shown == "FewSamplesWarning: from 8 samples\n"
+
+
 @pytest.mark.slow
 def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path, toy_installed):
     import os

@@ -4,6 +4,7 @@ the output policy (never overwrite, atomic), cached reference networks and the c
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -192,3 +193,12 @@ def test_numbered_names_sort_in_sample_order_at_any_count():
     assert many[-1] == "sample-100000.png" and sorted(many) == many
     with pytest.raises(ValueError, match="3 samples but 2 labels"):
         kit.numbered_names("sample", 3, ".wav", ["a", "b"])
+
+
+def test_frechet_distance_warns_when_the_samples_are_fewer_than_the_features():
+    generator = np.random.default_rng(0)
+    with pytest.warns(kit.FewSamplesWarning, match="from 16 samples of 32 features"):
+        kit.frechet_distance(generator.normal(size=(16, 32)), generator.normal(size=(500, 32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kit.frechet_distance(generator.normal(size=(33, 32)), generator.normal(size=(500, 32)))

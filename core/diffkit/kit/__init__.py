@@ -5,7 +5,8 @@ metrics, written once in the core.
 * :mod:`~diffkit.kit.files`: atomic writes, and the output policy: outputs are never overwritten,
   and writers return typed :class:`Output` records (the runner shows them in TensorBoard by kind);
   samples' file names numbered alike in every domain (:func:`numbered_names`).
-* :mod:`~diffkit.kit.frechet`: the Fréchet distance between Gaussian fits of two feature sets.
+* :mod:`~diffkit.kit.frechet`: the Fréchet distance between Gaussian fits of two feature sets
+  (with a :class:`FewSamplesWarning` when a set has no more vectors than features).
 * :mod:`~diffkit.kit.reference`: a reference network (e.g. a classifier whose features the
   Fréchet distance uses) trained once per reference set and cached by a hash of its inputs.
 * :mod:`~diffkit.kit.conditions`: class labels and continuous values as conditions, their null
@@ -16,11 +17,11 @@ from .cache import cache_dir
 from .conditions import NULL_LABEL, draw_labels, is_unconditional, label_texts, parse_labels, parse_values
 from .files import (Output, OutputExistsError, check_new, numbered_names, outputs_of, save_torch_atomic, write_atomic,
                     write_new)
-from .frechet import frechet_distance, gaussian_frechet_distance
+from .frechet import FewSamplesWarning, frechet_distance, gaussian_frechet_distance
 from .reference import cached_network, content_key
 
 __all__ = [
-    "NULL_LABEL", "Output", "OutputExistsError", "cache_dir", "cached_network", "check_new", "content_key",
+    "FewSamplesWarning", "NULL_LABEL", "Output", "OutputExistsError", "cache_dir", "cached_network", "check_new", "content_key",
     "draw_labels", "frechet_distance", "gaussian_frechet_distance", "is_unconditional", "label_texts",
     "numbered_names", "outputs_of", "parse_labels", "parse_values", "save_torch_atomic", "write_atomic", "write_new",
 ]

@@ -3,7 +3,13 @@ fitted to two feature sets, ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+
+class FewSamplesWarning(UserWarning):
+    """A Fréchet distance computed from fewer feature vectors than features."""
 
 
 def frechet_distance(features_a, features_b) -> float:
@@ -12,6 +18,12 @@ def frechet_distance(features_a, features_b) -> float:
     a, b = _as_matrix(features_a, "first"), _as_matrix(features_b, "second")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"the feature sets have {a.shape[1]} and {b.shape[1]} dimensions")
+    fewest = min(len(a), len(b))
+    if fewest <= a.shape[1]:
+        # The covariance of n <= D vectors has rank n - 1 < D: its missing directions add to the distance.
+        warnings.warn(f"a Fréchet distance from {fewest} samples of {a.shape[1]} features is biased upwards "
+                      "(its covariance is rank-deficient); compare such scores only at equal sample counts, "
+                      f"or score more than {a.shape[1]} samples", FewSamplesWarning, stacklevel=2)
     return gaussian_frechet_distance(a.mean(axis=0), _covariance(a), b.mean(axis=0), _covariance(b))
 
 
