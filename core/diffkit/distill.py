@@ -49,7 +49,9 @@ SUBSTEP_SPACINGS = ("uniform", "log_snr")
 WEIGHTINGS = ("x0", "step")
 
 #: Training settings of a distillation run, over the teacher's own (before the user's options).
-TRAIN_DEFAULTS: dict[str, Any] = {"steps": 300, "lr": 2e-4, "warmup_steps": 20, "lr_schedule": "constant"}
+# init_from: a student starts from its teacher's weights, not from those a fine-tuned teacher started from.
+TRAIN_DEFAULTS: dict[str, Any] = {"steps": 300, "lr": 2e-4, "warmup_steps": 20, "lr_schedule": "constant",
+                                  "init_from": ""}
 
 
 # -- the objective, as pure functions -----------------------------------------------------------

@@ -92,3 +92,15 @@ def test_finetuning_names_a_missing_source_and_a_domain_without_weights(toy_inst
     assert result.exit_code == 1 and "--init-from" in result.output and "does not exist" in result.output
     result = run("train", "--domain", "toy", "--init-from", "toy", "--out", str(tmp_path / "run"))
     assert result.exit_code == 1 and "the toy domain ships no weights" in result.output
+
+
+def test_a_student_of_a_finetuned_teacher_starts_from_the_teacher(source, tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert run("train", "--domain", "toy", "--init-from", str(source), "--steps", "5", "--out", str(teacher),
+               "--no-progress").exit_code == 0
+    result = run("distill", "--domain", "toy", "--checkpoint", str(teacher), "--student-steps", "2", "--steps", "2",
+                 "--set", "train.lr=0", "--out", str(student), "--no-progress")
+    assert result.exit_code == 0, result.output
+    started, ended = final_weights(teacher)["ema"], final_weights(student)["model"]
+    for key, value in started.items():
+        torch.testing.assert_close(ended[key], value, rtol=0, atol=0)
