@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint or run folder (default: shipped weights)")
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--spacing", default=None, help="sample.spacing (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cpu", help="where to sample: cpu, cuda or cuda:N")
@@ -47,6 +48,8 @@ def main() -> None:
     model, config = load_for_sampling(domain, source, args.device)
     if args.precision is not None:
         config["sample"]["precision"] = args.precision
+    if args.spacing is not None:
+        config["sample"]["spacing"] = args.spacing
     request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
     start, start_cpu = time.perf_counter(), time.process_time()
     batch = generate(domain, model, config, request, device=args.device)
@@ -60,7 +63,7 @@ def main() -> None:
     results = {
         "samples": args.n, "checkpoint": str(source), "trained_steps": _trained_steps(source),
         "sampler": request.sampler or config["sample"]["sampler"], "steps": request.steps or config["sample"]["steps"],
-        "precision": config["sample"].get("precision", "float32"),
+        "spacing": config["sample"]["spacing"], "precision": config["sample"].get("precision", "float32"),
         "device": _device_name(args.device), "threads": args.threads, "sampling_seconds": round(seconds, 1),
         "seconds_per_1000": round(seconds / args.n * 1000, 1),
         # CPU time: what the wall time would be on an otherwise idle machine with these threads.

@@ -5,6 +5,7 @@ docs/benchmarks/molecule.md come from them.
     python benchmarks/molecule_analysis.py qm9 OUT/samples.smi         # novelty vs QM9, FCD vs a held-out split
     python benchmarks/molecule_analysis.py guidance -n 1000 --guidance 1 2 3
     python benchmarks/molecule_analysis.py scaffold -n 250 --scaffold c1ccccc1 c1ccncc1 C1CCOC1
+    python benchmarks/molecule_analysis.py samplers -n 1000 --checkpoint RUN --settings discrete_flow:50 ancestral:20:quadratic
 
 ``qm9`` and ``guidance`` need the qm9pack package (all of QM9). The held-out molecules are QM9
 molecules outside the bundled subset (the shipped model's training data), drawn with ``--seed``.
@@ -23,11 +24,13 @@ from pathlib import Path
 
 import torch
 
+from diffkit.categorical_samplers import sample_discrete_flow
 from diffkit.generate import SampleRequest, generate, sample_settings
 from diffkit.loading import load_for_sampling
+from diffkit.samplers import SAMPLERS, register_sampler
 from diffkit_molecule import MoleculeDomain
 from diffkit_molecule.chem import canonical_smiles, rdkit
-from diffkit_molecule.metrics import basic_scores, failure_kind, fcd, property_errors
+from diffkit_molecule.metrics import basic_scores, evaluate_smiles, failure_kind, fcd, property_errors
 from diffkit_molecule.outputs import molecules_from_graphs, smiles_lines
 from diffkit_molecule.properties import compute
 from diffkit_molecule.sources import bundled_path, read_smiles_texts
@@ -143,6 +146,35 @@ def scaffolds(domain, model, config, args) -> dict:
     return results
 
 
+def sampler_setting(text: str) -> tuple[str, int, str | None]:
+    """``sampler:steps[:spacing]`` -> (sampler name, steps, spacing or None for the config's).
+    ``discrete_flow@ETA`` names the discrete flow sampler with stochasticity ``eta``."""
+    sampler, steps, *spacing = text.split(":")
+    if "@" in sampler and sampler not in SAMPLERS:
+        base, eta = sampler.split("@")
+        if base != "discrete_flow":
+            raise SystemExit(f"only discrete_flow takes @eta, not {base!r}")
+        flow = lambda denoiser, x, times, **options: sample_discrete_flow(denoiser, x, times, eta=float(eta), **options)
+        register_sampler(sampler, flow, kind="categorical")
+    return sampler, int(steps), spacing[0] if spacing else None
+
+
+def samplers(domain, model, config, args) -> dict:
+    """Scores of the same seeds sampled with each ``sampler:steps[:spacing]`` setting, with the
+    wall time of sampling."""
+    reference = read_smiles_texts(bundled_path())
+    results = {}
+    for text in args.settings:
+        sampler, steps, spacing = sampler_setting(text)
+        setting = {**config, "sample": {**config["sample"], **({"spacing": spacing} if spacing else {})}}
+        request = SampleRequest(n=args.n, seed=args.seed, sampler=sampler, steps=steps)
+        smiles, seconds = sample_smiles(domain, model, setting, request)
+        scores = evaluate_smiles(smiles, reference)
+        results[text] = {k: round(v, 4) for k, v in scores.items()} | {"seconds": round(seconds, 1)}
+        print(text, results[text], flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -150,7 +182,7 @@ def main() -> None:
         command = commands.add_parser(name)
         command.add_argument("samples", help="a samples.smi written by diffkit sample or benchmarks/molecule.py")
         command.add_argument("--seed", type=int, default=0)
-    for name, default_n in (("guidance", 1000), ("scaffold", 250)):
+    for name, default_n in (("guidance", 1000), ("scaffold", 250), ("samplers", 1000)):
         command = commands.add_parser(name)
         command.add_argument("-n", type=int, default=default_n, help="samples per setting")
         command.add_argument("--checkpoint", default=None, help="checkpoint or run folder (default: shipped weights)")
@@ -162,6 +194,9 @@ def main() -> None:
     commands.choices["scaffold"].add_argument("--scaffold", nargs="+", default=["c1ccccc1", "c1ccncc1", "C1CCOC1"])
     commands.choices["scaffold"].add_argument("--resample", type=int, default=None,
                                                       help="RePaint resampling rounds (default: the config's sample.resample)")
+    commands.choices["samplers"].add_argument("--settings", nargs="+", required=True,
+                                              help="sampler:steps[:spacing] each, e.g. ancestral:20:quadratic; "
+                                                   "discrete_flow@0.5:20 sets its eta")
     args = parser.parse_args()
 
     if args.command in ("failures", "qm9"):
@@ -171,7 +206,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         domain = MoleculeDomain()
         model, config = load_for_sampling(domain, args.checkpoint or domain.pretrained(), "cpu")
-        results = (guidance if args.command == "guidance" else scaffolds)(domain, model, config, args)
+        analysis = {"guidance": guidance, "scaffold": scaffolds, "samplers": samplers}[args.command]
+        results = analysis(domain, model, config, args)
     text = json.dumps(results, indent=2)
     print(text)
     if getattr(args, "out", None):
