@@ -148,13 +148,14 @@ def scaffolds(domain, model, config, args) -> dict:
 
 def sampler_setting(text: str) -> tuple[str, int, str | None]:
     """``sampler:steps[:spacing]`` -> (sampler name, steps, spacing or None for the config's).
-    ``discrete_flow@ETA`` names the discrete flow sampler with stochasticity ``eta``."""
+    ``discrete_flow@eta=0.5@target_guidance=0.1`` names the discrete flow sampler with those options."""
     sampler, steps, *spacing = text.split(":")
     if "@" in sampler and sampler not in SAMPLERS:
-        base, eta = sampler.split("@")
+        base, *pairs = sampler.split("@")
         if base != "discrete_flow":
-            raise SystemExit(f"only discrete_flow takes @eta, not {base!r}")
-        flow = lambda denoiser, x, times, **options: sample_discrete_flow(denoiser, x, times, eta=float(eta), **options)
+            raise SystemExit(f"only discrete_flow takes @options here, not {base!r}")
+        options = {key: float(value) for key, value in (pair.split("=") for pair in pairs)}
+        flow = lambda denoiser, x, times, **rest: sample_discrete_flow(denoiser, x, times, **options, **rest)
         register_sampler(sampler, flow, kind="categorical")
     return sampler, int(steps), spacing[0] if spacing else None
 
@@ -196,7 +197,7 @@ def main() -> None:
                                                       help="RePaint resampling rounds (default: the config's sample.resample)")
     commands.choices["samplers"].add_argument("--settings", nargs="+", required=True,
                                               help="sampler:steps[:spacing] each, e.g. ancestral:20:quadratic; "
-                                                   "discrete_flow@0.5:20 sets its eta")
+                                                   "discrete_flow@target_guidance=0.1:20 sets its options")
     args = parser.parse_args()
 
     if args.command in ("failures", "qm9"):

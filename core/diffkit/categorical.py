@@ -219,34 +219,71 @@ class CategoricalDiffusion:
         go to the sampler (e.g. ``eta`` for ``discrete_flow``). Sampling runs without autograd,
         as :meth:`Diffusion.sample` does.
         """
+        sample_fn, example, denoiser, times = self._sampling_plan(
+            model, shape, sampler=sampler, steps=steps, spacing=spacing, t_start=t_start, cond=cond,
+            guidance=guidance, uncond=uncond, model_kwargs=model_kwargs, mask=mask)
+        if x_T is None:
+            x_T = self.prior_sample(example, generator, model_kwargs=model_kwargs, mask=mask)
+        with _progress(progress, steps, callback) as observe:
+            return sample_fn(denoiser, x_T, times, generator=generator, callback=observe, **options)
+
+    def _sampling_plan(self, model: Callable, shape, *, sampler: str | None, steps: int, spacing: str,
+                       t_start: float, mask: State | None, **denoiser_options):
+        """The sampler function, example state, denoiser and times of a sampling run."""
         sample_fn = get_sampler(sampler or DEFAULT_SAMPLER, self.samplers, kind="categorical")
         example = self._example(model, shape)
         if spacing == "auto":
             spacing = getattr(sample_fn, "spacing", None) or self._auto_spacing(example)
-        denoiser = self.denoiser(model, example, cond=cond, guidance=guidance, uncond=uncond,
-                                 model_kwargs=model_kwargs, mask=mask)
-        if x_T is None:
-            x_T = self.prior_sample(example, generator, model_kwargs=model_kwargs, mask=mask)
-        times = sample_times(self.schedule, steps, spacing, t_max=t_start)
-        with _progress(progress, steps, callback) as observe:
-            return sample_fn(denoiser, x_T, times, generator=generator, callback=observe, **options)
+        denoiser = self.denoiser(model, example, mask=mask, **denoiser_options)
+        return sample_fn, example, denoiser, sample_times(self.schedule, steps, spacing, t_max=t_start)
 
     @torch.no_grad()
     def inpaint(self, model: Callable, known: State, keep: State, *, mask: State | None = None,
-                generator: torch.Generator | None = None, **kwargs) -> State:
+                generator: torch.Generator | None = None, resample: int = 1, **kwargs) -> State:
         """Generate the entries of ``known`` where ``keep`` is 0, holding the rest at their known values.
 
         The kept entries stay at ``x_0`` in every ``x_t`` the model sees, so each step is the
         posterior with ``x_0`` known there. Under absorbing noise a revealed entry is exactly what
         the forward process produces, so with an exact model the result follows the exact
         conditional law; under uniform or marginal noise the model reads a kept entry as noisy
-        evidence of ``x_0``, which leaves a bias towards the unconditional law. ``kwargs`` are
-        those of :meth:`sample`.
+        evidence of ``x_0``, which leaves a bias towards the unconditional law. With ``resample =
+        r > 1`` each step is taken ``r`` times, the generated entries re-noised from ``s`` back to
+        ``t`` with ``Q_{t|s}`` in between (RePaint, Lugmayr et al. 2022), so that they can come to
+        agree with the kept ones. ``kwargs`` are those of :meth:`sample`.
         """
+        if resample < 1:
+            raise ValueError(f"resample must be at least 1, got {resample}")
         free = _and_not(mask, keep, known)
-        x_T = self.prior_sample(known, generator, model_kwargs=kwargs.get("model_kwargs"), mask=free)
-        x = self.sample(model, known, x_T=x_T, mask=free, generator=generator, **kwargs)
+        x = self.prior_sample(known, generator, model_kwargs=kwargs.get("model_kwargs"), mask=free)
+        if resample == 1:
+            x = self.sample(model, known, x_T=x, mask=free, generator=generator, **kwargs)
+        else:
+            x = self._resampled(model, known, x, free, resample, generator, **kwargs)
         return keep_masked(free, x, known)
+
+    def _resampled(self, model: Callable, known: State, x: State, free: State, resample: int, generator, *,
+                   sampler: str | None = None, steps: int = DEFAULT_STEPS, spacing: str = "auto",
+                   callback: Callable | None = None, progress: bool = False, cond: Any = None,
+                   guidance: float = 1.0, uncond: Any = None, model_kwargs: dict | None = None, **options) -> State:
+        """RePaint's loop over the steps of :meth:`sample` (see :meth:`inpaint`)."""
+        sample_fn, example, denoiser, times = self._sampling_plan(
+            model, known, sampler=sampler, steps=steps, spacing=spacing, t_start=1.0, cond=cond,
+            guidance=guidance, uncond=uncond, model_kwargs=model_kwargs, mask=free)
+        processes = self.processes_like(example)
+        with _progress(progress, steps, callback) as observe:
+            for i in range(len(times) - 1):
+                (a_t, _), (a_s, _) = signal(self.schedule, times[i]), signal(self.schedule, times[i + 1])
+                kept = a_t / a_s.clamp(min=1e-300)  # Q_{t|s} keeps an entry with probability a_t / a_s
+                for r in range(resample):
+                    x = sample_fn(denoiser, x, times[i:i + 2], generator=generator, **options)
+                    if r < resample - 1:
+                        noise = draw_noise(self.noise_fn, x, generator, **(model_kwargs or {}))
+                        back = map_leaves(lambda _, process, leaf, u: draw_categorical(
+                            process.forward_probs(leaf, (kept, 1 - kept)), u), processes, x, noise)
+                        x = keep_masked(free, back, x)
+                if observe is not None:
+                    observe({"step": i, "t": times[i], "x": x, "x0": x})
+        return x
 
     def edit(self, model: Callable, x0: State, strength: float, *, steps: int = DEFAULT_STEPS,
              generator: torch.Generator | None = None, mask: State | None = None, **kwargs) -> State:

@@ -184,12 +184,20 @@ class CategoricalProcess:
         back = self._backward_likelihood(x_t, at_t, at_s, dtype)
         return _normalise_or_stay(back * reach, x_t, self.num_states)
 
-    def jump(self, x0_probs: Tensor, x_t: Tensor, at_t: Signal, at_s: Signal) -> Tensor:
+    def jump(self, x0_probs: Tensor, x_t: Tensor, at_t: Signal, at_s: Signal, target_guidance: float = 0.0) -> Tensor:
         """The minimal-jump kernel averaged over ``x0_probs``: an entry ``x_t != x_0`` moves to
         ``x_0`` with probability ``(a_s - a_t) / (1 - a_t)`` and otherwise stays; an entry equal
         to ``x_0`` stays. Like :meth:`posterior` it maps ``q(x_t | x_0)`` to ``q(x_s | x_0)``
         exactly, with the fewest changes (the exact time integral of Campbell et al.'s (2024)
-        minimal rate ``-a'(t) / (1 - a(t))`` towards ``x_0``)."""
+        minimal rate ``-a'(t) / (1 - a(t))`` towards ``x_0``).
+
+        ``target_guidance = w > 0`` adds DeFoG's target guidance (Qin et al. 2024), the rate
+        ``w / (Z q(x_t | x_0))`` towards ``x_0`` in the time ``a``, ``Z`` the number of states
+        ``x_0`` can have become: over the step it multiplies the probability of moving to each
+        ``x_0 = i`` by ``1 + w / (Z_i m[x_t])``. Entries then commit to the model's prediction
+        sooner; the kernel no longer maps ``q(x_t | x_0)`` to ``q(x_s | x_0)`` exactly."""
+        if target_guidance:
+            return self._guided_jump(x0_probs, x_t, at_t, at_s, target_guidance)
         dtype = _float_dtype(x0_probs)
         p = self.pad(x0_probs).to(dtype)
         likelihood = self.likelihood(x_t, at_t, dtype)
@@ -201,6 +209,21 @@ class CategoricalProcess:
         gamma = ((one_minus_a_t - one_minus_a_s) / one_minus_a_t.clamp(min=torch.finfo(dtype).tiny)).clamp(0, 1)
         stay = self.one_hot(x_t, dtype)
         return gamma * p + (1 - gamma) * stay
+
+    def _guided_jump(self, x0_probs: Tensor, x_t: Tensor, at_t: Signal, at_s: Signal, weight: float) -> Tensor:
+        plain = self.jump(x0_probs, x_t, at_t, at_s)
+        dtype = plain.dtype
+        stay = self.one_hot(x_t, dtype)
+        m = self._m(x_t, dtype)
+        reachable = (m > 0).sum()  # states any x_0 can become at 0 < t < 1: those m reaches, and x_0
+        z = reachable + (m == 0).to(dtype)  # per candidate x_0 = i
+        m_xt = m[x_t][..., None]
+        gain = torch.where(m_xt > 0, 1 + weight / (z * m_xt.clamp(min=torch.finfo(dtype).tiny)),
+                           torch.ones((), dtype=dtype))
+        move = (plain * (1 - stay)) * gain
+        total = move.sum(-1, keepdim=True)
+        move = move * torch.where(total > 1, 1 / total.clamp(min=1), torch.ones((), dtype=dtype))
+        return move + (1 - move.sum(-1, keepdim=True)) * stay
 
     def _backward_likelihood(self, x_t: Tensor, at_t: Signal, at_s: Signal, dtype) -> Tensor:
         """``Q_{t|s}[j, x_t]`` for every ``j``: ``r d(j, x_t) + (1 - r) m[x_t]`` with ``r = a_t / a_s``."""

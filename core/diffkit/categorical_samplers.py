@@ -69,10 +69,11 @@ class CategoricalDenoiser(Denoiser):
         at_t, at_s = self.signal(t), self.signal(s)
         return map_leaves(lambda _, process, p, leaf: process.posterior(p, leaf, at_t, at_s), self.processes, x0, x)
 
-    def jump(self, x0: State, x: State, t: Tensor | float, s: Tensor | float) -> State:
+    def jump(self, x0: State, x: State, t: Tensor | float, s: Tensor | float, target_guidance: float = 0.0) -> State:
         """Per leaf the minimal-jump kernel averaged over ``x0`` (:meth:`CategoricalProcess.jump`)."""
         at_t, at_s = self.signal(t), self.signal(s)
-        return map_leaves(lambda _, process, p, leaf: process.jump(p, leaf, at_t, at_s), self.processes, x0, x)
+        return map_leaves(lambda _, process, p, leaf: process.jump(p, leaf, at_t, at_s, target_guidance),
+                          self.processes, x0, x)
 
     def draw(self, laws: State, x: State, generator: torch.Generator | None = None) -> State:
         """One draw from ``laws`` per entry, keeping ``x`` where ``mask`` is 0."""
@@ -149,19 +150,22 @@ def sample_ancestral(denoiser: CategoricalDenoiser, x: State, times: Tensor, *, 
 
 @register_sampler("discrete_flow", kind="categorical")
 def sample_discrete_flow(denoiser: CategoricalDenoiser, x: State, times: Tensor, *, generator=None,
-                         callback=None, eta: float = 0.0) -> State:
+                         callback=None, eta: float = 0.0, target_guidance: float = 0.0) -> State:
     """Discrete flow sampling with tunable stochasticity (Campbell et al. 2024; DeFoG, Qin et al.
     2024): each step follows the kernel ``(1 - eta) J + eta P``, ``J`` the exact integral of the
     minimal rate towards ``x_0`` (an entry jumps to ``x_0`` with probability
     ``(a_s - a_t) / (1 - a_t)``) and ``P`` the posterior, averaged over the model's ``x_0``. As
     the steps shrink it is the rate ``R* + eta R_DB``, ``R_DB`` the detailed-balance part of the
-    time reversal; ``eta = 1`` is ancestral sampling. Under absorbing noise ``J = P``."""
+    time reversal; ``eta = 1`` is ancestral sampling. Under absorbing noise ``J = P``.
+    ``target_guidance`` (>= 0) makes ``J`` move to ``x_0`` sooner (:meth:`CategoricalProcess.jump`)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if target_guidance < 0:
+        raise ValueError(f"target_guidance must be at least 0, got {target_guidance}")
     for i in range(len(times) - 1):
         t, s = times[i], times[i + 1]
         x0 = denoiser(x, t)
-        laws = denoiser.jump(x0, x, t, s)
+        laws = denoiser.jump(x0, x, t, s, target_guidance)
         if eta > 0:
             laws = tree_map(lambda j, p: (1 - eta) * j + eta * p, laws, denoiser.posterior(x0, x, t, s))
         x = denoiser.draw(laws, x, generator)

@@ -253,7 +253,8 @@ def _categorical_chunk(diffusion: CategoricalDiffusion, model: nn.Module, batch:
                          "diffusion is categorical")
     options = dict(sampler=settings["sampler"], steps=settings["steps"], mask=batch.get("mask"), **common)
     if request.init is not None and "keep" in batch:
-        return diffusion.inpaint(model, batch["x"], batch["keep"], spacing=settings["spacing"], **options)
+        return diffusion.inpaint(model, batch["x"], batch["keep"], spacing=settings["spacing"],
+                                 resample=settings["resample"], **options)
     if request.init is not None:
         return diffusion.edit(model, batch["x"], request.strength, **options)
     return diffusion.sample(model, batch["x"], spacing=settings["spacing"], **options)

@@ -146,6 +146,27 @@ def test_reverse_kernels_average_the_posterior_over_consistent_x0_and_keep_the_f
             assert torch.allclose(moved, d.transition(s)[i], atol=1e-9), (kernel.__name__, i)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_target_guidance_multiplies_each_move_to_x0_by_its_closed_form_gain(kind):
+    d = make(kind)
+    process, t, s, weight = d.processes, 0.6, 0.45, 0.3
+    at_t, at_s = signal(d.schedule, t), signal(d.schedule, s)
+    m = torch.as_tensor(stationary(kind), dtype=DOUBLE)
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=DOUBLE)
+    for k in range(d.num_states()):
+        x_t = torch.tensor(k)
+        plain, guided = process.jump(p, x_t, at_t, at_s), process.jump(p, x_t, at_t, at_s, weight)
+        assert torch.allclose(guided.sum(), torch.tensor(1.0, dtype=DOUBLE)) and (guided >= 0).all()
+        # Z: the states x_0 = i can have become, i.e. those m reaches and i itself.
+        z = (m > 0).sum() + (m[:4] == 0).to(DOUBLE)
+        for i in range(4):
+            if i != k and plain[i] > 0:
+                assert torch.isclose(guided[i], plain[i] * (1 + weight / (z[i] * m[k])), atol=1e-12), (k, i)
+    # A strong guidance moves an entry whose x_0 is elsewhere (under absorbing noise: a masked one) at once.
+    strong = process.jump(torch.eye(4, dtype=DOUBLE)[0], torch.tensor(d.num_states() - 1), at_t, at_s, 1e6)
+    assert torch.allclose(strong, torch.eye(d.num_states(), dtype=DOUBLE)[0])
+
+
 # -- the loss -----------------------------------------------------------------------------------
 
 def every_pair(d, law, t):
@@ -329,11 +350,13 @@ def test_guidance_combines_log_probabilities_and_w1_is_the_conditional_model():
     assert not within_floor(mixture, guided)
 
 
-def test_inpainting_under_absorbing_noise_draws_the_exact_conditional_law():
+@pytest.mark.parametrize("resample", [1, 3])
+def test_inpainting_under_absorbing_noise_draws_the_exact_conditional_law(resample):
     d, law, n = make("absorbing"), correlated_law(), 4000
     known = torch.tensor([2, 0, 1]).expand(n, 3)
     keep = torch.tensor([True, False, False]).expand(n, 3)
-    x = d.inpaint(law.denoiser(d), known, keep, steps=32, generator=torch.Generator().manual_seed(8))
+    x = d.inpaint(law.denoiser(d), known, keep, steps=32, resample=resample,
+                  generator=torch.Generator().manual_seed(8))
     assert (x[:, 0] == 2).all()
     target = law.condition(torch.tensor([True, False, False]), torch.tensor([2, 0, 0]))
     assert within_floor(target, x)
@@ -350,6 +373,10 @@ def test_inpainting_keeps_the_known_tokens_and_moves_towards_the_conditional_law
     unconditional_rest = law.sample(n, torch.Generator().manual_seed(10))
     unconditional_rest[:, 2] = 3
     assert target.kl_from(x) < target.kl_from(unconditional_rest)
+    # RePaint's rounds let the generated entries agree with the kept one: closer still.
+    resampled = d.inpaint(law.denoiser(d), known, keep, steps=32, resample=4, generator=torch.Generator().manual_seed(9))
+    assert (resampled[:, 2] == 3).all()
+    assert target.kl_from(resampled) < 0.5 * target.kl_from(x)
 
 
 def test_editing_exact_samples_keeps_the_law_and_small_strengths_keep_the_input():

@@ -82,6 +82,9 @@ def test_inpainting_keeps_the_known_tokens(trained):
     # The one ramp through the known tokens is 2 3 0 1 2: 1.6 % of random fillings, 72-84 % of the
     # model's (three training seeds).
     assert (x[:, :5] == torch.tensor([2, 3, 0, 1, 2])).all(1).float().mean() > 0.4
+    # The request's resample count reaches the categorical inpainting (RePaint rounds).
+    resampled = generate(DOMAIN, model, config, SampleRequest(n=50, seed=1, init="2 ? ? 1 ?", resample=3))["x"]
+    assert (resampled[:, 0] == 2).all() and (resampled[:, 3] == 1).all() and not torch.equal(resampled, x)
 
 
 def test_editing_changes_less_at_lower_strength(trained):
