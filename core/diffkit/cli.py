@@ -478,7 +478,9 @@ def _evaluate(domain, samples: Path, reference: Path | None, config: dict, cond)
 @click.option("--card", "card_file", type=click.Path(dir_okay=False), default=None,
               help="A JSON file of model-card facts: data, data_license, training_command, hardware, scores, "
                    "scores_setup, license, notes.")
-def export(source, out, card_file):
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A sampling setting the folder ships with, e.g. --set sample.steps=20 (repeatable; sample.* only).")
+def export(source, out, card_file, sets):
     """Write the weights of SOURCE as a portable folder: model.safetensors (the EMA weights),
     config.json (config, provenance, SHA-256 of the weights) and README.md (the model card).
 
@@ -490,8 +492,8 @@ def export(source, out, card_file):
 
     try:
         card = pretrained.read_card_file(card_file) if card_file else None
-        folder = pretrained.export(source, out, card)
-    except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as error:
+        folder = pretrained.export(source, out, card, sets)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     click.echo(f"wrote {folder}: {pretrained.WEIGHTS_FILE}, {pretrained.CONFIG_FILE}, {pretrained.CARD_FILE}")
 

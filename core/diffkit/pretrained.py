@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -163,16 +163,33 @@ def _create_folder(out: Path, files: dict[str, bytes]) -> Path:
     return out
 
 
-def export(source: str | Path, out: str | Path, card: Mapping[str, Any] | None = None) -> Path:
+def export(source: str | Path, out: str | Path, card: Mapping[str, Any] | None = None, sets: Sequence[str] = ()) -> Path:
     """What ``diffkit export`` does: the sampling part of a checkpoint file, a run folder (its
     latest checkpoint) or an exported folder, written to ``out``. Card facts come from the source
     (an exported folder's card; a run folder's ``run.json`` says what data it trained on), then
-    from ``card``."""
+    from ``card``. ``sets`` (``"sample.steps=20"``, ...) change the sampling settings the folder
+    ships with, and only those."""
     from . import checkpoint as ckpt
 
     state = ckpt.load_sampling_state(source)
+    state["config"] = shipped_sampling(state["config"], sets)
     facts = {**(state.get("card") or {}), **_run_folder_facts(Path(source)), **(card or {})}
     return save_pretrained(state, out, facts)
+
+
+def shipped_sampling(config: dict, sets: Sequence[str]) -> dict:
+    """``config`` with ``--set`` assignments to its ``sample`` section; any other key is refused:
+    the other sections describe how the weights were made."""
+    from .config import parse_assignment
+    from .domain import merge_config
+
+    for assignment in sets:
+        key = assignment.split("=", 1)[0].strip()
+        if not key.startswith("sample."):
+            raise ValueError(f"export --set {assignment!r}: only the sampling settings the weights ship with "
+                             "(sample.*) can be set; the other sections say how the weights were made")
+        config = merge_config(config, parse_assignment(assignment, config))
+    return config
 
 
 def _run_folder_facts(source: Path) -> dict:

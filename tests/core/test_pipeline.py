@@ -148,6 +148,19 @@ def test_a_card_file_states_facts_and_unknown_keys_are_refused(toy_run, tmp_path
     assert not (tmp_path / "b").exists()
 
 
+def test_export_ships_sampling_settings_and_only_those(toy_run, tmp_path, toy_installed):
+    out = tmp_path / "fast"
+    assert run("export", toy_run, "--out", out, "--set", "sample.steps=3").exit_code == 0
+    assert json.loads((out / "config.json").read_text())["config"]["sample"]["steps"] == 3
+    # The folder samples as the run does when asked for those steps.
+    from_folder = toy_points(diffkit.load(out, device="cpu").sample(6, seed=2))
+    from_run = toy_points(diffkit.load(toy_run, device="cpu").sample(6, seed=2, steps=3))
+    assert torch.equal(from_folder, from_run)
+    result = run("export", toy_run, "--out", tmp_path / "other", "--set", "model.hidden=8")
+    assert result.exit_code == 1 and "only the sampling settings" in result.output
+    assert not (tmp_path / "other").exists()
+
+
 def test_damaged_weights_are_refused_by_checksum(toy_run, tmp_path, toy_installed):
     folder = pretrained.export(toy_run, tmp_path / "model")
     weights = folder / "model.safetensors"
