@@ -282,7 +282,7 @@ class CategoricalDiffusion:
                             process.forward_probs(leaf, (kept, 1 - kept)), u), processes, x, noise)
                         x = keep_masked(free, back, x)
                 if observe is not None:
-                    observe({"step": i, "t": times[i], "x": x, "x0": x})
+                    observe({"step": i, "t": float(times[i]), "x": x, "x0": x})
         return x
 
     def edit(self, model: Callable, x0: State, strength: float, *, steps: int = DEFAULT_STEPS,
