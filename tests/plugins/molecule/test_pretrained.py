@@ -26,7 +26,7 @@ def shipped():
 
 def mean_weight(domain, model, config, cond: str, n: int = 96) -> tuple[float, int]:
     torch.set_num_threads(1)
-    request = SampleRequest(n=n, cond=cond, guidance=2.0, steps=10, seed=0)  # the weights' own sampler
+    request = SampleRequest(n=n, cond=cond, guidance=2.0, seed=0)  # the weights' own sampler and steps
     batch = generate(domain, model, config, request)
     mols = molecules_from_graphs(batch["x"]["nodes"], batch["x"]["edges"], config["data"]["atom_types"])
     valid = [m for m in (chem.sanitized(mol) for mol in mols) if m is not None]
