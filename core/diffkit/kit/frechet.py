@@ -9,7 +9,7 @@ import numpy as np
 
 
 class FewSamplesWarning(UserWarning):
-    """A Fréchet distance computed from fewer feature vectors than features."""
+    """A Fréchet distance computed from no more feature vectors than features."""
 
 
 def frechet_distance(features_a, features_b) -> float:
