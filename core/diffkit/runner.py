@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import checkpoint as ckpt
 from . import distributed, kit, sharding
-from .config import differing_keys, lookup
+from .config import differing_keys, fill_defaults, lookup
 from .domain import Domain
 from .diffusion import Diffusion
 from .generate import SampleRequest, build_diffusion, generate, sample_settings
@@ -246,7 +246,8 @@ class Trainer:
         if made_by != self.objective.command:
             raise TrainingError(f"{str(path)!r} was written by `diffkit {made_by}`; resume it with: diffkit {made_by} "
                                 f"--domain {self.domain.name} --out {self.run_dir} --resume")
-        check_resumable(state["config"], self.config, path)
+        # Settings added since the checkpoint was saved count at their defaults.
+        check_resumable(fill_defaults(self.domain, state["config"]), self.config, path)
         return state
 
     def _restore_progress(self, state: dict, path: Path) -> None:
