@@ -94,14 +94,18 @@ class CategoricalDiffusion:
         """A draw of ``x_t`` from ``q(x_t | x_0) = Q_t[x_0, :]``: the class whose CDF interval holds
         the entry's uniform in ``noise`` (drawn with ``noise_fn`` when not given). Entries where
         ``mask`` is 0 (padding) keep their value."""
-        processes = self.processes_like(x0)
-        map_leaves(_check_classes, processes, x0)
+        map_leaves(_check_classes, self.processes_like(x0), x0)
+        return self._draw_forward(x0, signal(self.schedule, t), noise, generator, model_kwargs, mask)
+
+    def _draw_forward(self, x: State, at, noise: State | None, generator, model_kwargs: dict | None,
+                      mask: State | None) -> State:
+        """A draw from ``a I + (1 - a) 1 m^T`` applied to ``x`` per entry, ``at = (a, 1 - a)``: from
+        ``x_0`` to ``x_t`` with ``a(t)``, from ``x_s`` to ``x_t`` with ``a_t / a_s``."""
         if noise is None:
-            noise = draw_noise(self.noise_fn, x0, generator, **(model_kwargs or {}))
-        at = signal(self.schedule, t)
-        x_t = map_leaves(lambda _, process, leaf, u: draw_categorical(process.forward_probs(leaf, at), u),
-                         processes, x0, noise)
-        return keep_masked(mask, x_t, x0)
+            noise = draw_noise(self.noise_fn, x, generator, **(model_kwargs or {}))
+        drawn = map_leaves(lambda _, process, leaf, u: draw_categorical(process.forward_probs(leaf, at), u),
+                           self.processes_like(x), x, noise)
+        return keep_masked(mask, drawn, x)
 
     def prior_sample(self, like: State, generator=None, *, model_kwargs: dict | None = None,
                      mask: State | None = None) -> State:
@@ -266,10 +270,9 @@ class CategoricalDiffusion:
                    callback: Callable | None = None, progress: bool = False, cond: Any = None,
                    guidance: float = 1.0, uncond: Any = None, model_kwargs: dict | None = None, **options) -> State:
         """RePaint's loop over the steps of :meth:`sample` (see :meth:`inpaint`)."""
-        sample_fn, example, denoiser, times = self._sampling_plan(
+        sample_fn, _, denoiser, times = self._sampling_plan(
             model, known, sampler=sampler, steps=steps, spacing=spacing, t_start=1.0, cond=cond,
             guidance=guidance, uncond=uncond, model_kwargs=model_kwargs, mask=free)
-        processes = self.processes_like(example)
         with _progress(progress, steps, callback) as observe:
             for i in range(len(times) - 1):
                 (a_t, _), (a_s, _) = signal(self.schedule, times[i]), signal(self.schedule, times[i + 1])
@@ -277,10 +280,7 @@ class CategoricalDiffusion:
                 for r in range(resample):
                     x = sample_fn(denoiser, x, times[i:i + 2], generator=generator, **options)
                     if r < resample - 1:
-                        noise = draw_noise(self.noise_fn, x, generator, **(model_kwargs or {}))
-                        back = map_leaves(lambda _, process, leaf, u: draw_categorical(
-                            process.forward_probs(leaf, (kept, 1 - kept)), u), processes, x, noise)
-                        x = keep_masked(free, back, x)
+                        x = self._draw_forward(x, (kept, 1 - kept), None, generator, model_kwargs, free)
                 if observe is not None:
                     observe({"step": i, "t": float(times[i]), "x": x, "x0": x})
         return x
