@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     diffusion = build_diffusion(domain, config, registry, model)
     settings = sample_settings(config, request, registry.samplers if registry is not None else None)
     model = model.to(device).eval()
+    network = network_at_precision(model, settings["precision"])
     total = request.interpolate or request.n
     starts = list(range(0, total, settings["batch_size"]))
     mine = [k for k in range(len(starts)) if k % world.size == world.rank]
@@ -131,8 +133,8 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     for k in mine:
         size = min(settings["batch_size"], total - starts[k])
         generator = SampleGenerators.seeded(request.seed, range(starts[k], starts[k] + size), device)
-        chunks[k] = _generate_chunk(domain, diffusion, model, config, request, settings, size, generator,
-                                    device, offset=starts[k], total=total, bar=bar)
+        chunks[k] = _generate_chunk(domain, diffusion, model, network, config, request, settings, size,
+                                    generator, device, offset=starts[k], total=total, bar=bar)
     if bar is not None:
         bar.close()
     if world.distributed:
@@ -190,7 +192,7 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
 
 
 @torch.no_grad()
-def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, config: dict,
+def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, network: nn.Module, config: dict,
                     request: SampleRequest, settings: dict, size: int, generator: SampleGenerators,
                     device, *, offset: int, total: int, bar=None) -> Batch:
     if request.init is not None:
@@ -206,14 +208,29 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, conf
         batch = domain.prepare_sampling(model, size, config, cond=request.cond, generator=generator)
     batch = to_device(batch, device)
     with _autocast(device, settings["precision"]):
-        x = _denoise_chunk(domain, diffusion, model, batch, request, settings, generator, offset=offset,
+        x = _denoise_chunk(domain, diffusion, network, batch, request, settings, generator, offset=offset,
                            size=size, total=total, bar=bar)
     batch["x"] = domain.decode(x, batch)
     return to_device(batch, "cpu")
 
 
+def network_at_precision(model: nn.Module, precision: str) -> nn.Module:
+    """The network that denoises: ``model`` itself in float32; for bfloat16 a copy whose floating
+    parameters are bfloat16, so that activations stay bfloat16 between layers instead of being
+    cast back and forth around every product. Buffers keep their dtype (statistics such as
+    property means need float32's precision)."""
+    if precision == "float32":
+        return model
+    network = copy.deepcopy(model)
+    for parameter in network.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(torch.bfloat16)
+    return network
+
+
 def _autocast(device, precision: str):
-    """The model's matrix products in bfloat16 when asked (its outputs go back to the state's dtype)."""
+    """Under bfloat16, autocast casts the float32 inputs of the network's products (its outputs
+    go back to the state's dtype)."""
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

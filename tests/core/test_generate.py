@@ -58,9 +58,9 @@ def test_the_conformance_kit_reports_draws_that_ignore_per_sample_generators(tmp
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_sample_precision_sets_autocast_for_the_model_only(toy, precision):
+def test_sample_precision_sets_autocast_and_weights_for_the_model_only(toy, precision):
     domain, model, config = toy
-    seen = []
+    seen, weights = [], []
 
     class Watched(torch.nn.Module):
         def __init__(self):
@@ -69,11 +69,16 @@ def test_sample_precision_sets_autocast_for_the_model_only(toy, precision):
 
         def forward(self, *args, **kwargs):
             seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+            weights.extend({p.dtype for p in self.parameters()})
             return self.inner(*args, **kwargs)
 
     settings = {**config, "sample": {**config["sample"], "precision": precision}}
     out = generate(domain, Watched(), settings, SampleRequest(n=4, steps=3))
-    assert seen and set(seen) == {torch.bfloat16 if precision == "bfloat16" else False}
+    expected = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert seen and set(seen) == {expected if precision == "bfloat16" else False}
+    assert set(weights) == {expected}
+    # The caller's model keeps its float32 weights: the network is a copy.
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert out["x"].dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
     reference = generate(domain, model, config, SampleRequest(n=4, steps=3))
     assert torch.allclose(out["x"], reference["x"], atol=0.1 if precision == "bfloat16" else 1e-6)
