@@ -354,7 +354,7 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
         if world.is_main:
             written = plugin_domain.write_samples(batch, Path(out), config)
             write_record(record, _sample_record(plugin_domain.name, source, config, request, written, record,
-                                                _registry(ctx)))
+                                                torch_device, _registry(ctx)))
             click.echo(f"wrote {len(written)} file(s) to {out}; how they were made: {record}")
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
             ckpt.CheckpointError) as error:
@@ -393,16 +393,17 @@ def _fresh_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def _sample_record(domain: str, source, config: dict, request, written: list, record: Path,
+def _sample_record(domain: str, source, config: dict, request, written: list, record: Path, device,
                    registry: Registry | None = None) -> dict:
     """What made these samples: enough to draw them again, and the files they are in."""
     from . import __version__
-    from .generate import sample_settings
+    from .generate import resolve_precision, sample_settings
 
     settings = sample_settings(config, request, registry.samplers if registry is not None else None)
     made = {"domain": domain, "checkpoint": str(source), "seed": request.seed,
             "n": request.interpolate or request.n, "cond": request.cond}
     made.update({key: settings[key] for key in ("sampler", "steps", "spacing", "guidance")})
+    made["precision"] = resolve_precision(settings["precision"], device)
     if request.init is not None:
         made.update(init=request.init, mask=request.mask, strength=request.strength, resample=settings["resample"])
     if request.interpolate:

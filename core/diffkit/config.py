@@ -59,7 +59,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "spacing": "auto",           # auto: the spacing each sampler was tuned with
         "guidance": 1.0,
         "batch_size": 256,
-        "precision": "float32",      # or bfloat16: the model's matrix products under autocast (CUDA, CPUs with AMX)
+        "precision": "float32",      # bfloat16: a bfloat16 copy of the network samples; auto: bfloat16 where native
         "resample": 1,               # inpainting (--mask, a domain's kept part): rounds per step (RePaint)
     },
     # A few-step student (`diffkit distill`, diffkit.distill): how the teacher's targets are made.

@@ -21,7 +21,7 @@ from .distributed import World
 from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,
@@ -123,6 +123,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     check_request(request, registry, diffusion_kind(config))
     diffusion = build_diffusion(domain, config, registry, model)
     settings = sample_settings(config, request, registry.samplers if registry is not None else None)
+    settings["precision"] = resolve_precision(settings["precision"], device)
     model = model.to(device).eval()
     network = network_at_precision(model, settings["precision"])
     total = request.interpolate or request.n
@@ -212,6 +213,24 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, netw
                            size=size, total=total, bar=bar)
     batch["x"] = domain.decode(x, batch)
     return to_device(batch, "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``sample.precision`` on ``device``: ``"auto"`` is bfloat16 where the hardware computes it
+    natively (CUDA devices that support it, CPUs with AMX or AVX-512 BF16), float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bfloat16(torch.device(device)) else "float32"
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    # torch reports the CPU's instruction sets only through these private probes; without them, no.
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe() for probe in probes if probe is not None)
 
 
 def network_at_precision(model: nn.Module, precision: str) -> nn.Module:

@@ -8,6 +8,7 @@ import sys
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from diffkit.cli import cli
@@ -157,7 +158,8 @@ def test_sample_into_a_folder_of_earlier_samples_is_refused_before_sampling(tmp_
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
-def test_sample_takes_settings_from_config_and_set_but_keeps_the_weights_settings(tmp_path, toy_installed):
+def test_sample_takes_settings_from_config_and_set_but_keeps_the_weights_settings(tmp_path, toy_installed,
+                                                                                   monkeypatch):
     run_dir = str(tmp_path / "run")
     run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
     settings = tmp_path / "sample.toml"
@@ -167,6 +169,11 @@ def test_sample_takes_settings_from_config_and_set_but_keeps_the_weights_setting
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "s.json.json").read_text())
     assert (record["sampler"], record["steps"], record["spacing"]) == ("ddim", 4, "quadratic")
+    assert record["precision"] == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    result = run("sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3", "--no-progress",
+                 "--set", "sample.precision=auto", "--out", str(tmp_path / "auto.json"))
+    assert json.loads((tmp_path / "auto.json.json").read_text())["precision"] == "bfloat16"  # resolved
     refused = CliRunner().invoke(cli, ["sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3",
                                        "--set", "model.hidden=32", "--out", str(tmp_path / "t.json")])
     assert refused.exit_code == 1

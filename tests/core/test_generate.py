@@ -84,8 +84,29 @@ def test_sample_precision_sets_autocast_and_weights_for_the_model_only(toy, prec
     assert torch.allclose(out["x"], reference["x"], atol=0.1 if precision == "bfloat16" else 1e-6)
 
 
+@pytest.mark.parametrize("amx, avx512_bf16", [(False, False), (True, False), (False, True)])
+def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(toy, monkeypatch, amx, avx512_bf16):
+    domain, model, config = toy
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    weights = []
+
+    class Watched(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args, **kwargs):
+            weights.extend({p.dtype for p in self.parameters()})
+            return self.inner(*args, **kwargs)
+
+    settings = {**config, "sample": {**config["sample"], "precision": "auto"}}
+    generate(domain, Watched(), settings, SampleRequest(n=2, steps=2))
+    assert set(weights) == {torch.bfloat16 if amx or avx512_bf16 else torch.float32}
+
+
 def test_an_unknown_precision_is_refused_by_name(toy):
     domain, model, config = toy
     settings = {**config, "sample": {**config["sample"], "precision": "fp8"}}
-    with pytest.raises(ValueError, match="sample.precision must be one of float32, bfloat16, got 'fp8'"):
+    with pytest.raises(ValueError, match="sample.precision must be one of float32, bfloat16, auto, got 'fp8'"):
         generate(domain, model, settings, SampleRequest(n=2, steps=2))
