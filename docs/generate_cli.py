@@ -33,7 +33,9 @@ and `--seed`. `train --resume` lays the same options over the run's own settings
 that started a run resumes it; a value other than the run's is refused, naming the setting, unless
 it does not change the steps already taken (`train.steps`, how often to log or save, ...).
 `sample` lays `--config` and `--set` over the checkpoint's settings; the `data`, `model` and
-`diffusion` settings the weights were trained with cannot change.
+`diffusion` settings the weights were trained with cannot change. The table `sample.options`
+holds the sampler's own options (`--set sample.options.eta=0.5`); the sampler's signature says
+which it takes.
 
 Every value must have the type of its default (an integer passes for a number) and step and batch
 counts must be at least 1; a wrong one is refused before anything runs, naming the key, the value

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from .domain import Domain, merge_config, unknown_key_message
+from .domain import FREE_TABLES, Domain, merge_config, unknown_key_message
 
 CORE_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -61,6 +61,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "precision": "float32",      # bfloat16: a bfloat16 copy of the network samples; auto: bfloat16 where native
         "resample": 1,               # inpainting (--mask, a domain's kept part): rounds per step (RePaint)
+        "options": {},               # the sampler's keyword options, e.g. {eta = 0.5} for ddim
     },
     # A few-step student (`diffkit distill`, diffkit.distill): how the teacher's targets are made.
     "distill": {
@@ -241,6 +242,9 @@ def parse_assignment(assignment: str, config: Mapping) -> dict:
     keys = dotted.strip().split(".")
     node: Any = config
     for depth, key in enumerate(keys):
+        if depth == len(keys) - 1 and ".".join(keys[:-1]) in FREE_TABLES:
+            node = node.get(key)  # any key; None: no default to check the value against
+            break
         if not isinstance(node, Mapping) or key not in node:
             where = ".".join(keys[: depth + 1])
             raise KeyError(unknown_key_message(where, key, node if isinstance(node, Mapping) else {}))

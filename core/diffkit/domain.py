@@ -160,12 +160,19 @@ class Domain:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+# Tables whose keys are not known in advance: a sampler's keyword options, checked against it.
+FREE_TABLES = frozenset({"sample.options"})
+
+
 def merge_config(base: Mapping, override: Mapping, *, where: str = "") -> dict:
     """``base`` updated by ``override`` recursively; a key absent from ``base`` is an error that
-    names it and suggests the closest known key."""
+    names it and suggests the closest known key (except in :data:`FREE_TABLES`)."""
     merged = dict(base)
     for key, value in override.items():
         path = f"{where}.{key}" if where else key
+        if key not in base and where in FREE_TABLES:
+            merged[key] = value
+            continue
         if key not in base:
             raise KeyError(unknown_key_message(path, key, base))
         if isinstance(base[key], Mapping) and isinstance(value, Mapping):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .categorical import CategoricalDiffusion
+from .config import check_value
 from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .plugins import Registry
@@ -182,7 +184,11 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
         "batch_size": request.batch_size or section["batch_size"],
         "precision": section.get("precision", "float32"),
         "resample": section.get("resample", 1) if request.resample is None else request.resample,
+        # The options are the config's sampler's: one named by the request runs with its defaults.
+        "options": dict(section.get("options", {})) if request.sampler in (None, section["sampler"]) else {},
     }
+    check_sampler_options(settings["sampler"], get_sampler(settings["sampler"], samplers, kind=kind),
+                          settings["options"])
     if settings["precision"] not in PRECISIONS:
         raise ValueError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
     if request.init is not None:
@@ -190,6 +196,21 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
     elif settings["spacing"] == "auto" and kind == "gaussian":
         settings["spacing"] = preferred_spacing(get_sampler(settings["sampler"], samplers))
     return settings
+
+
+def check_sampler_options(name: str, sampler: Callable, options: dict) -> None:
+    """Refuse ``sample.options`` that the sampler function does not take (its keyword-only
+    parameters besides ``generator`` and ``callback``) or whose type differs from its default's."""
+    parameters = inspect.signature(sampler).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return  # a wrapper that passes everything on
+    accepted = {key: p.default for key, p in parameters.items()
+                if p.kind is p.KEYWORD_ONLY and key not in ("generator", "callback")}
+    for key, value in options.items():
+        if key not in accepted:
+            listing = ", ".join(sorted(accepted)) or "none"
+            raise ValueError(f"sample.options.{key}: the {name} sampler has no option {key!r} (its options: {listing})")
+        check_value(f"sample.options.{key}", value, accepted[key])
 
 
 @torch.no_grad()
@@ -265,19 +286,18 @@ def _denoise_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, batch
         callback=(lambda info: bar.update(1)) if bar is not None else None,
     )
     if isinstance(diffusion, CategoricalDiffusion):
-        x = _categorical_chunk(diffusion, model, batch, request, settings, common)
-    elif request.init is not None and "keep" in batch:
-        x = diffusion.inpaint(model, batch["x"], batch["keep"], sampler=_inpaint_sampler(settings),
-                              steps=settings["steps"], spacing=settings["spacing"], resample=settings["resample"],
-                              **common)
-    elif request.init is not None:
-        x = diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"],
-                           steps=settings["steps"], spacing=settings["spacing"], **common)
-    else:
-        x_T = _interpolated_noise(diffusion, batch, offset, size, total, request.seed) if request.interpolate else None
-        x = diffusion.sample(model, batch["x"], sampler=settings["sampler"], steps=settings["steps"],
-                             spacing=settings["spacing"], x_T=x_T, **common)
-    return x
+        return _categorical_chunk(diffusion, model, batch, request, settings, {**common, **settings["options"]})
+    if request.init is not None and "keep" in batch:
+        sampler = _inpaint_sampler(settings)
+        options = settings["options"] if sampler == settings["sampler"] else {}  # they are the named sampler's
+        return diffusion.inpaint(model, batch["x"], batch["keep"], sampler=sampler, steps=settings["steps"],
+                                 spacing=settings["spacing"], resample=settings["resample"], **common, **options)
+    if request.init is not None:
+        return diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"],
+                              steps=settings["steps"], spacing=settings["spacing"], **common, **settings["options"])
+    x_T = _interpolated_noise(diffusion, batch, offset, size, total, request.seed) if request.interpolate else None
+    return diffusion.sample(model, batch["x"], sampler=settings["sampler"], steps=settings["steps"],
+                            spacing=settings["spacing"], x_T=x_T, **common, **settings["options"])
 
 
 def _categorical_chunk(diffusion: CategoricalDiffusion, model: nn.Module, batch: Batch, request: SampleRequest,

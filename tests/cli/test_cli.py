@@ -282,3 +282,21 @@ def test_a_scaffold_is_resampled_as_the_molecule_config_says(tmp_path):
     assert outputs["default"] == outputs["three"] != outputs["one"]
     record = json.loads((tmp_path / "default.smi.json").read_text())
     assert record["resample"] == 3
+
+
+def test_sampler_options_are_set_from_the_command_line_and_checked_against_the_sampler(tmp_path, toy_installed):
+    run_dir = str(tmp_path / "run")
+    run("train", "--domain", "toy", "--steps", "10", "--out", run_dir, "--no-progress")
+    common = ["sample", "--domain", "toy", "--checkpoint", run_dir, "-n", "3", "--seed", "1", "--no-progress",
+              "--set", "sample.sampler=ddim", "--steps", "4"]
+    plain = run(*common, "--out", str(tmp_path / "plain.json"))
+    noisy = run(*common, "--set", "sample.options.eta=1.0", "--out", str(tmp_path / "noisy.json"))
+    assert plain.exit_code == 0 and noisy.exit_code == 0, plain.output + noisy.output
+    record = json.loads((tmp_path / "noisy.json.json").read_text())
+    assert record["sample_config"]["options"] == {"eta": 1.0}
+    # eta = 1 adds noise at every step: other samples from the same seed.
+    assert (tmp_path / "plain.json").read_text() != (tmp_path / "noisy.json").read_text()
+    refused = CliRunner().invoke(cli, [*common, "--set", "sample.options.etta=1.0", "--out", str(tmp_path / "x.json")])
+    assert refused.exit_code == 1
+    assert "sample.options.etta: the ddim sampler has no option 'etta' (its options: eta)" in refused.output
+    assert not (tmp_path / "x.json").exists()

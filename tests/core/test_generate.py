@@ -110,3 +110,34 @@ def test_an_unknown_precision_is_refused_by_name(toy):
     settings = {**config, "sample": {**config["sample"], "precision": "fp8"}}
     with pytest.raises(ValueError, match="sample.precision must be one of float32, bfloat16, auto, got 'fp8'"):
         generate(domain, model, settings, SampleRequest(n=2, steps=2))
+
+
+def test_sample_options_reach_the_config_sampler_only(toy, monkeypatch):
+    from diffkit.samplers import SAMPLERS, sample_ddim
+
+    domain, model, config = toy
+    seen = []
+
+    def ddim(denoiser, x, times, *, generator=None, callback=None, eta: float = 0.0):
+        seen.append(eta)
+        return sample_ddim(denoiser, x, times, generator=generator, callback=callback, eta=eta)
+
+    monkeypatch.setitem(SAMPLERS, "ddim", ddim)
+    settings = {**config, "sample": {**config["sample"], "sampler": "ddim", "options": {"eta": 0.7}}}
+    generate(domain, model, settings, SampleRequest(n=2, steps=3, seed=0))
+    assert seen == [0.7]
+    # A sampler named by the request runs with its own defaults: the options were the config's sampler's.
+    generate(domain, model, {**config, "sample": {**config["sample"], "options": {"eta": 0.7}}},
+             SampleRequest(n=2, steps=3, seed=0, sampler="ddim"))
+    assert seen == [0.7, 0.0]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"eta": "high"}, r"config key 'sample.options.eta' expects a number \(float\), got 'high'"),
+    ({"order": 2}, r"sample.options.order: the ddim sampler has no option 'order' \(its options: eta\)"),
+])
+def test_sample_options_the_sampler_does_not_take_are_refused_before_sampling(toy, options, message):
+    domain, model, config = toy
+    settings = {**config, "sample": {**config["sample"], "sampler": "ddim", "options": options}}
+    with pytest.raises(ValueError, match=message):
+        generate(domain, model, settings, SampleRequest(n=2, steps=3))
