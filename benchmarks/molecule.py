@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffkit.generate import SampleRequest, generate
+from diffkit.generate import SampleRequest, generate, resolve_precision
 from diffkit.loading import load_for_sampling
 from diffkit_molecule import MoleculeDomain
 from diffkit_molecule.domain import reference_smiles
@@ -31,10 +31,12 @@ def main() -> None:
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--spacing", default=None, help="sample.spacing (default: the checkpoint's)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sampler option (sample.options; replaces the checkpoint's), e.g. target_guidance=0.05")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cpu", help="where to sample: cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default=None, choices=["float32", "bfloat16"],
+    parser.add_argument("--precision", default=None, choices=["float32", "bfloat16", "auto"],
                         help="sample.precision (default: the checkpoint's)")
     parser.add_argument("--reference", default=None, help="reference molecules (default: the bundled QM9 subset)")
     parser.add_argument("--out", required=True, help="folder for samples.smi and results.json")
@@ -50,6 +52,8 @@ def main() -> None:
         config["sample"]["precision"] = args.precision
     if args.spacing is not None:
         config["sample"]["spacing"] = args.spacing
+    if args.option:
+        config["sample"]["options"] = {key: float(value) for key, value in (pair.split("=") for pair in args.option)}
     request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
     start, start_cpu = time.perf_counter(), time.process_time()
     batch = generate(domain, model, config, request, device=args.device)
@@ -63,7 +67,8 @@ def main() -> None:
     results = {
         "samples": args.n, "checkpoint": str(source), "trained_steps": _trained_steps(source),
         "sampler": request.sampler or config["sample"]["sampler"], "steps": request.steps or config["sample"]["steps"],
-        "spacing": config["sample"]["spacing"], "precision": config["sample"].get("precision", "float32"),
+        "spacing": config["sample"]["spacing"], "options": config["sample"]["options"],
+        "precision": resolve_precision(config["sample"]["precision"], args.device),
         "device": _device_name(args.device), "threads": args.threads, "sampling_seconds": round(seconds, 1),
         "seconds_per_1000": round(seconds / args.n * 1000, 1),
         # CPU time: what the wall time would be on an otherwise idle machine with these threads.

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-from diffkit.categorical_samplers import sample_discrete_flow
 from diffkit.generate import SampleRequest, generate, sample_settings
 from diffkit.loading import load_for_sampling
-from diffkit.samplers import SAMPLERS, register_sampler
 from diffkit_molecule import MoleculeDomain
 from diffkit_molecule.chem import canonical_smiles, rdkit
 from diffkit_molecule.metrics import basic_scores, evaluate_smiles, failure_kind, fcd, property_errors
@@ -146,30 +144,25 @@ def scaffolds(domain, model, config, args) -> dict:
     return results
 
 
-def sampler_setting(text: str) -> tuple[str, int, str | None]:
-    """``sampler:steps[:spacing]`` -> (sampler name, steps, spacing or None for the config's).
-    ``discrete_flow@eta=0.5@target_guidance=0.1`` names the discrete flow sampler with those options."""
+def sampler_setting(text: str) -> tuple[str, int, str | None, dict]:
+    """``sampler[@option=value...]:steps[:spacing]`` -> (sampler name, steps, spacing or None for
+    the config's, its ``sample.options``); ``discrete_flow@eta=0.5@target_guidance=0.1:20``."""
     sampler, steps, *spacing = text.split(":")
-    if "@" in sampler and sampler not in SAMPLERS:
-        base, *pairs = sampler.split("@")
-        if base != "discrete_flow":
-            raise SystemExit(f"only discrete_flow takes @options here, not {base!r}")
-        options = {key: float(value) for key, value in (pair.split("=") for pair in pairs)}
-        flow = lambda denoiser, x, times, **rest: sample_discrete_flow(denoiser, x, times, **options, **rest)
-        register_sampler(sampler, flow, kind="categorical")
-    return sampler, int(steps), spacing[0] if spacing else None
+    sampler, *pairs = sampler.split("@")
+    options = {key: float(value) for key, value in (pair.split("=") for pair in pairs)}
+    return sampler, int(steps), spacing[0] if spacing else None, options
 
 
 def samplers(domain, model, config, args) -> dict:
-    """Scores of the same seeds sampled with each ``sampler:steps[:spacing]`` setting, with the
-    wall time of sampling."""
+    """Scores of the same seeds sampled with each setting, with the wall time of sampling."""
     reference = read_smiles_texts(bundled_path())
     results = {}
     for text in args.settings:
-        sampler, steps, spacing = sampler_setting(text)
-        setting = {**config, "sample": {**config["sample"], **({"spacing": spacing} if spacing else {})}}
-        request = SampleRequest(n=args.n, seed=args.seed, sampler=sampler, steps=steps)
-        smiles, seconds = sample_smiles(domain, model, setting, request)
+        sampler, steps, spacing, options = sampler_setting(text)
+        section = {**config["sample"], "sampler": sampler, "options": options,
+                   **({"spacing": spacing} if spacing else {})}
+        request = SampleRequest(n=args.n, seed=args.seed, steps=steps)
+        smiles, seconds = sample_smiles(domain, model, {**config, "sample": section}, request)
         scores = evaluate_smiles(smiles, reference)
         results[text] = {k: round(v, 4) for k, v in scores.items()} | {"seconds": round(seconds, 1)}
         print(text, results[text], flush=True)
@@ -190,6 +183,8 @@ def main() -> None:
         command.add_argument("--steps", type=int, default=None)
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--threads", type=int, default=1)
+        command.add_argument("--precision", default=None, choices=["float32", "bfloat16", "auto"],
+                             help="sample.precision (default: the checkpoint's)")
         command.add_argument("--out", default=None, help="a JSON file for the results")
     commands.choices["guidance"].add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     commands.choices["scaffold"].add_argument("--scaffold", nargs="+", default=["c1ccccc1", "c1ccncc1", "C1CCOC1"])
@@ -197,7 +192,7 @@ def main() -> None:
                                                       help="RePaint resampling rounds (default: the config's sample.resample)")
     commands.choices["samplers"].add_argument("--settings", nargs="+", required=True,
                                               help="sampler:steps[:spacing] each, e.g. ancestral:20:quadratic; "
-                                                   "discrete_flow@target_guidance=0.1:20 sets its options")
+                                                   "discrete_flow@target_guidance=0.1:20 sets sample.options")
     args = parser.parse_args()
 
     if args.command in ("failures", "qm9"):
@@ -207,6 +202,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         domain = MoleculeDomain()
         model, config = load_for_sampling(domain, args.checkpoint or domain.pretrained(), "cpu")
+        if args.precision is not None:
+            config["sample"]["precision"] = args.precision
         analysis = {"guidance": guidance, "scaffold": scaffolds, "samplers": samplers}[args.command]
         results = analysis(domain, model, config, args)
     text = json.dumps(results, indent=2)
