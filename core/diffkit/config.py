@@ -242,9 +242,10 @@ def parse_assignment(assignment: str, config: Mapping) -> dict:
     keys = dotted.strip().split(".")
     node: Any = config
     for depth, key in enumerate(keys):
-        if depth == len(keys) - 1 and ".".join(keys[:-1]) in FREE_TABLES:
-            node = node.get(key)  # any key; None: no default to check the value against
-            break
+        free_table, in_free_table = ".".join(keys[: depth + 1]) in FREE_TABLES, ".".join(keys[:depth]) in FREE_TABLES
+        if isinstance(node, Mapping) and key not in node and (free_table or in_free_table):
+            node = {} if free_table else None  # a free table's new key has no default to check against
+            continue
         if not isinstance(node, Mapping) or key not in node:
             where = ".".join(keys[: depth + 1])
             raise KeyError(unknown_key_message(where, key, node if isinstance(node, Mapping) else {}))

@@ -170,7 +170,7 @@ def merge_config(base: Mapping, override: Mapping, *, where: str = "") -> dict:
     merged = dict(base)
     for key, value in override.items():
         path = f"{where}.{key}" if where else key
-        if key not in base and where in FREE_TABLES:
+        if key not in base and (where in FREE_TABLES or path in FREE_TABLES):  # a free table or its keys
             merged[key] = value
             continue
         if key not in base:

@@ -56,3 +56,19 @@ def test_lists_are_checked_item_by_item_and_none_defaults_take_anything():
         check_config({"model": {"mults": [1, "x"]}}, defaults)
     with pytest.raises(ValueError, match=r"'model\.mults' expects a list, got 2 \(int\)"):
         check_config({"model": {"mults": 2}}, defaults)
+
+
+def test_sample_options_is_a_free_table_even_where_a_saved_config_lacks_it():
+    from diffkit.config import parse_assignment
+    from diffkit.domain import merge_config
+
+    saved = {"sample": {"steps": 5}}  # a config saved before sample.options existed
+    update = parse_assignment("sample.options.eta=0.5", saved)
+    assert merge_config(saved, update) == {"sample": {"steps": 5, "options": {"eta": 0.5}}}
+    assert merge_config(merge_config(saved, update), {"sample": {"options": {"order": 2}}})["sample"]["options"] == {
+        "eta": 0.5, "order": 2}
+    # Other tables keep refusing keys they do not know.
+    with pytest.raises(KeyError, match="unknown config key 'sample.option'"):
+        parse_assignment("sample.option=1", saved)
+    with pytest.raises(KeyError, match="unknown config key 'sample.opts'"):
+        merge_config(saved, {"sample": {"opts": {"eta": 1}}})
