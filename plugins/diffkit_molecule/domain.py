@@ -37,6 +37,7 @@ class MoleculeDomain(diffkit.Domain):
                 "hidden": 128, "edge_hidden": 64, "heads": 8, "layers": 6,
                 "property_drop": 0.1,      # per-property condition dropout (partial conditions)
                 "edge_loss_weight": 5.0,   # edges are most of the state but mostly "no bond"
+                "component_features": True,  # the network sees whether the graph is in one piece
             },
             # kind = "categorical": marginal noise on atom and bond types (Vignac et al. 2023);
             # sample with sample.sampler = "discrete_flow" or "ancestral".
@@ -47,6 +48,13 @@ class MoleculeDomain(diffkit.Domain):
             "sample": {"sampler": "ddpm", "steps": 50, "batch_size": 1000, "resample": 3,
                        "num_atoms": 0},        # 0: drawn from the training distribution
         }
+
+    def upgrade_config(self, config: dict) -> dict:
+        # Networks saved before the component features existed were built without them.
+        model = config.get("model")
+        if isinstance(model, dict) and "hidden" in model and "component_features" not in model:
+            model["component_features"] = False
+        return config
 
     def presets(self) -> dict[str, dict]:
         return {
@@ -95,7 +103,8 @@ class MoleculeDomain(diffkit.Domain):
         return MoleculeDenoiser(list(data["atom_types"]), list(data["properties"]), max_atoms=int(data["max_atoms"]),
                                 hidden=model["hidden"], edge_hidden=model["edge_hidden"], heads=model["heads"],
                                 layers=model["layers"], prediction=config["diffusion"]["prediction"],
-                                property_drop=model["property_drop"], categorical=_categorical(config))
+                                property_drop=model["property_drop"], categorical=_categorical(config),
+                                component_features=model["component_features"])
 
     def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
         if list(dataset.vocabulary) != model.atom_types:

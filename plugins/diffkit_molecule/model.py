@@ -32,7 +32,6 @@ class AtomPairs:
         self.n = n
         self.first, self.second = torch.triu_indices(n, n, offset=1, device=device)
         self.upper = self.first * n + self.second  # (i, j) in a flattened (n, n)
-        self.lower = self.second * n + self.first  # (j, i)
         count = len(self.first)
         square = torch.full((n, n), count, dtype=torch.long, device=device)  # the diagonal: a zero row
         square[self.first, self.second] = torch.arange(count, device=device)
@@ -40,10 +39,9 @@ class AtomPairs:
         self.square_index = square.flatten()
 
     # index_select, not advanced indexing: several times faster on the CPU for these shapes.
-    def rows(self, square: Tensor, transposed: bool = False) -> Tensor:
-        """``(B, n, n, ...) -> (B, P, ...)``: the upper triangle (of the transpose, with ``transposed``)."""
-        flat = square.flatten(1, 2)
-        return flat.index_select(1, self.lower if transposed else self.upper)
+    def rows(self, square: Tensor) -> Tensor:
+        """``(B, n, n, ...) -> (B, P, ...)``: the upper triangle."""
+        return square.flatten(1, 2).index_select(1, self.upper)
 
     def ends(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, n, C) -> (B, P, C)`` twice: the features of each pair's first and second atom."""
@@ -108,12 +106,12 @@ class GraphTransformerBlock(nn.Module):
         return message, scores
 
     def _edge_update(self, h: Tensor, e: Tensor, scores: Tensor, pairs: AtomPairs) -> Tensor:
-        a, c = self.edge_from_nodes(h).chunk(2, dim=-1)
         # Symmetric in (i, j): sums and products of the two ends, symmetrised attention scores.
-        (a_i, a_j), (c_i, c_j) = pairs.ends(a), pairs.ends(c)
-        pair = a_i + a_j + c_i * c_j
-        by_pair = scores.permute(0, 2, 3, 1)  # (B, N, N, H)
-        symmetric_scores = (pairs.rows(by_pair) + pairs.rows(by_pair, transposed=True)) / 2
+        first, second = pairs.ends(self.edge_from_nodes(h))
+        a_i, c_i = first.chunk(2, dim=-1)
+        a_j, c_j = second.chunk(2, dim=-1)
+        pair = torch.addcmul(a_i + a_j, c_i, c_j)
+        symmetric_scores = pairs.rows(((scores + scores.transpose(-1, -2)) / 2).permute(0, 2, 3, 1))
         return self.edge_ff(torch.cat([self.norm_edges(e) + pair, symmetric_scores], dim=-1))
 
 
@@ -136,15 +134,15 @@ class MoleculeDenoiser(nn.Module):
 
     def __init__(self, atom_types: list[str], property_names: list[str], *, max_atoms: int, hidden: int = 128,
                  edge_hidden: int = 64, heads: int = 8, layers: int = 6, prediction: str = "x0",
-                 property_drop: float = 0.1, categorical: bool = False):
+                 property_drop: float = 0.1, categorical: bool = False, component_features: bool = False):
         super().__init__()
         self.atom_types, self.property_names = list(atom_types), list(property_names)
         self.prediction, self.property_drop, self.categorical = prediction, property_drop, categorical
         k, e, p = len(atom_types), len(BOND_TYPES), len(property_names)
-        self.structure = StructuralFeatures(max_valences(atom_types), max_atoms)
-        self.node_in = nn.Linear(k + StructuralFeatures.node_dim, hidden)
+        self.structure = StructuralFeatures(max_valences(atom_types), max_atoms, components=component_features)
+        self.node_in = nn.Linear(k + self.structure.node_dim, hidden)
         self.edge_in = nn.Linear(e, edge_hidden)
-        self.graph_in = nn.Linear(StructuralFeatures.graph_dim, hidden)
+        self.graph_in = nn.Linear(self.structure.graph_dim, hidden)
         self.time_in = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.cond_in = nn.Sequential(nn.Linear(2 * p, hidden), nn.SiLU(), nn.Linear(hidden, hidden)) if p else None
         self.blocks = nn.ModuleList(GraphTransformerBlock(hidden, edge_hidden, heads) for _ in range(layers))
@@ -233,6 +231,17 @@ class MoleculeDenoiser(nn.Module):
             present = present & (torch.rand(present.shape, device=like.device) >= self.property_drop)
         normalised = torch.where(present, (cond - self.property_mean) / self.property_std, torch.zeros_like(cond))
         return self.cond_in(torch.cat([normalised, present.to(like.dtype)], dim=-1))
+
+
+def add_component_inputs(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights of a network built without ``component_features``, laid out for one built with
+    them: the new input columns of ``node_in`` and ``graph_in`` (the features come last) get zero
+    weights, so the network computes the same function until training teaches it to read them."""
+    widened = dict(state)
+    for key in ("node_in.weight", "graph_in.weight"):
+        weight = state[key]
+        widened[key] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
+    return widened
 
 
 def softmax(x: Tensor) -> Tensor:
