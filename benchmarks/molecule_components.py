@@ -34,7 +34,6 @@ def main() -> None:
         raise SystemExit(f"{args.source}: expected a molecule model without component features")
     widened = {key: copy.deepcopy(source[key]) for key in KEPT if key in source}
     widened["config"]["model"]["component_features"] = True
-    widened["config"]["train"]["init_from"] = None
     widened["ema"] = add_component_inputs(ckpt.sampling_weights(source))
     ckpt.save_atomic(widened, out)
     print(f"wrote {out}: step {source.get('step')} of {args.source}, with zero-weight component inputs")

@@ -126,6 +126,8 @@ class MoleculeDenoiser(nn.Module):
     With ``categorical=True`` the state holds class indices, ``{"nodes": (B, N), "edges": (B, N, N)}``
     (long), which the network reads as the one-hot state of the Gaussian model at ``t = 0``, and
     it returns the logits of ``x_0``: ``{"nodes": (B, N, K), "edges": (B, N, N, E)}``.
+    ``component_features`` adds the connected pieces to the structural features it reads
+    (:class:`~diffkit_molecule.features.StructuralFeatures`).
 
     Buffers set from the data (:meth:`fit`): ``size_counts`` (how many training molecules have
     each atom count), the mean/std used to normalise the properties and, for a categorical

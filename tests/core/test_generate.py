@@ -57,23 +57,29 @@ def test_the_conformance_kit_reports_draws_that_ignore_per_sample_generators(tmp
     assert "diffkit.draw_per_sample" in problem
 
 
+class Watched(torch.nn.Module):
+    """``model``, calling ``record(self)`` before every forward pass."""
+
+    def __init__(self, model, record):
+        super().__init__()
+        self.inner, self.record = model, record
+
+    def forward(self, *args, **kwargs):
+        self.record(self)
+        return self.inner(*args, **kwargs)
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_sample_precision_sets_autocast_and_weights_for_the_model_only(toy, precision):
     domain, model, config = toy
     seen, weights = [], []
 
-    class Watched(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, *args, **kwargs):
-            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
-            weights.extend({p.dtype for p in self.parameters()})
-            return self.inner(*args, **kwargs)
+    def record(network):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        weights.extend({p.dtype for p in network.parameters()})
 
     settings = {**config, "sample": {**config["sample"], "precision": precision}}
-    out = generate(domain, Watched(), settings, SampleRequest(n=4, steps=3))
+    out = generate(domain, Watched(model, record), settings, SampleRequest(n=4, steps=3))
     expected = torch.bfloat16 if precision == "bfloat16" else torch.float32
     assert seen and set(seen) == {expected if precision == "bfloat16" else False}
     assert set(weights) == {expected}
@@ -90,18 +96,9 @@ def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(toy, monkeypatch, 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     weights = []
-
-    class Watched(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, *args, **kwargs):
-            weights.extend({p.dtype for p in self.parameters()})
-            return self.inner(*args, **kwargs)
-
     settings = {**config, "sample": {**config["sample"], "precision": "auto"}}
-    generate(domain, Watched(), settings, SampleRequest(n=2, steps=2))
+    generate(domain, Watched(model, lambda network: weights.extend({p.dtype for p in network.parameters()})),
+             settings, SampleRequest(n=2, steps=2))
     assert set(weights) == {torch.bfloat16 if amx or avx512_bf16 else torch.float32}
 
 
