@@ -16,9 +16,6 @@ from pathlib import Path
 from diffkit import checkpoint as ckpt
 from diffkit_molecule.model import add_component_inputs
 
-KEPT = ("format", "domain", "plugin", "plugin_version", "diffkit_version", "step", "config")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a run folder (its latest checkpoint) or a checkpoint file")
@@ -32,9 +29,10 @@ def main() -> None:
     model = source["config"]["model"]
     if source.get("domain") != "molecule" or model.get("component_features", False):
         raise SystemExit(f"{args.source}: expected a molecule model without component features")
-    widened = {key: copy.deepcopy(source[key]) for key in KEPT if key in source}
+    widened = ckpt.sampling_part(source)
+    widened["config"] = copy.deepcopy(widened["config"])
     widened["config"]["model"]["component_features"] = True
-    widened["ema"] = add_component_inputs(ckpt.sampling_weights(source))
+    widened["ema"] = add_component_inputs(widened["ema"])
     ckpt.save_atomic(widened, out)
     print(f"wrote {out}: step {source.get('step')} of {args.source}, with zero-weight component inputs")
 

@@ -159,13 +159,17 @@ def check_domain(checkpoint: dict, domain_name: str, path: str | Path) -> None:
         )
 
 
-def export_weights(source: str | Path, destination: str | Path) -> Path:
-    """Write the sampling part of a checkpoint (EMA weights, config, provenance) to ``destination``."""
-    checkpoint = load(resolve(source))
+def sampling_part(checkpoint: Mapping) -> dict:
+    """A checkpoint without its training state: EMA weights, config and provenance."""
     slim = {key: checkpoint[key] for key in ("format", "domain", "plugin", "plugin_version",
                                               "diffkit_version", "config", "step") if key in checkpoint}
     slim["ema"] = checkpoint["ema"]
-    return save_atomic(slim, Path(destination))
+    return slim
+
+
+def export_weights(source: str | Path, destination: str | Path) -> Path:
+    """Write the sampling part of a checkpoint (:func:`sampling_part`) to ``destination``."""
+    return save_atomic(sampling_part(load(resolve(source))), Path(destination))
 
 
 def load_sampling_state(path: str | Path) -> dict:
