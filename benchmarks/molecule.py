@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from diffkit.config import parse_assignment
+from diffkit.domain import merge_config
 from diffkit.generate import SampleRequest, generate, resolve_precision
 from diffkit.loading import load_for_sampling
 from diffkit_molecule import MoleculeDomain
@@ -53,7 +55,7 @@ def main() -> None:
     if args.spacing is not None:
         config["sample"]["spacing"] = args.spacing
     if args.option:
-        config["sample"]["options"] = {key: float(value) for key, value in (pair.split("=") for pair in args.option)}
+        config["sample"]["options"] = sampler_options(args.option)
     request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
     start, start_cpu = time.perf_counter(), time.process_time()
     batch = generate(domain, model, config, request, device=args.device)
@@ -76,6 +78,14 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def sampler_options(pairs: list[str]) -> dict:
+    """``["target_guidance=0.05", ...]`` -> ``sample.options``, each value read as ``--set`` reads it."""
+    options: dict = {"sample": {"options": {}}}
+    for pair in pairs:
+        options = merge_config(options, parse_assignment(f"sample.options.{pair}", options))
+    return options["sample"]["options"]
 
 
 def _device_name(device: str) -> str:

@@ -32,6 +32,7 @@ from diffkit_molecule.metrics import basic_scores, evaluate_smiles, failure_kind
 from diffkit_molecule.outputs import molecules_from_graphs, smiles_lines
 from diffkit_molecule.properties import compute
 from diffkit_molecule.sources import bundled_path, read_smiles_texts
+from molecule import sampler_options  # benchmarks/molecule.py
 
 HELD_OUT_SIZE = 10_000  # the FCD reference: as many molecules as the 10,000-sample benchmark draws
 
@@ -149,8 +150,7 @@ def sampler_setting(text: str) -> tuple[str, int, str | None, dict]:
     the config's, its ``sample.options``); ``discrete_flow@eta=0.5@target_guidance=0.1:20``."""
     sampler, steps, *spacing = text.split(":")
     sampler, *pairs = sampler.split("@")
-    options = {key: float(value) for key, value in (pair.split("=") for pair in pairs)}
-    return sampler, int(steps), spacing[0] if spacing else None, options
+    return sampler, int(steps), spacing[0] if spacing else None, sampler_options(pairs)
 
 
 def samplers(domain, model, config, args) -> dict:
