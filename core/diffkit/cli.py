@@ -324,6 +324,7 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
     from .generate import SampleRequest, check_request, generate
     from .loading import load_for_sampling
     from .records import record_path, write_record
+    from .workers import WorkerDied
 
     plugin_domain = _domain(ctx, domain or _domain_of_checkpoint(checkpoint))
     source = checkpoint or plugin_domain.pretrained()
@@ -357,7 +358,7 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
                                                 torch_device, _registry(ctx)))
             click.echo(f"wrote {len(written)} file(s) to {out}; how they were made: {record}")
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
-            ckpt.CheckpointError) as error:
+            ckpt.CheckpointError, WorkerDied) as error:
         distributed.shutdown(world, wait=False)
         raise click.ClickException(_message(error)) from None
     distributed.shutdown(world)

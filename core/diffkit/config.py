@@ -60,6 +60,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "guidance": 1.0,
         "batch_size": 256,
         "precision": "float32",      # bfloat16: a bfloat16 copy of the network samples; auto: bfloat16 where native
+        "workers": 0,                # CPU: processes that share the chunks; 0 = one per core (at most one a chunk)
         "resample": 1,               # inpainting (--mask, a domain's kept part): rounds per step (RePaint)
         "options": {},               # the sampler's keyword options, e.g. {eta = 0.5} for ddim
     },
@@ -118,7 +119,7 @@ def apply_user_layers(config: dict, defaults: Mapping, *, file: str | Path | Non
 # Values below these make a run do nothing, or fail far from the setting that caused it.
 MINIMUMS: dict[str, int] = {
     "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "sample.steps": 1, "sample.batch_size": 1, "sample.resample": 1,
-    "distill.teacher_substeps": 1,
+    "sample.workers": 0, "distill.teacher_substeps": 1,
 }
 
 

@@ -21,6 +21,7 @@ from .samplers import SAMPLERS, get_sampler, preferred_spacing, sampler_kind, sa
 from .schedules import make_schedule
 from .distributed import World
 from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
+from .workers import draw_in_workers, worker_count
 
 
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -120,7 +121,8 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     (its structure, its starting noise, every step's noise) from its own generator, seeded by
     ``(request.seed, i)``, so it is the same whatever the batch size and however many processes
     share the work. Under torchrun each rank draws every ``world.size``-th chunk and rank 0
-    returns them all, in order (other ranks return ``None``).
+    returns them all, in order (other ranks return ``None``). On the CPU a rank's chunks are
+    shared by ``sample.workers`` forked processes (:mod:`diffkit.workers`).
     """
     check_request(request, registry, diffusion_kind(config))
     diffusion = build_diffusion(domain, config, registry, model)
@@ -129,17 +131,30 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     model = model.to(device).eval()
     network = network_at_precision(model, settings["precision"])
     total = request.interpolate or request.n
-    starts = list(range(0, total, settings["batch_size"]))
-    mine = [k for k in range(len(starts)) if k % world.size == world.rank]
+    # The chunks depend on n and the batch size alone, never on how many processes draw them:
+    # the same products, rounded the same way, give the same samples.
+    plan = [(start, min(settings["batch_size"], total - start)) for start in range(0, total, settings["batch_size"])]
+    mine = [k for k in range(len(plan)) if k % world.size == world.rank]
+    workers = worker_count(settings["workers"], device, world, len(mine))
     bar = _progress_bar(request.progress and world.is_main, len(mine) * settings["steps"])
-    chunks: dict[int, Batch] = {}
-    for k in mine:
-        size = min(settings["batch_size"], total - starts[k])
-        generator = SampleGenerators.seeded(request.seed, range(starts[k], starts[k] + size), device)
-        chunks[k] = _generate_chunk(domain, diffusion, model, network, config, request, settings, size,
-                                    generator, device, offset=starts[k], total=total, bar=bar)
-    if bar is not None:
-        bar.close()
+
+    def draw(indices: list[int], progress) -> dict[int, Batch]:
+        drawn = {}
+        for k in indices:
+            start, size = plan[k]
+            generator = SampleGenerators.seeded(request.seed, range(start, start + size), device)
+            drawn[k] = _generate_chunk(domain, diffusion, model, network, config, request, settings, size,
+                                       generator, device, offset=start, total=total, bar=progress)
+        return drawn
+
+    try:
+        if workers > 1:
+            chunks = draw_in_workers(draw, [mine[w::workers] for w in range(workers)], bar)
+        else:
+            chunks = draw(mine, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     if world.distributed:
         chunks = _gather_chunks(chunks, world)
         if chunks is None:
@@ -183,6 +198,7 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
         "spacing": section.get("spacing", "auto"),
         "batch_size": request.batch_size or section["batch_size"],
         "precision": section.get("precision", "float32"),
+        "workers": section.get("workers", 0),
         "resample": section.get("resample", 1) if request.resample is None else request.resample,
         # The options are the config's sampler's: one named by the request runs with its defaults.
         "options": dict(section.get("options", {})) if request.sampler in (None, section["sampler"]) else {},

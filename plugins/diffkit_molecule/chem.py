@@ -122,12 +122,10 @@ def graph_to_mol(atoms: Tensor, bonds: Tensor, vocabulary: Sequence[str]):
         atom = Chem.Atom(symbol)
         atom.SetFormalCharge(charge)
         mol.AddAtom(atom)
-    n = len(atoms)
-    rows, cols = torch.triu_indices(n, n, offset=1)
-    for i, j in zip(rows.tolist(), cols.tolist()):
-        kind = int(bonds[i, j])
-        if kind:
-            mol.AddBond(i, j, getattr(Chem.BondType, _RDKIT_BONDS[kind - 1]))
+    upper = torch.triu(bonds, diagonal=1)
+    rows, cols = upper.nonzero(as_tuple=True)
+    for i, j, kind in zip(rows.tolist(), cols.tolist(), upper[rows, cols].tolist()):
+        mol.AddBond(i, j, getattr(Chem.BondType, _RDKIT_BONDS[kind - 1]))
     return mol.GetMol()
 
 

@@ -29,12 +29,12 @@ def molecules_from_graphs(atoms: Tensor, bonds: Tensor, vocabulary: Sequence[str
     return mols
 
 
-def smiles_lines(mols: list) -> list[str]:
-    lines = []
-    for mol in mols:
-        clean = chem.sanitized(mol)
-        lines.append(chem.canonical_smiles(clean) if clean is not None else chem.raw_smiles(mol))
-    return lines
+def smiles_lines(mols: list, clean: list | None = None) -> list[str]:
+    """A line per molecule (see the module's docstring); ``clean`` holds their sanitised copies
+    (``None`` where RDKit rejects one) when the caller has them already."""
+    if clean is None:
+        clean = [chem.sanitized(mol) for mol in mols]
+    return [chem.canonical_smiles(good) if good is not None else chem.raw_smiles(mol) for mol, good in zip(mols, clean)]
 
 
 def write_molecules(mols: list, out: Path) -> list[Output]:
@@ -48,22 +48,25 @@ def write_molecules(mols: list, out: Path) -> list[Output]:
         raise ValueError(f"--out {str(out)!r}: a molecule output is a .smi, .sdf or .png file, or a folder")
     else:
         targets = [out / "samples.smi", out / "samples.sdf", out / "grid.png"]
-        if not any(chem.sanitized(mol) is not None for mol in mols):
-            targets.remove(out / "samples.sdf")  # an SDF holds valid molecules only: none here
     check_new(targets)
+    clean = [chem.sanitized(mol) for mol in mols]
+    if len(targets) > 1 and not any(mol is not None for mol in clean):
+        targets.remove(out / "samples.sdf")  # an SDF holds valid molecules only: none here
     written = []
     for path in targets:
         encode, kind, role = ENCODERS[path.suffix.lower()]
-        write_new(path, encode(mols))
+        write_new(path, encode(mols, clean))
         written.append(Output(path, kind, role))
     return written
 
 
-def _smiles_file(mols: list) -> bytes:
-    return "".join(line + "\n" for line in smiles_lines(mols)).encode()
+# Each encoder takes the molecules and their sanitised copies (None where RDKit rejects one).
+
+def _smiles_file(mols: list, clean: list) -> bytes:
+    return "".join(line + "\n" for line in smiles_lines(mols, clean)).encode()
 
 
-def _sdf_file(mols: list) -> bytes:
+def _sdf_file(mols: list, clean: list) -> bytes:
     """Valid molecules with 2D coordinates; invalid ones are left out (their SMILES file line says why)."""
     import io
 
@@ -72,13 +75,13 @@ def _sdf_file(mols: list) -> bytes:
 
     text = io.StringIO()
     with Chem.SDWriter(text) as writer:
-        for index, mol in enumerate(mols):
-            clean = chem.sanitized(mol)
-            if clean is None:
+        for index, mol in enumerate(clean):
+            if mol is None:
                 continue
-            AllChem.Compute2DCoords(clean)
-            clean.SetProp("_Name", f"sample_{index}")
-            writer.write(clean)
+            mol = Chem.Mol(mol)  # coordinates and a name go on a copy
+            AllChem.Compute2DCoords(mol)
+            mol.SetProp("_Name", f"sample_{index}")
+            writer.write(mol)
     return text.getvalue().encode()
 
 
@@ -91,14 +94,13 @@ def _drawable(mol):
     return mol
 
 
-def _grid_picture(mols: list) -> bytes:
+def _grid_picture(mols: list, clean: list) -> bytes:
     """The first molecules in a grid (one row for a short strip, e.g. an interpolation), as PNG."""
     import io
 
     from rdkit.Chem import Draw
 
-    shown = mols[:GRID_LIMIT]
-    clean = [chem.sanitized(mol) for mol in shown]
+    shown, clean = mols[:GRID_LIMIT], clean[:GRID_LIMIT]
     legends = [chem.canonical_smiles(m) if m is not None else "invalid" for m in clean]
     cells = [m if m is not None else _drawable(raw) for m, raw in zip(clean, shown)]
     per_row = len(shown) if len(shown) <= 10 else 8
