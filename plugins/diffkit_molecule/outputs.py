@@ -85,8 +85,9 @@ def _sdf_file(mols: list, clean: list) -> bytes:
     return text.getvalue().encode()
 
 
-def _drawable(mol):
-    """An unsanitisable molecule made drawable as it stands (valences unchecked, rings found)."""
+def as_it_stands(mol):
+    """A copy of a molecule that may not sanitise, usable as it stands (valences unchecked, rings
+    found): for drawing, and for substructure searches of the graph as generated."""
     Chem = chem.rdkit()
     mol = Chem.Mol(mol)
     mol.UpdatePropertyCache(strict=False)
@@ -102,7 +103,7 @@ def _grid_picture(mols: list, clean: list) -> bytes:
 
     shown, clean = mols[:GRID_LIMIT], clean[:GRID_LIMIT]
     legends = [chem.canonical_smiles(m) if m is not None else "invalid" for m in clean]
-    cells = [m if m is not None else _drawable(raw) for m, raw in zip(clean, shown)]
+    cells = [m if m is not None else as_it_stands(raw) for m, raw in zip(clean, shown)]
     per_row = len(shown) if len(shown) <= 10 else 8
     image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
     buffer = io.BytesIO()
