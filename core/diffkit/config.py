@@ -84,7 +84,13 @@ def default_config(domain: Domain) -> dict:
 def fill_defaults(domain: Domain, config: Mapping[str, Any]) -> dict:
     """``config`` completed with the settings it lacks (added since it was saved) at their defaults,
     after the domain's :meth:`~diffkit.Domain.upgrade_config` has read it in today's terms."""
-    return _deep_update(default_config(domain), domain.upgrade_config(copy.deepcopy(dict(config))))
+    saved = domain.upgrade_config(copy.deepcopy(dict(config)))
+    filled = _deep_update(default_config(domain), saved)
+    for path in FREE_TABLES:  # a saved free table is whole: the defaults' keys are not added to it
+        section, key = path.split(".")
+        if isinstance(saved.get(section), Mapping) and key in saved[section]:
+            filled[section][key] = copy.deepcopy(saved[section][key])
+    return filled
 
 
 def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Path | None = None,
@@ -104,15 +110,29 @@ def apply_user_layers(config: dict, defaults: Mapping, *, file: str | Path | Non
                       overrides: Mapping[str, Any] | None = None) -> dict:
     """``config`` under a user's TOML file, ``--set`` assignments and option overrides, in that
     order, each checked against ``defaults`` (keys, types, minimums)."""
+    below, layers = config, []
     if file is not None:
-        layer = load_toml(file)
-        config = merge_config(config, layer)
-        check_config(layer, defaults, source=f"config file {str(file)!r}")
+        layers.append(load_toml(file))
+        config = merge_config(config, layers[-1])
+        check_config(layers[-1], defaults, source=f"config file {str(file)!r}")
     for assignment in sets:
-        config = merge_config(config, parse_assignment(assignment, config))
+        layers.append(parse_assignment(assignment, config))
+        config = merge_config(config, layers[-1])
     if overrides:
+        layers.append(overrides)
         config = merge_config(config, overrides)
         check_config(overrides, defaults)
+    return options_follow_sampler(below, config, layers)
+
+
+def options_follow_sampler(below: Mapping, config: dict, layers: list[Mapping]) -> dict:
+    """``config`` (``below`` under the user's ``layers``) without the sampler options of
+    ``below`` when the layers choose another sampler and give no options: they were the replaced
+    sampler's. Considering the layers together makes the order of ``--set`` irrelevant."""
+    sample = config.get("sample", {})
+    if sample.get("sampler") != below.get("sample", {}).get("sampler") and not any(
+            isinstance(layer.get("sample"), Mapping) and "options" in layer["sample"] for layer in layers):
+        sample["options"] = {}
     return config
 
 
@@ -196,11 +216,14 @@ def sampling_config(domain: Domain, saved: Mapping[str, Any], *, file: str | Pat
     the checkpoint's: the weights were trained with it. The refusal names each such key.
     """
     base = fill_defaults(domain, saved)
-    config = base
+    config, layers = base, []
     if file is not None:
-        config = merge_config(config, load_toml(file))
+        layers.append(load_toml(file))
+        config = merge_config(config, layers[-1])
     for assignment in sets:
-        config = merge_config(config, parse_assignment(assignment, config))
+        layers.append(parse_assignment(assignment, config))
+        config = merge_config(config, layers[-1])
+    config = options_follow_sampler(base, config, layers)
     fixed = [key for key in differing_keys(base, config) if key.split(".")[0] in WEIGHT_SECTIONS]
     if fixed:
         details = "; ".join(f"{key} is {lookup(base, key)!r} there, not {lookup(config, key)!r}" for key in fixed)

@@ -189,6 +189,8 @@ class MoleculeDenoiser(nn.Module):
         nodes, edges = x_t["nodes"], x_t["edges"]
         if self.categorical:
             nodes, edges = self._one_hot(nodes, edges)
+        else:  # in the network's precision (a float32 state meets a bfloat16 copy of the network)
+            nodes, edges = nodes.to(self.node_in.weight.dtype), edges.to(self.node_in.weight.dtype)
         if node_mask is None:
             node_mask = torch.ones(nodes.shape[:-1], dtype=nodes.dtype, device=nodes.device)
         node_mask = node_mask.to(nodes.dtype)

@@ -105,10 +105,26 @@ def _grid_picture(mols: list, clean: list) -> bytes:
     legends = [chem.canonical_smiles(m) if m is not None else "invalid" for m in clean]
     cells = [m if m is not None else as_it_stands(raw) for m, raw in zip(clean, shown)]
     per_row = len(shown) if len(shown) <= 10 else 8
-    image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
+    try:
+        image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
+    except RuntimeError:  # RDKit cannot lay out some invalid graphs (atoms on top of each other)
+        undrawable = [index for index, cell in enumerate(cells) if not _can_draw(cell)]
+        for index in undrawable:
+            cells[index], legends[index] = chem.rdkit().Mol(), "invalid (not drawable)"
+        image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _can_draw(mol) -> bool:
+    from rdkit.Chem import Draw
+
+    try:
+        Draw.MolToImage(mol, size=(50, 50))
+    except RuntimeError:
+        return False
+    return True
 
 
 #: suffix -> (encoder, Output kind, Output role)

@@ -72,3 +72,40 @@ def test_sample_options_is_a_free_table_even_where_a_saved_config_lacks_it():
         parse_assignment("sample.option=1", saved)
     with pytest.raises(KeyError, match="unknown config key 'sample.opts'"):
         merge_config(saved, {"sample": {"opts": {"eta": 1}}})
+
+
+class ToyWithOptions(ToyDomain):
+    """The toy domain whose default sampler comes with an option (as the molecule domain's does)."""
+
+    def default_config(self):
+        config = super().default_config()
+        config["sample"].update(sampler="ddim", options={"eta": 0.5})
+        return config
+
+
+@pytest.mark.parametrize("sets", [
+    ["sample.sampler=ddpm"],
+    ["sample.sampler=ddpm", "sample.steps=4"],
+])
+def test_choosing_another_sampler_drops_the_options_of_the_one_replaced(sets):
+    assert resolve_config(ToyWithOptions(), sets=sets)["sample"]["options"] == {}
+    assert resolve_config(ToyWithOptions(), sets=["sample.steps=4"])["sample"]["options"] == {"eta": 0.5}
+
+
+@pytest.mark.parametrize("sets", [
+    ["sample.sampler=dpmpp_2m_sde", "sample.options.eta=0.7"],
+    ["sample.options.eta=0.7", "sample.sampler=dpmpp_2m_sde"],  # in either order
+])
+def test_options_given_with_another_sampler_stay(sets):
+    assert resolve_config(ToyWithOptions(), sets=sets)["sample"]["options"] == {"eta": 0.7}
+
+
+def test_a_saved_options_table_is_kept_whole_and_another_sampler_drops_it():
+    from diffkit.config import fill_defaults, sampling_config
+
+    domain = ToyWithOptions()
+    saved = resolve_config(domain, sets=["sample.sampler=ddpm"])
+    assert saved["sample"]["options"] == {}
+    # The defaults' eta is not added back to the table the checkpoint saved.
+    assert fill_defaults(domain, saved)["sample"]["options"] == {}
+    assert sampling_config(domain, resolve_config(domain), sets=["sample.sampler=ddpm"])["sample"]["options"] == {}

@@ -62,3 +62,12 @@ def config(domain, tmp_path) -> dict:
     config["data"]["cache_dir"] = str(tmp_path / "cache")
     config["model"].update(hidden=32, edge_hidden=16, heads=4, layers=2)
     return config
+
+
+@pytest.fixture
+def gaussian_config(config) -> dict:
+    """The shrunk config with Gaussian diffusion on the one-hot state (the domain's default is
+    categorical) and the core's sampling settings."""
+    config["diffusion"]["kind"] = "gaussian"
+    config["sample"].update(sampler="ddpm", spacing="auto", options={}, precision="float32")
+    return config

@@ -51,7 +51,8 @@ def test_atom_types_are_taken_from_the_data(domain, config, smiles_file):
     assert config["data"]["atom_types"] == ["C", "N", "N+", "O", "O-", "F", "Cl"]
 
 
-def test_chosen_atom_types_renumber_and_skip_the_rest(domain, config, tmp_path):
+def test_chosen_atom_types_renumber_and_skip_the_rest(domain, gaussian_config, tmp_path):
+    config = gaussian_config
     path = tmp_path / "halogens.smi"
     path.write_text("CCO\nCCl\nOCF\n")
     config["data"]["atom_types"] = ["O", "C", "F"]
@@ -84,7 +85,8 @@ def test_sdf_input_drops_explicit_hydrogens(domain, config, tmp_path):
     assert sorted(dataset.sizes.tolist()) == [3, 6]
 
 
-def test_dense_items_match_the_molecule(domain, config, tmp_path):
+def test_dense_items_match_the_molecule(domain, gaussian_config, tmp_path):
+    config = gaussian_config
     path = tmp_path / "two.smi"
     path.write_text("C#N\nCC=O\n")
     dataset = build(domain, config, path)

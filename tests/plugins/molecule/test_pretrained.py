@@ -49,3 +49,17 @@ def test_property_conditioning_shifts_the_property_distribution(shipped):
     assert light_valid > 20 and heavy_valid > 20
     # QM9's molecular weights spread with a standard deviation of about 7.5 around 123.
     assert heavy - light > 5, (light, heavy)
+
+
+def test_configs_saved_before_the_categorical_defaults_keep_their_settings(domain):
+    from diffkit.config import default_config, fill_defaults
+
+    today = default_config(domain)
+    assert today["diffusion"]["kind"] == "categorical" and today["sample"]["sampler"] == "discrete_flow"
+    saved = default_config(domain)
+    del saved["diffusion"]["kind"]
+    saved["sample"] = {"sampler": "ddpm", "steps": 50, "guidance": 1.0, "batch_size": 1000, "resample": 3}
+    filled = fill_defaults(domain, saved)
+    assert filled["diffusion"]["kind"] == "gaussian"
+    assert {key: filled["sample"][key] for key in ("sampler", "steps", "spacing", "options", "precision")} == {
+        "sampler": "ddpm", "steps": 50, "spacing": "auto", "options": {}, "precision": "float32"}

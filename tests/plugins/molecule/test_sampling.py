@@ -38,7 +38,8 @@ def test_sizes_are_drawn_from_the_training_distribution(domain, config, smiles_f
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
-def test_the_same_seed_gives_the_same_molecules_whatever_the_batch_size(domain, config, smiles_file, sampler):
+def test_the_same_seed_gives_the_same_molecules_whatever_the_batch_size(domain, gaussian_config, smiles_file, sampler):
+    config = gaussian_config
     from diffkit.generate import SampleRequest, generate
 
     model, _ = fitted_model(domain, config, smiles_file)
@@ -79,7 +80,8 @@ def test_folder_output_and_no_overwrite(domain, config, tmp_path):
         domain.write_samples(samples, tmp_path / "run", config)
 
 
-def test_scaffold_atoms_and_bonds_are_kept(domain, config, smiles_file):
+def test_scaffold_atoms_and_bonds_are_kept(domain, gaussian_config, smiles_file):
+    config = gaussian_config
     model, _ = fitted_model(domain, config, smiles_file)
     config["sample"]["num_atoms"] = 8
     batch = domain.load_known("c1ccncc1", None, 6, config)
@@ -96,3 +98,17 @@ def test_scaffold_atoms_and_bonds_are_kept(domain, config, smiles_file):
         domain.load_known("c1ccncc1", "something", 2, config)
     with pytest.raises(ValueError, match="atom type 'S'"):
         domain.load_known("c1ccsc1", None, 2, config)
+
+
+def test_the_grid_picture_stands_in_for_a_molecule_rdkit_cannot_lay_out(tmp_path):
+    from PIL import Image
+
+    from diffkit_molecule.outputs import _can_draw, as_it_stands, write_molecules
+
+    # A graph of an untrained model: RDKit's layout puts atoms on top of each other.
+    undrawable = "C123456#[N-]789%10%11=[N+]=1%12%13%14%15#[C-]=721%16#[O-]=%12382=C=4=9=1%133#[O-]=5=%10=%142=F#%156%11%163"
+    mols = [chem.rdkit().MolFromSmiles(text, sanitize=False) for text in ("CCO", undrawable)]
+    assert not _can_draw(as_it_stands(mols[1]))
+    write_molecules(mols, tmp_path / "out")
+    assert (tmp_path / "out" / "samples.smi").read_text().splitlines()[0] == "CCO"
+    assert Image.open(tmp_path / "out" / "grid.png").size == (400, 200)  # both cells, one row

@@ -65,7 +65,8 @@ def test_encode_then_decode_returns_the_graph():
     assert torch.equal(decoded["edges"], bonds)
 
 
-def test_model_is_permutation_equivariant_with_symmetric_edges(domain, config, smiles_file):
+def test_model_is_permutation_equivariant_with_symmetric_edges(domain, gaussian_config, smiles_file):
+    config = gaussian_config
     _, batch = small_batch(domain, config, smiles_file, n=4)
     model = domain.build_model(config).eval()
     x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
@@ -81,6 +82,22 @@ def test_model_is_permutation_equivariant_with_symmetric_edges(domain, config, s
     # Padding is zero in the prediction.
     padding = node_mask == 0
     assert out["nodes"][padding].abs().sum() == 0
+
+
+def test_a_bfloat16_copy_of_the_network_reads_a_float32_state(domain, gaussian_config, smiles_file):
+    from diffkit.generate import network_at_precision
+
+    config = gaussian_config
+    _, batch = small_batch(domain, config, smiles_file, n=4)
+    torch.manual_seed(0)
+    model = domain.build_model(config).eval()
+    x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
+    t, node_mask = torch.full((4,), 0.5), batch["extra"]["node_mask"]
+    expected = model(x, t, node_mask=node_mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = network_at_precision(model, "bfloat16")(x, t, node_mask=node_mask)
+    for key in ("nodes", "edges"):  # outputs in [-1, 1]; bfloat16 keeps about 3 significant digits
+        torch.testing.assert_close(out[key].float(), expected[key], rtol=0, atol=0.05)
 
 
 def _dense_block(block, h, e, g, node_mask, pairs):
@@ -104,9 +121,10 @@ def _dense_block(block, h, e, g, node_mask, pairs):
     return h, e + block.edge_ff(torch.cat([block.norm_edges(e) + pair, symmetric], dim=-1)) * pairs
 
 
-def test_the_pair_rows_network_equals_the_square_one(domain, config, smiles_file):
+def test_the_pair_rows_network_equals_the_square_one(domain, gaussian_config, smiles_file):
     from diffkit_molecule.model import AtomPairs, timestep_embedding
 
+    config = gaussian_config
     _, batch = small_batch(domain, config, smiles_file, n=6)
     torch.manual_seed(1)
     model = domain.build_model(config).eval()
@@ -136,7 +154,8 @@ def test_the_pair_rows_network_equals_the_square_one(domain, config, smiles_file
     assert torch.equal(layout.square(layout.rows(square)), square)
 
 
-def test_a_few_steps_reduce_the_loss(domain, config, smiles_file):
+def test_a_few_steps_reduce_the_loss(domain, gaussian_config, smiles_file):
+    config = gaussian_config
     torch.manual_seed(0)
     _, batch = small_batch(domain, config, smiles_file, n=16)
     model = domain.build_model(config)
@@ -169,7 +188,8 @@ def test_domain_conforms_to_the_contract(domain, smiles_file, tmp_path):
                            object_type=(Chem.Mol, type(None)))
 
 
-def test_unconditional_configuration_has_no_condition(domain, config, smiles_file):
+def test_unconditional_configuration_has_no_condition(domain, gaussian_config, smiles_file):
+    config = gaussian_config
     config["data"]["properties"] = []
     dataset, batch = small_batch(domain, config, smiles_file, n=4)
     assert "cond" not in batch
