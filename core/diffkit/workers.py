@@ -2,7 +2,8 @@
 
 On the CPU one process spreads each product over its intra-op threads, which pays only for large
 tensors. For small ones (molecule graphs) one single-thread process per core, each drawing its own
-chunks, finishes the same job sooner (docs/benchmarks/molecule.md). Every sample draws from its
+chunks, finishes the same job sooner (docs/benchmarks/molecule.md). On many cores a few processes
+share the threads, which bounds the memory that chunks drawn at once take. Every sample draws from its
 own seeded generators, so which process draws it does not change it.
 
 The processes are forked: they start at once and share the loaded model's memory. Fork is safe
@@ -27,6 +28,9 @@ from .distributed import World
 
 # How long the parent waits on its queue before it checks that no process died without a word.
 POLL_SECONDS = 1.0
+# Auto never starts more: each worker holds a chunk's activations, and on a many-core machine
+# fewer processes of several threads each keep memory bounded (large products use threads well).
+MAX_AUTO_WORKERS = 4
 # glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 LARGEST_MMAP_THRESHOLD = 32 << 20
@@ -51,13 +55,14 @@ def worker_count(setting: int, device: torch.device | str, world: World, chunks:
     """How many processes draw a rank's ``chunks`` chunks.
 
     ``setting`` is ``sample.workers``: 0 (auto) gives one per intra-op thread torch would use
-    (so ``OMP_NUM_THREADS`` caps it) on the CPU outside torchrun, and 1 elsewhere. Never more
-    than there are chunks. A count above 1 where processes cannot be forked is a ValueError."""
+    (so ``OMP_NUM_THREADS`` caps it), at most :data:`MAX_AUTO_WORKERS`, on the CPU outside
+    torchrun, and 1 elsewhere. Never more than there are chunks. A count above 1 where processes
+    cannot be forked is a ValueError."""
     device = torch.device(device)
     if setting == 0:
         if device.type != "cpu" or world.distributed or not can_fork():
             return 1
-        setting = torch.get_num_threads()
+        setting = min(torch.get_num_threads(), MAX_AUTO_WORKERS)
     elif setting > 1 and device.type != "cpu":
         raise ValueError(f"sample.workers = {setting}: worker processes draw on the CPU; on {device} one process "
                          "drives the device (set 0 or 1)")
@@ -68,15 +73,18 @@ def worker_count(setting: int, device: torch.device | str, world: World, chunks:
 
 
 def draw_in_workers(draw: Callable[[list[int], object], dict], shares: list[list[int]], bar=None) -> dict:
-    """``draw(share, progress)`` run in one forked single-thread process per share; their
-    results merged. ``progress.update(n)`` in a process advances ``bar`` (a tqdm bar, or None).
+    """``draw(share, progress)`` run in one forked process per share, which share this process's
+    intra-op threads (one each at least); their results merged. ``progress.update(n)`` in a
+    process advances ``bar`` (a tqdm bar, or None).
 
     An error raised in a process is raised here, with the process's traceback as its cause; a
     process that dies without one (killed, e.g. out of memory) is a :class:`WorkerDied`. The other
     processes are stopped either way."""
     context = multiprocessing.get_context("fork")
     messages = context.Queue()
-    processes = [context.Process(target=_work, args=(draw, share, messages), daemon=True) for share in shares]
+    threads = max(1, torch.get_num_threads() // len(shares))
+    processes = [context.Process(target=_work, args=(draw, share, threads, messages), daemon=True)
+                 for share in shares]
     with warnings.catch_warnings():
         # Python 3.12+ warns on any fork of a threaded process; these children touch no lock the
         # parent's threads could hold (they only compute and write to their queue).
@@ -116,8 +124,8 @@ class _QueueProgress:
         self.messages.put(("step", n))
 
 
-def _work(draw: Callable, share: list[int], messages) -> None:
-    torch.set_num_threads(1)
+def _work(draw: Callable, share: list[int], threads: int, messages) -> None:
+    torch.set_num_threads(threads)
     _reuse_freed_memory()
     try:
         result = draw(share, _QueueProgress(messages))
