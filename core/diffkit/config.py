@@ -60,7 +60,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "guidance": 1.0,
         "batch_size": 256,
         "precision": "float32",      # bfloat16: a bfloat16 copy of the network samples; auto: bfloat16 where native
-        "workers": 0,                # CPU: processes that share the chunks; 0 = one per core, at most 4 (and one a chunk)
+        "workers": 0,                # CPU: processes sharing the chunks; 0 = one per core, at most 4
         "resample": 1,               # inpainting (--mask, a domain's kept part): rounds per step (RePaint)
         "options": {},               # the sampler's keyword options, e.g. {eta = 0.5} for ddim
     },

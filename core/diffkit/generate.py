@@ -133,7 +133,8 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     total = request.interpolate or request.n
     # The chunks depend on n and the batch size alone, never on how many processes draw them:
     # the same products, rounded the same way, give the same samples.
-    plan = [(start, min(settings["batch_size"], total - start)) for start in range(0, total, settings["batch_size"])]
+    most = settings["batch_size"]
+    plan = [(start, min(most, total - start)) for start in range(0, total, most)]
     mine = [k for k in range(len(plan)) if k % world.size == world.rank]
     workers = worker_count(settings["workers"], device, world, len(mine))
     bar = _progress_bar(request.progress and world.is_main, len(mine) * settings["steps"])

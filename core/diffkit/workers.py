@@ -3,8 +3,8 @@
 On the CPU one process spreads each product over its intra-op threads, which pays only for large
 tensors. For small ones (molecule graphs) one single-thread process per core, each drawing its own
 chunks, finishes the same job sooner (docs/benchmarks/molecule.md). On many cores a few processes
-share the threads, which bounds the memory that chunks drawn at once take. Every sample draws from its
-own seeded generators, so which process draws it does not change it.
+share the threads, which bounds the memory of the chunks drawn at once. Every sample draws from
+its own seeded generators, so which process draws it does not change it.
 
 The processes are forked: they start at once and share the loaded model's memory. Fork is safe
 on Linux only, where diffkit uses it.
@@ -86,8 +86,8 @@ def draw_in_workers(draw: Callable[[list[int], object], dict], shares: list[list
     processes = [context.Process(target=_work, args=(draw, share, threads, messages), daemon=True)
                  for share in shares]
     with warnings.catch_warnings():
-        # Python 3.12+ warns on any fork of a threaded process; these children touch no lock the
-        # parent's threads could hold (they only compute and write to their queue).
+        # Python 3.12+ warns on any fork of a threaded process. The other threads here (idle
+        # intra-op pool threads, a progress bar's monitor) hold no lock the children take.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
         for process in processes:
             process.start()
@@ -164,5 +164,6 @@ def _check_alive(processes) -> None:
         code = process.exitcode
         if code not in (None, 0):
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            raise WorkerDied(f"sampling worker process {number} of {len(processes)} {how} (SIGKILL usually means "
-                             "memory ran out); --set sample.workers=1 samples in one process")
+            hint = " (the system kills with SIGKILL when memory runs out)" if code == -signal.SIGKILL else ""
+            raise WorkerDied(f"sampling worker process {number} of {len(processes)} {how}{hint}; "
+                             "--set sample.workers=1 samples in one process")

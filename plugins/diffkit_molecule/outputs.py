@@ -34,7 +34,8 @@ def smiles_lines(mols: list, clean: list | None = None) -> list[str]:
     (``None`` where RDKit rejects one) when the caller has them already."""
     if clean is None:
         clean = [chem.sanitized(mol) for mol in mols]
-    return [chem.canonical_smiles(good) if good is not None else chem.raw_smiles(mol) for mol, good in zip(mols, clean)]
+    return [chem.canonical_smiles(good) if good is not None else chem.raw_smiles(mol)
+            for mol, good in zip(mols, clean)]
 
 
 def write_molecules(mols: list, out: Path) -> list[Output]:
@@ -108,9 +109,9 @@ def _grid_picture(mols: list, clean: list) -> bytes:
     try:
         image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
     except RuntimeError:  # RDKit cannot lay out some invalid graphs (atoms on top of each other)
-        undrawable = [index for index, cell in enumerate(cells) if not _can_draw(cell)]
-        for index in undrawable:
-            cells[index], legends[index] = chem.rdkit().Mol(), "invalid (not drawable)"
+        for index, cell in enumerate(cells):
+            if not _can_draw(cell):
+                cells[index], legends[index] = chem.rdkit().Mol(), "invalid (not drawable)"
         image = Draw.MolsToGridImage(cells, molsPerRow=per_row, subImgSize=(200, 200), legends=legends)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

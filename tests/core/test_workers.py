@@ -96,5 +96,5 @@ def test_samples_drawn_by_workers_equal_those_of_one_process():
     config["sample"]["workers"] = 2
     shared = generate(domain, model, config, request)
     assert torch.equal(shared["cond"], alone["cond"])
-    # The same chunks either way: the same products, in processes of one thread instead of two.
+    # The same chunks either way: the same products, computed in worker processes instead.
     assert torch.equal(shared["x"], alone["x"])
