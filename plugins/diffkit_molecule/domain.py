@@ -46,10 +46,10 @@ class MoleculeDomain(diffkit.Domain):
             "train": {"batch_size": 256, "lr": 5e-4, "steps": 20_000, "ema_decay": 0.999,
                       "preview_every": 2000, "checkpoint_every": 2000, "preview_count": 64},
             # The shipped weights' settings (docs/benchmarks/molecule.md); a Gaussian model samples
-            # with sampler = "ddpm". resample 3: more valid molecules around a scaffold (--init).
+            # with sampler = "ddpm". resample 8: more valid molecules around a scaffold (--init).
             "sample": {"sampler": "discrete_flow", "steps": 30, "spacing": "quadratic",
                        "options": {"target_guidance": 0.05}, "precision": "auto", "batch_size": 1000,
-                       "resample": 3, "num_atoms": 0},        # num_atoms 0: drawn from the training distribution
+                       "resample": 8, "num_atoms": 0},        # num_atoms 0: drawn from the training distribution
         }
 
     def upgrade_config(self, config: dict) -> dict:

@@ -270,18 +270,19 @@ def test_the_molecule_plugin_names_init_scaffold(tmp_path):
 
 
 def test_a_scaffold_is_resampled_as_the_molecule_config_says(tmp_path):
-    """Without --resample, inpainting takes sample.resample from the config (3 for molecules):
-    the same molecules as --resample 3, other ones than --resample 1, and the record says 3."""
+    """Without --resample, inpainting takes sample.resample from the config (8 for the shipped
+    molecule weights): the same molecules as --resample 8, other ones than --resample 1, and the
+    record says 8."""
     common = ["sample", "--domain", "molecule", "-n", "3", "--steps", "4", "--seed", "5", "--no-progress",
               "--scaffold", "c1ccncc1"]
     outputs = {}
-    for name, extra in (("default", []), ("three", ["--resample", "3"]), ("one", ["--resample", "1"])):
+    for name, extra in (("default", []), ("eight", ["--resample", "8"]), ("one", ["--resample", "1"])):
         result = run(*common, *extra, "--out", str(tmp_path / f"{name}.smi"))
         assert result.exit_code == 0, result.output
         outputs[name] = (tmp_path / f"{name}.smi").read_text()
-    assert outputs["default"] == outputs["three"] != outputs["one"]
+    assert outputs["default"] == outputs["eight"] != outputs["one"]
     record = json.loads((tmp_path / "default.smi.json").read_text())
-    assert record["resample"] == 3
+    assert record["resample"] == 8
 
 
 def test_sampler_options_are_set_from_the_command_line_and_checked_against_the_sampler(tmp_path, toy_installed):
