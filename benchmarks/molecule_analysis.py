@@ -136,13 +136,14 @@ def scaffolds(domain, model, config, args) -> dict:
     results = {}
     for scaffold in args.scaffold:
         query = Chem.MolFromSmiles(scaffold)
+        kekule_query = _kekule(query)
         request = SampleRequest(n=args.n, seed=args.seed, steps=args.steps, init=scaffold, resample=args.resample)
         generated, seconds = sample_molecules(domain, model, config, request)
         read_back = [Chem.MolFromSmiles(s) for s in smiles_lines(generated)]
         valid = [m for m in read_back if m is not None]
         kept = sum(m.HasSubstructMatch(query) for m in valid)
-        as_graph = sum(_kekule(m).HasSubstructMatch(_kekule(query)) for m in valid)
-        in_generated = sum(as_it_stands(g).HasSubstructMatch(_kekule(query))
+        as_graph = sum(_kekule(m).HasSubstructMatch(kekule_query) for m in valid)
+        in_generated = sum(as_it_stands(g).HasSubstructMatch(kekule_query)
                            for g, m in zip(generated, read_back) if m is not None)
         results[scaffold] = {"samples": len(generated), "validity": round(len(valid) / len(generated), 4),
                              "kept_in_valid": round(kept / max(len(valid), 1), 4), "kept": kept,

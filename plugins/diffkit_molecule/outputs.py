@@ -51,7 +51,7 @@ def write_molecules(mols: list, out: Path) -> list[Output]:
         targets = [out / "samples.smi", out / "samples.sdf", out / "grid.png"]
     check_new(targets)
     clean = [chem.sanitized(mol) for mol in mols]
-    if len(targets) > 1 and not any(mol is not None for mol in clean):
+    if not suffix and not any(mol is not None for mol in clean):
         targets.remove(out / "samples.sdf")  # an SDF holds valid molecules only: none here
     written = []
     for path in targets:
