@@ -37,9 +37,11 @@ it does not change the steps already taken (`train.steps`, how often to log or s
 holds the sampler's own options (`--set sample.options.eta=0.5`); the sampler's signature says
 which it takes.
 
-Every value must have the type of its default (an integer passes for a number) and step and batch
-counts must be at least 1; a wrong one is refused before anything runs, naming the key, the value
-and where it came from.
+Every value must have the type of its default (an integer passes for a number), every number must
+be finite, and each numeric setting must lie in its range (step and batch counts at least 1,
+`train.lr` not negative, rates in [0, 1], a network's widths at least 1, ...: `diffkit.config.LIMITS`
+and each domain's `limits()`); a wrong one is refused before anything runs, naming the key, the
+value and where it came from.
 
 Every checkpoint carries a SHA-256 digest of its content, checked whenever it is read: a damaged
 file is refused with the newest intact checkpoint of the run and how to use it. Ctrl-C stops

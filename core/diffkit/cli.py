@@ -260,19 +260,19 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
     run lays them over the defaults (preset, file, --set, options). So the command line that
     started the run resumes it; a setting given a value other than the run's is refused when the
     run restores, naming it, unless it does not alter the steps already taken."""
-    from .config import check_config, default_config, load_toml, parse_assignment, preset_config
+    from .config import check_config, default_config, limits_of, load_toml, parse_assignment, preset_config
     from .domain import merge_config
     from .loading import load_config
 
-    config = load_config(domain, run_dir)
+    config, limits = load_config(domain, run_dir), limits_of(domain)
     if preset:
         config = merge_config(config, preset_config(domain, preset))
     if config_file:
         config = merge_config(config, load_toml(config_file))
     for assignment in sets:
-        config = merge_config(config, parse_assignment(assignment, config))
+        config = merge_config(config, parse_assignment(assignment, config, limits=limits))
     config = merge_config(config, overrides)
-    check_config(config, default_config(domain))
+    check_config(config, default_config(domain), limits=limits)
     return config, _resumed_data(run_dir, data)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
+import numbers
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,6 +79,70 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The range a numeric setting must lie in: ``low`` and ``high`` (``None``: no bound), each
+    included unless ``low_open``/``high_open``. A list setting's items must each lie in it. Every
+    number must be finite as well, whatever its limit."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
+        if self.high is not None:
+            return f"{'less than' if self.high_open else 'at most'} {self.high:g}"
+        return "a finite number"
+
+
+def at_least(low: float) -> Limit:
+    return Limit(low)
+
+
+def above(low: float) -> Limit:
+    return Limit(low, low_open=True)
+
+
+#: Any finite number: for settings whose every value means something (a seed, a guidance weight).
+FINITE = Limit()
+#: A probability or a share: in [0, 1].
+FRACTION = Limit(0, 1)
+
+# Values outside these make a run do nothing, or fail far from the setting that caused it. A domain
+# adds the limits of its own settings with Domain.limits(); every number must be finite.
+LIMITS: dict[str, Limit] = {
+    "diffusion.min_snr_gamma": above(0), "diffusion.vb_weight": at_least(0),
+    "train.steps": at_least(1), "train.batch_size": at_least(1), "train.lr": at_least(0),
+    "train.weight_decay": at_least(0), "train.warmup_steps": at_least(0), "train.grad_clip": at_least(0),
+    "train.grad_accum": at_least(1), "train.ema_decay": FRACTION, "train.cond_drop": FRACTION,
+    # 0 turns these off (keep_checkpoints: keeps them all)
+    "train.checkpoint_every": at_least(0), "train.keep_checkpoints": at_least(0),
+    "train.preview_every": at_least(0), "train.log_every": at_least(0),
+    "train.preview_count": at_least(1), "train.num_workers": at_least(0), "train.seed": FINITE,
+    "train.fsdp_unit_params": at_least(1),
+    "sample.steps": at_least(1), "sample.guidance": FINITE, "sample.batch_size": at_least(1),
+    "sample.workers": at_least(0), "sample.resample": at_least(1),
+    "distill.teacher_substeps": at_least(1), "distill.guidance": FINITE,
+}
+
+
+def limits_of(domain: Domain) -> dict[str, Limit]:
+    """The core's :data:`LIMITS` with the domain's own (:meth:`~diffkit.Domain.limits`) over them."""
+    return {**LIMITS, **domain.limits()}
+
+
 def default_config(domain: Domain) -> dict:
     """The core defaults updated by the domain's own defaults (which may add keys)."""
     return _deep_update(copy.deepcopy(CORE_DEFAULTS), domain.default_config())
@@ -96,32 +163,32 @@ def fill_defaults(domain: Domain, config: Mapping[str, Any]) -> dict:
 def resolve_config(domain: Domain, *, preset: str | None = None, file: str | Path | None = None,
                    overrides: Mapping[str, Any] | None = None, sets: list[str] = ()) -> dict:
     """The effective configuration of a run; every layer is checked against the defaults: its keys,
-    the types of its values and their minimums (:func:`check_config`)."""
+    the types of its values and their limits (:func:`check_config`)."""
     config = default_config(domain)
-    defaults = copy.deepcopy(config)
+    defaults, limits = copy.deepcopy(config), limits_of(domain)
     if preset is not None:
         partial = preset_config(domain, preset)
         config = merge_config(config, partial)
-        check_config(partial, defaults, source=f"preset {preset!r}")
-    return apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides)
+        check_config(partial, defaults, source=f"preset {preset!r}", limits=limits)
+    return apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides, limits=limits)
 
 
 def apply_user_layers(config: dict, defaults: Mapping, *, file: str | Path | None = None, sets: list[str] = (),
-                      overrides: Mapping[str, Any] | None = None) -> dict:
+                      overrides: Mapping[str, Any] | None = None, limits: Mapping[str, Limit] = LIMITS) -> dict:
     """``config`` under a user's TOML file, ``--set`` assignments and option overrides, in that
-    order, each checked against ``defaults`` (keys, types, minimums)."""
+    order, each checked against ``defaults`` and ``limits`` (keys, types, ranges)."""
     below, layers = config, []
     if file is not None:
         layers.append(load_toml(file))
         config = merge_config(config, layers[-1])
-        check_config(layers[-1], defaults, source=f"config file {str(file)!r}")
+        check_config(layers[-1], defaults, source=f"config file {str(file)!r}", limits=limits)
     for assignment in sets:
-        layers.append(parse_assignment(assignment, config))
+        layers.append(parse_assignment(assignment, config, limits=limits))
         config = merge_config(config, layers[-1])
     if overrides:
         layers.append(overrides)
         config = merge_config(config, overrides)
-        check_config(overrides, defaults)
+        check_config(overrides, defaults, limits=limits)
     return options_follow_sampler(below, config, layers)
 
 
@@ -136,40 +203,61 @@ def options_follow_sampler(below: Mapping, config: dict, layers: list[Mapping]) 
     return config
 
 
-# Values below these make a run do nothing, or fail far from the setting that caused it.
-MINIMUMS: dict[str, int] = {
-    "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "sample.steps": 1, "sample.batch_size": 1, "sample.resample": 1,
-    "sample.workers": 0, "distill.teacher_substeps": 1,
-}
-
-
-def check_config(config: Mapping, defaults: Mapping, *, source: str = "", where: str = "") -> None:
+def check_config(config: Mapping, defaults: Mapping, *, source: str = "", where: str = "",
+                 limits: Mapping[str, Limit] = LIMITS) -> None:
     """Refuse a value of ``config`` (a whole config or one layer of it) whose type differs from its
-    default's, or that is below its minimum in :data:`MINIMUMS`. An integer passes for a float, a
-    boolean does not pass for a number, a default of ``None`` takes anything and lists are checked
-    element by element against the type of the default's elements. Keys absent from ``defaults``
-    are left to :func:`~diffkit.domain.merge_config`. The ValueError names the key, the value, what
-    was expected and ``source`` (e.g. ``config file 'run.toml'``)."""
+    default's, that is not finite, or that lies outside its limit in ``limits`` (the core's
+    :data:`LIMITS` by default; :func:`limits_of` a domain adds its own). An integer passes for a
+    float, a boolean does not pass for a number, a default of ``None`` takes anything and lists are
+    checked element by element against the type of the default's elements. Keys absent from
+    ``defaults`` are left to :func:`~diffkit.domain.merge_config`. The ValueError names the key,
+    the value, what was expected and ``source`` (e.g. ``config file 'run.toml'``)."""
     for key, value in config.items():
         if key not in defaults:
             continue
         path = f"{where}.{key}" if where else key
         if isinstance(defaults[key], Mapping) and isinstance(value, Mapping):
-            check_config(value, defaults[key], source=source, where=path)
+            check_config(value, defaults[key], source=source, where=path, limits=limits)
         else:
-            check_value(path, value, defaults[key], source=source)
+            check_value(path, value, defaults[key], source=source, limits=limits)
 
 
-def check_value(key: str, value: Any, default: Any, *, source: str = "") -> None:
-    """One setting against its default; see :func:`check_config`."""
-    origin = f" from {source}" if source else ""
+def check_value(key: str, value: Any, default: Any, *, source: str = "",
+                limits: Mapping[str, Limit] = LIMITS) -> None:
+    """One setting against its default and its limit; see :func:`check_config`."""
+    problem = value_problem(value, default, limits.get(key))
+    if problem is not None:
+        raise ValueError(f"config key {key!r} {problem}" + (f" from {source}" if source else ""))
+
+
+def value_problem(value: Any, default: Any, limit: Limit | None = None) -> str | None:
+    """What is wrong with ``value`` for a setting whose default is ``default`` and whose range is
+    ``limit`` (e.g. ``"must be at least 1, got 0"``), or None. Any number must be finite."""
+    return type_problem(value, default) or range_problem(value, limit)
+
+
+def type_problem(value: Any, default: Any) -> str | None:
+    """``"expects an integer (int), got '3' (str)"`` when ``value`` does not have the type of ``default``."""
     expected = _expected_type(value, default)
-    if expected is not None:
-        raise ValueError(f"config key {key!r} expects {expected}, got {value!r} "
-                         f"({type(value).__name__}){origin}")
-    minimum = MINIMUMS.get(key)
-    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-        raise ValueError(f"config key {key!r} must be at least {minimum}, got {value!r}{origin}")
+    return None if expected is None else f"expects {expected}, got {value!r} ({type(value).__name__})"
+
+
+def range_problem(value: Any, limit: Limit | None = None) -> str | None:
+    """``"must be at least 1, got 0"`` when a number (or an item of a list of numbers) is outside
+    ``limit`` or is not finite."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if not all(_is_number(item) for item in numbers):
+        return None
+    limit = limit or FINITE
+    if all(limit.admits(item) for item in numbers):
+        return None
+    if isinstance(value, (list, tuple)):
+        return f"must be a list of numbers each {limit}, got {value!r}"
+    return f"must be {limit}, got {value!r}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _expected_type(value: Any, default: Any) -> str | None:
@@ -179,9 +267,9 @@ def _expected_type(value: Any, default: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false (bool)"
     if isinstance(default, int):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer (int)"
+        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "an integer (int)"
     if isinstance(default, float):
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number (float)"
+        return None if _is_number(value) else "a number (float)"
     if isinstance(default, str):
         return None if isinstance(value, str) else "a string (str)"
     if isinstance(default, Mapping):
@@ -215,13 +303,14 @@ def sampling_config(domain: Domain, saved: Mapping[str, Any], *, file: str | Pat
     Any setting may be given, but one of :data:`WEIGHT_SECTIONS` may not take a value other than
     the checkpoint's: the weights were trained with it. The refusal names each such key.
     """
-    base = fill_defaults(domain, saved)
+    base, limits = fill_defaults(domain, saved), limits_of(domain)
     config, layers = base, []
     if file is not None:
         layers.append(load_toml(file))
         config = merge_config(config, layers[-1])
+        check_config(layers[-1], base, source=f"config file {str(file)!r}", limits=limits)
     for assignment in sets:
-        layers.append(parse_assignment(assignment, config))
+        layers.append(parse_assignment(assignment, config, limits=limits))
         config = merge_config(config, layers[-1])
     config = options_follow_sampler(base, config, layers)
     fixed = [key for key in differing_keys(base, config) if key.split(".")[0] in WEIGHT_SECTIONS]
@@ -257,9 +346,11 @@ def load_toml(path: str | Path) -> dict:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
 
-def parse_assignment(assignment: str, config: Mapping) -> dict:
+def parse_assignment(assignment: str, config: Mapping, *, limits: Mapping[str, Limit] = LIMITS) -> dict:
     """``"train.lr=1e-3"`` -> ``{"train": {"lr": 0.001}}``; the value is read as a Python
-    literal when it is one (numbers, booleans, lists) and as a string otherwise."""
+    literal when it is one (numbers, booleans, lists), as a number when ``float`` reads it
+    (``nan``, ``inf``) and as a string otherwise. It is checked against the value it replaces in
+    ``config`` and its limit in ``limits``."""
     if "=" not in assignment:
         raise ValueError(f"--set expects key=value (e.g. train.lr=1e-3), got {assignment!r}")
     dotted, raw = assignment.split("=", 1)
@@ -275,7 +366,7 @@ def parse_assignment(assignment: str, config: Mapping) -> dict:
             raise KeyError(unknown_key_message(where, key, node if isinstance(node, Mapping) else {}))
         node = node[key]
     value = _literal(raw.strip())
-    check_value(dotted.strip(), value, node, source=f"--set {assignment.strip()}")
+    check_value(dotted.strip(), value, node, source=f"--set {assignment.strip()}", limits=limits)
     nested: dict = {keys[-1]: value}
     for key in reversed(keys[:-1]):
         nested = {key: nested}
@@ -286,10 +377,12 @@ def _literal(raw: str) -> Any:
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
+    for read in (ast.literal_eval, float):  # float reads nan and inf, so that they are refused as numbers
+        try:
+            return read(raw)
+        except (ValueError, SyntaxError):
+            pass
+    return raw
 
 
 def _deep_update(base: dict, update: Mapping) -> dict:

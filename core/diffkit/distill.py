@@ -262,18 +262,18 @@ def student_config(domain: Domain, teacher_config: dict, source: str, student_st
     teacher's model and diffusion: it starts from the teacher's weights. It learns the teacher
     guided as the teacher samples (``distill.guidance``, from the teacher's ``sample.guidance``)
     and samples unguided, one model call a step."""
-    from .config import apply_user_layers, check_config, default_config
+    from .config import apply_user_layers, check_config, default_config, limits_of
     from .domain import merge_config
 
-    defaults = default_config(domain)
+    defaults, limits = default_config(domain), limits_of(domain)
     config = merge_config(fill_defaults(domain, teacher_config), {
         "train": TRAIN_DEFAULTS,
         "sample": {"sampler": "ddim", "steps": student_steps, "spacing": spacing, "guidance": 1.0},
         "distill": {**_teacher_step_settings(defaults, teacher_config, student_steps, spacing), "teacher": source,
                     "guidance": teacher_config["sample"]["guidance"]},
     })
-    config = apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides)
-    check_config(config, defaults)
+    config = apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides, limits=limits)
+    check_config(config, defaults, limits=limits)
     for section in ("model", "diffusion"):
         if config[section] != fill_defaults(domain, teacher_config)[section]:
             raise ValueError(f"the student keeps the teacher's {section!r} settings (it starts from the teacher's "

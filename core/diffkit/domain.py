@@ -20,13 +20,16 @@ Data flow, the same for every domain:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .tree import State, batch_size, standard_noise, tree_map
+
+if TYPE_CHECKING:
+    from .config import Limit
 
 Batch = dict[str, Any]
 
@@ -44,6 +47,14 @@ class Domain:
         ``data``, ``model``, ``diffusion``, ``train`` and ``sample``. Every key a user may set must
         be present here: unknown keys in user configs are refused against it."""
         raise NotImplementedError
+
+    def limits(self) -> dict[str, Limit]:
+        """The range of each of the domain's numeric settings, by dotted key, e.g.
+        ``{"model.width": at_least(1), "model.dropout": Limit(0, 1, high_open=True)}``
+        (:class:`diffkit.config.Limit`; for a list setting, the range of its items). A value
+        outside is refused with its key before a run starts; the core's own settings have theirs
+        (:data:`diffkit.config.LIMITS`). Every number must be finite. None by default."""
+        return {}
 
     def presets(self) -> dict[str, dict]:
         """Named partial configs merged over the default, at least ``cpu`` and ``gpu``."""

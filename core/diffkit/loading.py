@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import apply_user_layers, default_config, differing_keys, fill_defaults, lookup
+from .config import apply_user_layers, default_config, differing_keys, fill_defaults, limits_of, lookup
 from .domain import Domain, merge_config
 from .pretrained import is_pretrained_folder
 
@@ -98,4 +98,4 @@ def finetune_config(domain: Domain, source: str | Path, *, file: str | Path | No
     name, path = weights_source(domain, source, "--init-from")
     defaults = default_config(domain)
     config = merge_config(load_config(domain, path), {"train": {"init_from": name}, "distill": defaults["distill"]})
-    return apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides)
+    return apply_user_layers(config, defaults, file=file, sets=sets, overrides=overrides, limits=limits_of(domain))

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import default_collate
 
-from .config import default_config
+from .config import check_config as check_settings, default_config, limits_of, lookup
 from .domain import Domain, merge_config
 from .generate import build_diffusion, diffusion_kind
 from .kit import Output
@@ -106,11 +106,17 @@ def check_config(context: dict) -> None:
     for name in ("cpu", "gpu"):
         if name not in presets:
             _fail(context, f"presets() has no {name!r} preset")
-    for name, preset in presets.items():
+    limits = limits_of(domain)
+    unknown = [key for key in domain.limits() if lookup(config, key) is None]
+    if unknown:
+        _fail(context, f"limits() names {unknown[0]!r}, which default_config() lacks")
+    layers = {"default_config()": config, **{f"preset {name!r}": preset for name, preset in presets.items()}}
+    for where, layer in layers.items():  # keys the defaults have, values within the limits
         try:
-            merge_config(config, preset)
+            merge_config(config, layer)
+            check_settings(layer, config, limits=limits)
         except (KeyError, ValueError) as error:
-            _fail(context, f"preset {name!r} does not fit the default config: {error.args[0]}")
+            _fail(context, f"{where}: {error.args[0]}")
     context["config"] = merge_config(config, context["overrides"])
     context["kind"] = kind = diffusion_kind(context["config"])
     sampler = context["config"]["sample"]["sampler"]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 import diffkit
 from diffkit import kit
+from diffkit.config import Limit, above, at_least
 
 WEIGHTS = Path(__file__).parent / "weights" / "audio"   # exported folder: safetensors, config, card
 REPRESENTATIONS = ("mel", "waveform")
@@ -49,6 +50,20 @@ GPU_PRESET: dict[str, dict[str, Any]] = {
     "train": {"steps": 200_000, "batch_size": 32, "lr": 2e-4, "warmup_steps": 1000, "ema_decay": 0.9999,
               "checkpoint_every": 5000, "preview_every": 5000, "preview_count": 16},
     "sample": {"steps": 50, "batch_size": 64, "guidance": 2.0},
+}
+
+LIMITS = {
+    "data.sample_rate": at_least(1), "data.duration": above(0), "data.channels": Limit(1, 2),
+    "data.notes_per_class": at_least(1), "data.scale": above(0),
+    "model.num_classes": at_least(0), "model.mel_bins": at_least(1), "model.mel_fft": at_least(2),
+    "model.mel_hop": at_least(1), "model.griffin_lim_iters": at_least(1), "model.base_channels": at_least(1),
+    "model.channel_mults": at_least(1), "model.blocks_per_level": at_least(0),
+    "model.attention_resolutions": at_least(1), "model.attention_heads": at_least(1), "model.groups": at_least(1),
+    "model.dropout": Limit(0, 1, high_open=True), "model.mel_patch": at_least(1),
+    "model.residual_channels": at_least(1), "model.layers": at_least(1), "model.dilation_cycle": at_least(1),
+    "model.embedding_dim": at_least(1), "model.hidden_dim": at_least(1), "model.patch": at_least(1),
+    "evaluate.mels": at_least(1), "evaluate.classifier_steps": at_least(1),
+    "evaluate.heldout_fraction": Limit(0, 1, low_open=True, high_open=True),
 }
 
 
@@ -116,6 +131,9 @@ class AudioDomain(diffkit.Domain):
 
     def presets(self) -> dict[str, dict]:
         return {"cpu": copy.deepcopy(CPU_PRESET), "gpu": copy.deepcopy(GPU_PRESET)}
+
+    def limits(self) -> dict[str, Limit]:
+        return dict(LIMITS)
 
     # -- training ---------------------------------------------------------------------------
 

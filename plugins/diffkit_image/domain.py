@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 import diffkit
 from diffkit import kit
+from diffkit.config import Limit, at_least
 
 WEIGHTS = Path(__file__).parent / "weights" / "image-cpu"   # exported folder: safetensors, config, card
 
@@ -64,6 +65,14 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+LIMITS = {
+    "data.image_size": at_least(1), "data.channels": at_least(1),
+    "model.base_channels": at_least(1), "model.channel_mults": at_least(1), "model.blocks_per_level": at_least(0),
+    "model.attention_resolutions": at_least(1), "model.attention_heads": at_least(1), "model.groups": at_least(1),
+    "model.dropout": Limit(0, 1, high_open=True), "model.num_classes": at_least(0),
+    "evaluate.classifier_epochs": at_least(1),
+}
+
 # Below this many pictures a run without --preset takes the cpu preset even on a GPU (a judgement:
 # a fifth of the data the gpu preset was laid out for).
 GPU_PRESET_MIN_PICTURES = 10_000
@@ -77,6 +86,9 @@ class ImageDomain(diffkit.Domain):
 
     def presets(self) -> dict[str, dict]:
         return copy.deepcopy(PRESETS)
+
+    def limits(self) -> dict[str, Limit]:
+        return dict(LIMITS)
 
     def default_preset(self, data: str | None, device: torch.device) -> tuple[str, str]:
         """``cpu`` for the bundled digits and for small folders even on a GPU: the ``gpu`` preset

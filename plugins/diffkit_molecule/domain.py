@@ -13,10 +13,17 @@ from torch import Tensor, nn
 
 import diffkit
 from diffkit import kit
+from diffkit.config import FRACTION, Limit, at_least
 
 from . import properties
 
 WEIGHTS_FOLDER = "molecule"  # in weights/: an exported folder (safetensors, config, model card)
+
+LIMITS = {
+    "data.max_atoms": at_least(1), "model.hidden": at_least(1), "model.edge_hidden": at_least(1),
+    "model.heads": at_least(1), "model.layers": at_least(1), "model.property_drop": FRACTION,
+    "model.edge_loss_weight": at_least(0), "sample.num_atoms": at_least(0),  # num_atoms 0: drawn
+}
 
 
 class MoleculeDomain(diffkit.Domain):
@@ -65,6 +72,9 @@ class MoleculeDomain(diffkit.Domain):
             for key, before in (("spacing", "auto"), ("options", {}), ("precision", "float32")):
                 sample.setdefault(key, before)
         return config
+
+    def limits(self) -> dict[str, Limit]:
+        return dict(LIMITS)
 
     def presets(self) -> dict[str, dict]:
         return {

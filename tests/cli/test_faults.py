@@ -48,9 +48,20 @@ def test_a_toml_value_of_the_wrong_type_names_the_file(tmp_path, toy_installed):
     (("--set", "train.steps=-5"), "config key 'train.steps' must be at least 1, got -5 from --set train.steps=-5"),
     (("--steps", "0"), "config key 'train.steps' must be at least 1, got 0"),
     (("--batch-size", "0"), "config key 'train.batch_size' must be at least 1, got 0"),
+    (("--set", "train.lr=-1"), "config key 'train.lr' must be at least 0, got -1 from --set train.lr=-1"),
+    (("--set", "train.checkpoint_every=-1"),
+     "config key 'train.checkpoint_every' must be at least 0, got -1 from --set train.checkpoint_every=-1"),
 ])
 def test_training_nothing_is_an_error_not_a_success(args, message, tmp_path, toy_installed):
     assert_named_error(invoke("train", "--domain", "toy", "--out", str(tmp_path / "run"), *args), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_domain_setting_outside_its_range_is_refused_before_training(tmp_path):
+    result = invoke("train", "--domain", "image", "--out", str(tmp_path / "run"), "--set", "model.base_channels=0")
+    assert_named_error(result, "config key 'model.base_channels' must be at least 1, got 0 "
+                               "from --set model.base_channels=0")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_checks_the_types_of_what_it_changes(tmp_path, toy_installed):

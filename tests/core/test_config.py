@@ -109,3 +109,118 @@ def test_a_saved_options_table_is_kept_whole_and_another_sampler_drops_it():
     # The defaults' eta is not added back to the table the checkpoint saved.
     assert fill_defaults(domain, saved)["sample"]["options"] == {}
     assert sampling_config(domain, resolve_config(domain), sets=["sample.sampler=ddpm"])["sample"]["options"] == {}
+
+
+# -- limits: every number finite, every count and rate in its range, named before any work ---------
+
+def built_in_domains():
+    from diffkit.plugins import make_plugin_manager
+
+    return make_plugin_manager(entry_points=False).domains
+
+
+@pytest.mark.parametrize(
+    ("domain", "assignment", "message"),
+    [
+        ("toy", "train.checkpoint_every=-1", "config key 'train.checkpoint_every' must be at least 0, got -1"),
+        ("toy", "train.lr=-1", "config key 'train.lr' must be at least 0, got -1"),
+        ("toy", "train.ema_decay=1.5", "config key 'train.ema_decay' must be in [0, 1], got 1.5"),
+        ("toy", "sample.guidance=nan", "config key 'sample.guidance' must be a finite number, got nan"),
+        ("toy", "sample.guidance=1e999", "config key 'sample.guidance' must be a finite number, got inf"),
+        ("toy", "sample.guidance=-inf", "config key 'sample.guidance' must be a finite number, got -inf"),
+        ("image", "model.base_channels=0", "config key 'model.base_channels' must be at least 1, got 0"),
+        ("image", "model.channel_mults=[1,0]",
+         "config key 'model.channel_mults' must be a list of numbers each at least 1, got [1, 0]"),
+        ("image", "model.dropout=1.0", "config key 'model.dropout' must be in [0, 1), got 1.0"),
+        ("audio", "data.duration=0", "config key 'data.duration' must be greater than 0, got 0"),
+        ("molecule", "model.property_drop=2", "config key 'model.property_drop' must be in [0, 1], got 2"),
+    ],
+)
+def test_a_value_outside_its_limit_is_refused_with_its_key(domain, assignment, message):
+    domains = {"toy": DOMAIN, **built_in_domains()}
+    with pytest.raises(ValueError) as caught:
+        resolve_config(domains[domain], sets=[assignment])
+    assert str(caught.value) == f"{message} from --set {assignment}"
+
+
+def test_non_finite_numbers_of_a_file_are_refused_naming_the_file(tmp_path):
+    from diffkit.config import sampling_config
+
+    path = tmp_path / "run.toml"
+    path.write_text("[sample]\nguidance = nan\n")
+    expected = f"config key 'sample.guidance' must be a finite number, got nan from config file {str(path)!r}"
+    for resolve in (lambda: resolve_config(DOMAIN, file=path),
+                    lambda: sampling_config(DOMAIN, resolve_config(DOMAIN), file=path)):
+        with pytest.raises(ValueError) as caught:
+            resolve()
+        assert str(caught.value) == expected
+
+
+def test_limits_include_their_bounds_or_not_as_declared():
+    from diffkit.config import FINITE, Limit
+
+    closed, open_both = Limit(0, 1), Limit(0, 1, low_open=True, high_open=True)
+    assert [closed.admits(v) for v in (-0.1, 0, 0.5, 1, 1.1)] == [False, True, True, True, False]
+    assert [open_both.admits(v) for v in (0, 1e-9, 1 - 1e-9, 1)] == [False, True, True, False]
+    assert [FINITE.admits(v) for v in (-1e308, 0, float("nan"), float("inf"))] == [True, True, False, False]
+    assert (str(closed), str(open_both), str(Limit(1)), str(Limit(0, low_open=True)), str(FINITE)) == (
+        "in [0, 1]", "in (0, 1)", "at least 1", "greater than 0", "a finite number")
+
+
+def _numeric_settings(config, prefix=""):
+    """The dotted keys of the numbers and lists of numbers of a config (the free tables aside)."""
+    from diffkit.domain import FREE_TABLES
+
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            if path not in FREE_TABLES:
+                yield from _numeric_settings(value, path + ".")
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value) and value:
+            yield path
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield path
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "molecule"])
+def test_every_numeric_setting_of_a_built_in_domain_has_a_limit_its_defaults_and_presets_keep(name):
+    from diffkit.config import default_config, limits_of, preset_config
+
+    domain = built_in_domains()[name]
+    limits, defaults = limits_of(domain), default_config(domain)
+    missing = [key for key in _numeric_settings(defaults) if key not in limits]
+    assert not missing, f"the {name} domain declares no limit for {missing}"
+    unknown = [key for key in limits if lookup_or_missing(defaults, key)]
+    assert not unknown, f"limits name settings that do not exist: {unknown}"
+    check_config(defaults, defaults, limits=limits)
+    for preset in domain.presets():
+        check_config(preset_config(domain, preset), defaults, limits=limits)
+
+
+def lookup_or_missing(config, dotted):
+    for key in dotted.split("."):
+        if not isinstance(config, dict) or key not in config:
+            return True
+        config = config[key]
+    return False
+
+
+class MislimitedToy(ToyDomain):
+    """Limits naming a setting that does not exist, and a preset outside a limit."""
+
+    def limits(self):
+        from diffkit.config import at_least
+
+        return {"model.hiden": at_least(1), "model.hidden": at_least(8)}
+
+    def presets(self):
+        return {**super().presets(), "tiny": {"model": {"hidden": 4}}}
+
+
+def test_the_conformance_kit_checks_the_limits_against_the_defaults_and_presets(tmp_path):
+    from diffkit.testing import check_domain
+
+    problems = check_domain(MislimitedToy(), tmp_path, train_steps=2)
+    assert "limits() names 'model.hiden', which default_config() lacks" in problems
+    assert "preset 'tiny': config key 'model.hidden' must be at least 8, got 4" in problems
+    assert check_domain(ToyDomain(), tmp_path / "b", train_steps=2) == []
