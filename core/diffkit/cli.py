@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import click
 
+from .kit.files import UNWRITABLE, check_writable
 from .plugins import PLUGIN_FAULTS, PluginLoadError, Registry, make_plugin_manager
 
 BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plugin", "distill")
@@ -171,7 +171,7 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     overrides = _training_overrides(steps, batch_size, seed, compile_model, parallel)
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
-        _check_writable(run_dir, "--out")
+        check_writable(run_dir, "--out")
         if init_from is not None:
             overrides.setdefault("train", {})["init_from"] = weights_source(plugin_domain, init_from, "--init-from")[0]
         if resume:
@@ -191,7 +191,7 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
         result = run_training(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
                               progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx),
                               on_start=announce)
-    except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
+    except (KeyError, ValueError, FileNotFoundError, *UNWRITABLE, TrainingError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     except TrainingInterrupted as interrupted:
         click.echo(str(interrupted), err=True)
@@ -335,9 +335,9 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
                             interpolate=interpolate, progress=not no_progress)
     try:  # everything that can be checked before loading the model
         check_request(request, _registry(ctx))
-        _check_writable(Path(out), "--out")
+        check_writable(Path(out), "--out")
         _check_no_earlier_samples(Path(out))
-    except ValueError as error:
+    except (ValueError, *UNWRITABLE) as error:
         raise click.ClickException(str(error)) from None
     world = distributed.world_from_env()
     try:
@@ -495,7 +495,7 @@ def export(source, out, card_file, sets):
     try:
         card = pretrained.read_card_file(card_file) if card_file else None
         folder = pretrained.export(source, out, card, sets)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as error:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, *UNWRITABLE, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     click.echo(f"wrote {folder}: {pretrained.WEIGHTS_FILE}, {pretrained.CONFIG_FILE}, {pretrained.CARD_FILE}")
 
@@ -538,7 +538,7 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
     overrides = _training_overrides(steps, batch_size, seed, compile_model, parallel)
     run_dir = Path(out)
     try:
-        _check_writable(run_dir, "--out")
+        check_writable(run_dir, "--out")
         if resume:
             if checkpoint or student_steps is not None:
                 raise ValueError("--checkpoint and --student-steps cannot be combined with --resume: the run keeps "
@@ -557,7 +557,7 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
                                     file=config_file, sets=list(sets), overrides=overrides)
         result = run_distillation(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
                                   progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx))
-    except (KeyError, ValueError, FileNotFoundError, TrainingError, ckpt.CheckpointError) as error:
+    except (KeyError, ValueError, FileNotFoundError, *UNWRITABLE, TrainingError, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
     except TrainingInterrupted as interrupted:
         click.echo(str(interrupted), err=True)
@@ -603,24 +603,6 @@ def add_option_alias(cli: click.Group, command: str, option: str, alias: str) ->
     if alias in taken:
         raise ValueError(f"the option name {alias!r} of `diffkit {command}` is taken")
     matches[0].opts.append(alias)
-
-
-def _check_writable(path: Path, option: str) -> None:
-    """Refuse an output path that cannot be written before any work is done: the nearest part of
-    it that exists must be a folder that accepts new files. (An existing file is left to the
-    command's own rule about overwriting.)"""
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"cannot write to {option} {str(path)!r}: {str(folder)!r} is a file, not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise ValueError(f"cannot write to {option} {str(path)!r}: the folder {str(folder)!r} does not accept "
-                         f"new files ({error.strerror or error})") from None
 
 
 def _message(error: BaseException) -> str:

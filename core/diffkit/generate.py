@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .categorical import CategoricalDiffusion
-from .config import check_value
+from .config import LIMITS, Limit, at_least, check_value, range_problem, type_problem
 from .diffusion import Diffusion
 from .domain import Batch, Domain
 from .plugins import Registry
@@ -75,23 +75,46 @@ class SampleRequest:
     progress: bool = False
 
 
-def check_request(request: SampleRequest, registry: Registry | None = None, kind: str | None = None) -> None:
+#: The type (shown by an example value) and the range of each numeric option of a request; those
+#: that override a setting take its limit.
+REQUEST_OPTIONS: dict[str, tuple[Any, Limit]] = {
+    "n": (16, at_least(1)), "steps": (30, LIMITS["sample.steps"]), "guidance": (1.0, LIMITS["sample.guidance"]),
+    "seed": (0, LIMITS["train.seed"]), "batch_size": (1, LIMITS["sample.batch_size"]),
+    "strength": (0.6, Limit(0, 1, low_open=True)), "resample": (1, LIMITS["sample.resample"]),
+    "interpolate": (0, at_least(0)),
+}
+#: How ``diffkit sample`` names the options of a request (Python callers name the fields).
+OPTION_NAMES = {"n": "-n/--num-samples", "steps": "--steps", "guidance": "--guidance", "seed": "--seed",
+                "batch_size": "--batch-size", "strength": "--strength", "resample": "--resample",
+                "interpolate": "--interpolate", "sampler": "--sampler"}
+
+
+def check_request(request: SampleRequest, registry: Registry | None = None, kind: str | None = None, *,
+                  names: dict[str, str] = OPTION_NAMES) -> None:
     """Refuse a request that would fail deep inside sampling or quietly do something else, before
-    any model is loaded: counts below their minimum, an unknown sampler name (looked up in
-    ``registry``, the built-ins when None), or with ``kind`` (the diffusion's, once the config is
-    known) a sampler of the other kind."""
-    if not request.interpolate and request.n < 1:
-        raise ValueError(f"-n/--num-samples must be at least 1, got {request.n}")
-    for option, value in (("--steps", request.steps), ("--batch-size", request.batch_size),
-                          ("--resample", request.resample)):
-        if value is not None and value < 1:
-            raise ValueError(f"{option} must be at least 1, got {value}")
-    if request.interpolate and request.interpolate < 2:
-        raise ValueError(f"--interpolate draws samples between two ends, so it needs at least 2, got {request.interpolate}")
-    if request.init is not None and request.mask is None and not 0.0 < request.strength <= 1.0:
-        raise ValueError(f"--strength must be in (0, 1], got {request.strength}")
+    any model is loaded: an option of the wrong type (TypeError) or outside its range in
+    :data:`REQUEST_OPTIONS` (ValueError: counts below 1, a guidance that is not a finite number), an
+    unknown sampler name (looked up in ``registry``, the built-ins when None), or with ``kind``
+    (the diffusion's, once the config is known) a sampler of the other kind. Errors name each
+    option as ``names`` does (the command line's by default), else by its field."""
+    for field, (example, limit) in REQUEST_OPTIONS.items():
+        value, name = getattr(request, field), names.get(field, field)
+        if (value is None and field != "n") or (field == "n" and request.interpolate):
+            continue  # None: the config's value; n: an interpolation has --interpolate samples instead
+        if field == "strength" and (request.init is None or request.mask is not None):
+            continue  # only an edit of the whole input uses it
+        problem = type_problem(value, example)
+        if problem is not None:
+            raise TypeError(f"{name} {problem}")
+        problem = range_problem(value, limit)
+        if problem is not None:
+            raise ValueError(f"{name} {problem}")
+    if request.interpolate == 1:
+        raise ValueError(f"{names.get('interpolate', 'interpolate')} draws samples between two ends, so it needs "
+                         f"at least 2, got {request.interpolate}")
     if request.sampler is not None:
-        check_sampler(request.sampler, registry.samplers if registry is not None else None, kind, "--sampler")
+        check_sampler(request.sampler, registry.samplers if registry is not None else None, kind,
+                      names.get("sampler", "sampler"))
 
 
 def check_sampler(name: str, samplers: dict | None, kind: str | None, where: str) -> None:

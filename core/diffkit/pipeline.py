@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +27,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .distributed import World, pick_device
 from .domain import Domain
-from .generate import SampleRequest, generate
+from .generate import SampleRequest, check_request, generate
 from .plugins import Registry, make_plugin_manager
 
 #: Provenance kept from the loaded weights and written again by ``save_pretrained``.
@@ -57,6 +58,9 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None, *,
 
 
 def _resolve(name_or_path: str | Path, registry: Registry) -> tuple[Path, Domain | None]:
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"diffkit.load takes a domain's name or a path (str or os.PathLike), got {name_or_path!r} "
+                        f"({type(name_or_path).__name__})")
     if isinstance(name_or_path, str) and name_or_path in registry.domains:
         domain = registry.domains[name_or_path]
         shipped = domain.pretrained()
@@ -101,10 +105,12 @@ class Pipeline:
         same for the same seed and settings as ``diffkit sample`` draws.
 
         ``cond`` is what ``--cond`` takes: a string, or a value written as one (``{"qed": 0.6}``
-        -> ``"qed=0.6"``, ``[0, 1]`` -> ``"0,1"``, ``7`` -> ``"7"``); ``guidance``, ``steps``,
+        -> ``"qed=0.6"``, ``[{"qed": 0.5}, {"qed": 0.7}]`` -> ``"qed=0.5;qed=0.7"`` (one per
+        sample, cycled), ``[0, 1]`` -> ``"0,1"``, ``7`` -> ``"7"``); ``guidance``, ``steps``,
         ``sampler`` and ``batch_size`` default to the config's ``sample`` section."""
         request = SampleRequest(n=n, seed=seed, cond=condition_text(cond), guidance=guidance, steps=steps,
                                 sampler=sampler, batch_size=batch_size, progress=progress)
+        check_request(request, self.registry, names={})  # errors name the arguments, not the command line's options
         batch = generate(self.domain, self.model, self.config, request, device=self.device, registry=self.registry)
         return SampleList(self.domain.to_objects(batch, self.config))
 
@@ -124,12 +130,15 @@ class Pipeline:
 
 
 def condition_text(cond: Any) -> Any:
-    """A condition written as ``--cond`` takes it: mappings as ``key=value`` pairs, sequences
-    comma-separated, numbers as text; strings, tensors and ``None`` pass unchanged."""
+    """A condition written as ``--cond`` takes it: mappings as ``key=value`` pairs, a sequence of
+    mappings as one entry per sample separated by ``;``, other sequences comma-separated, numbers
+    as text; strings, tensors and ``None`` pass unchanged."""
     if cond is None or isinstance(cond, (str, torch.Tensor)):
         return cond
     if isinstance(cond, Mapping):
         return ",".join(f"{key}={value}" for key, value in cond.items())
+    if isinstance(cond, (list, tuple)) and cond and all(isinstance(item, Mapping) for item in cond):
+        return ";".join(condition_text(item) for item in cond)
     if isinstance(cond, (list, tuple)):
         return ",".join(str(value) for value in cond)
     return str(cond)

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .checkpoint import CheckpointError
+from .kit.files import check_writable
 
 FORMAT = "diffkit-pretrained/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -69,11 +70,13 @@ def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str
     ``step`` when known). ``card`` adds model-card facts over those in ``state["card"]``.
 
     ``out`` must not exist or be an empty folder: nothing is overwritten. The folder appears
-    whole or not at all (it is written beside ``out`` and renamed into place)."""
+    whole or not at all (it is written beside ``out`` and renamed into place). Where ``out``
+    cannot be written, a PermissionError (or NotADirectoryError) says so before any work."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{str(out)!r} already exists and is not an empty folder; choose another "
                               "folder (nothing is overwritten)")
+    check_writable(out.parent if out.is_dir() else out, "the weights folder")
     tensors, extra_state = _split_state(state["ema"])
     weights = _safetensors_bytes(tensors)
     facts = check_card({**(state.get("card") or {}), **(card or {})})

@@ -30,11 +30,17 @@ def record_path(out: str | Path) -> Path:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` as JSON to ``path``, which must not exist yet."""
+    """Write ``record`` as JSON to ``path``, which must not exist yet. It is standard JSON: a value
+    that is not a finite number (which the options refuse before sampling) is an error here."""
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise ValueError(f"the sample record {str(path)!r} was not written: it holds a number that is not finite, "
+                         "which JSON cannot hold") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(path, "x") as file:
-            file.write(json.dumps(record, indent=2) + "\n")
+            file.write(text)
     except FileExistsError:
         raise FileExistsError(f"{str(path)!r} already exists; the sample record was not written") from None
     return path

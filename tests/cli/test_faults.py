@@ -81,6 +81,9 @@ def test_resume_checks_the_types_of_what_it_changes(tmp_path, toy_installed):
     (("--sampler", "ddmi"), "--sampler: unknown sampler 'ddmi'; valid: gaussian: ddim, ddpm"),
     (("--interpolate", "1"), "--interpolate draws samples between two ends, so it needs at least 2, got 1"),
     (("--init", "x.json", "--strength", "1.5"), "--strength must be in (0, 1], got 1.5"),
+    (("--init", "x.json", "--strength", "nan"), "--strength must be in (0, 1], got nan"),
+    (("--guidance", "nan"), "--guidance must be a finite number, got nan"),
+    (("--guidance", "-inf"), "--guidance must be a finite number, got -inf"),
     (("--device", "foo"), "--device 'foo' is not a device; use cpu, cuda, cuda:N or mps"),
 ])
 def test_sampling_requests_are_checked_before_the_checkpoint_is_read(args, message, tmp_path, toy_installed):
@@ -242,3 +245,20 @@ def test_a_plugin_that_exits_on_import_does_not_stop_the_cli(plugin_site, toy_in
     assert next(line for line in result.output.splitlines() if line.startswith("exits")).endswith(
         "FAILED: SystemExit: the plugin called sys.exit('bye')")
     assert invoke("--help").exit_code == 0
+
+
+def test_a_sample_record_is_standard_json_or_is_not_written(tmp_path):
+    import json
+
+    from diffkit.records import write_record
+
+    with pytest.raises(ValueError, match="holds a number that is not finite"):
+        write_record(tmp_path / "samples.json", {"guidance": float("nan")})
+    assert not (tmp_path / "samples.json").exists()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not standard JSON")
+
+    write_record(tmp_path / "samples.json", {"guidance": 2.0})
+    assert json.loads((tmp_path / "samples.json").read_text(), parse_constant=refuse) == {"guidance": 2.0}
+

@@ -4,6 +4,8 @@ diffkit export, and the conformance check of ``Domain.to_objects``."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +218,73 @@ def test_shipped_weights_carry_their_card_facts(name):
     tensors = load_file(folder / "model.safetensors")
     assert config["values"] == sum(t.numel() for t in tensors.values())
     assert (folder / "README.md").read_text() == pretrained.model_card(config, tensors)
+
+
+# -- arguments of the wrong kind get named errors ------------------------------------------------
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ({"n": "3"}, TypeError, "n expects an integer (int), got '3' (str)"),
+    ({"n": 2.0}, TypeError, "n expects an integer (int), got 2.0 (float)"),
+    ({"n": 0}, ValueError, "n must be at least 1, got 0"),
+    ({"n": 2, "guidance": float("nan")}, ValueError, "guidance must be a finite number, got nan"),
+    ({"n": 2, "guidance": float("inf")}, ValueError, "guidance must be a finite number, got inf"),
+    ({"n": 2, "guidance": "2"}, TypeError, "guidance expects a number (float), got '2' (str)"),
+    ({"n": 2, "steps": 0}, ValueError, "steps must be at least 1, got 0"),
+    ({"n": 2, "seed": "0"}, TypeError, "seed expects an integer (int), got '0' (str)"),
+])
+def test_sample_arguments_are_checked_and_named(toy_run, toy_installed, arguments, error, message):
+    pipe = diffkit.load(toy_run, device="cpu")
+    with pytest.raises(error) as caught:
+        pipe.sample(**arguments)
+    assert str(caught.value) == message
+
+
+def test_sample_takes_counts_of_any_integer_type(toy_run, toy_installed):
+    pipe = diffkit.load(toy_run, device="cpu")
+    assert torch.equal(toy_points(pipe.sample(np.int64(3), seed=np.int64(1))), toy_points(pipe.sample(3, seed=1)))
+
+
+def test_load_names_what_it_takes_when_given_something_else():
+    with pytest.raises(TypeError) as caught:
+        diffkit.load(123)
+    assert str(caught.value) == "diffkit.load takes a domain's name or a path (str or os.PathLike), got 123 (int)"
+
+
+def test_a_list_of_dicts_is_one_condition_per_sample():
+    assert condition_text([{"qed": 0.5}, {"qed": 0.7, "logp": 1}]) == "qed=0.5;qed=0.7,logp=1"
+    pipe = diffkit.load("molecule", device="cpu")
+    as_dicts = pipe.sample(4, seed=5, cond=[{"qed": 0.5}, {"qed": 0.7}], steps=2)
+    as_text = pipe.sample(4, seed=5, cond="qed=0.5;qed=0.7", steps=2)
+    assert [None if m is None else m.ToBinary() for m in as_dicts] == [None if m is None else m.ToBinary() for m in as_text]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, monkeypatch):
+    """A folder that accepts no new files. Permission bits do not bind root: there the folder's
+    refusal is what the operating system would answer anyone else."""
+    import errno
+    import tempfile
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.name != "posix" or os.geteuid() == 0:
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == folder:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real(*args, dir=dir, **kwargs)
+
+        real = tempfile.TemporaryFile
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_save_pretrained_in_a_read_only_folder_names_it_and_leaves_nothing(toy_run, read_only_folder, toy_installed):
+    with pytest.raises(PermissionError) as caught:
+        diffkit.load(toy_run, device="cpu").save_pretrained(read_only_folder / "model")
+    assert str(caught.value) == (f"cannot write to the weights folder {str(read_only_folder / 'model')!r}: the "
+                                 f"folder {str(read_only_folder)!r} does not accept new files (Permission denied)")
+    assert list(read_only_folder.iterdir()) == []
+    result = CliRunner().invoke(cli, ["export", str(toy_run), "--out", str(read_only_folder / "model")])
+    assert result.exit_code == 1 and f"Error: {caught.value}" in result.output

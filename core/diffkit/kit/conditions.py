@@ -7,8 +7,8 @@ Two kinds, each with a null value that classifier-free guidance uses for "no con
   null label is ``-1``. From Python: an int, a name, or a list of them.
 * **continuous values** (e.g. molecular properties): ``"qed=0.6,logp=1"`` sets values for every
   sample; ``"qed=0.5;qed=0.7"`` is a per-sample list separated by ``;``, cycled; a value left out
-  is free. Values are ``(n, P)`` float tensors and the null value is NaN. From Python: a dict, or
-  a list of dicts.
+  is free. Every value given must be a finite number. Values are ``(n, P)`` float tensors and the
+  null value is NaN. From Python: a dict, or a list of dicts.
 
 An empty condition is an error: ``none`` says "unconditional" explicitly.
 """
@@ -138,10 +138,16 @@ def _parse_pairs(part: str, text: str) -> dict[str, float]:
 
 
 def _numbers(pairs: dict, text: str) -> dict[str, float]:
+    """The values of ``pairs`` as floats; each must be a finite number (NaN would mean "free",
+    which leaving the key out says)."""
     numbers = {}
     for key, raw in pairs.items():
         try:
-            numbers[str(key).lower()] = float(raw)
+            number = float(raw)
         except (TypeError, ValueError):
             raise ValueError(f"--cond {text!r}: the value of {key!r} is not a number: {raw!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"--cond {text!r}: the value of {key!r} must be a finite number, got {raw!r}; "
+                             "leave a key out to leave it free")
+        numbers[str(key).lower()] = number
     return numbers

@@ -57,6 +57,29 @@ def check_new(paths: Iterable[str | Path]) -> None:
                                 "choose another --out or remove it")
 
 
+#: What :func:`check_writable` raises.
+UNWRITABLE = (NotADirectoryError, PermissionError)
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Refuse, before any work is done, an output ``path`` that cannot be written: the nearest
+    part of it that exists must be a folder that accepts new files (an existing file is left to
+    the caller's rule about overwriting). The error (one of :data:`UNWRITABLE`) names ``what``
+    (e.g. ``--out``), the path and the folder that refuses it."""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write to {what} {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise PermissionError(f"cannot write to {what} {str(path)!r}: the folder {str(folder)!r} does not accept "
+                              f"new files ({error.strerror or error})") from None
+
+
 def write_atomic(path: str | Path, write: Callable[[Any], None] | bytes, *, exclusive: bool = False) -> Path:
     """Write a file through a temporary file beside it, flushed to disk, then moved into place.
 
