@@ -292,7 +292,7 @@ def _resumed_data(run_dir: Path, data: str | None) -> str | None:
 @click.option("--checkpoint", default=None, help="A checkpoint file, a run folder (its latest checkpoint) or an exported weights folder; the domain's shipped weights when omitted.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings merged over the checkpoint's (e.g. a [sample] section); its data, model and diffusion settings must match the weights.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set sample.spacing=trimmed (repeatable).")
-@click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw.")
+@click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw; more than memory can hold until they are written is refused before drawing, with what they would take.")
 @click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ...; for categorical diffusion discrete_flow or ancestral (default from the config).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default from the config).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance weight; 1 = none.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -157,6 +158,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     # The chunks depend on n and the batch size alone, never on how many processes draw them:
     # the same products, rounded the same way, give the same samples.
     most = settings["batch_size"]
+    check_memory(total, sample_bytes(domain, model, config, request, device), available_memory(), settings)
     plan = [(start, min(most, total - start)) for start in range(0, total, most)]
     mine = [k for k in range(len(plan)) if k % world.size == world.rank]
     workers = worker_count(settings["workers"], device, world, len(mine))
@@ -253,10 +255,67 @@ def check_sampler_options(name: str, sampler: Callable, options: dict) -> None:
         check_value(f"sample.options.{key}", value, accepted[key])
 
 
-@torch.no_grad()
-def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, network: nn.Module, config: dict,
-                    request: SampleRequest, settings: dict, size: int, generator: SampleGenerators,
-                    device, *, offset: int, total: int, bar=None) -> Batch:
+def sample_bytes(domain: Domain, model: nn.Module, config: dict, request: SampleRequest,
+                 device: torch.device | str = "cpu") -> int:
+    """The bytes of one sample of ``request``: those of the tensors of a batch of one as the
+    domain prepares it (its state, condition and extras), which the drawn samples keep."""
+    generator = SampleGenerators.seeded(request.seed, range(1), device)
+    batch = _prepared_chunk(domain, model, config, request, 1, generator, device)
+    return sum(leaf.nbytes for leaf in _tensors(batch))
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _tensors(item)]
+    return []
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could still take: what Linux reports as available, else the
+    machine's physical memory; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(total: int, per_sample: int, available: int | None, settings: dict) -> None:
+    """Refuse, before drawing, ``total`` samples of ``per_sample`` bytes that memory cannot hold:
+    every sample is kept until all are written, and the chunks are joined into one batch (a
+    second copy). The error says what the request would take and how many samples fit."""
+    need = 2 * total * per_sample
+    if available is None or need <= available:
+        return
+    chunks = -(-total // settings["batch_size"])
+    fits = available // (2 * max(per_sample, 1))
+    raise ValueError(f"{total:,} samples ({chunks:,} batches of {min(total, settings['batch_size']):,}, "
+                     f"{settings['steps']} sampling steps each) would take about {_bytes(need)} of memory until they "
+                     f"are written ({_bytes(per_sample)} a sample, held twice while the batches are joined), more "
+                     f"than the {_bytes(available)} available: draw at most {fits:,} at a time (runs with different "
+                     "seeds draw different samples)")
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _prepared_chunk(domain: Domain, model: nn.Module, config: dict, request: SampleRequest, size: int,
+                    generator: SampleGenerators, device) -> Batch:
+    """The batch a chunk of ``size`` samples starts from, on ``device``: the known part of an
+    edit, one sample's structure repeated for an interpolation, or new samples' structure."""
     if request.init is not None:
         batch = domain.load_known(request.init, request.mask, size, config, model=model, cond=request.cond,
                                   generator=generator)
@@ -268,7 +327,14 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, netw
         batch = {key: _repeat(value, size) for key, value in first.items()}
     else:
         batch = domain.prepare_sampling(model, size, config, cond=request.cond, generator=generator)
-    batch = to_device(batch, device)
+    return to_device(batch, device)
+
+
+@torch.no_grad()
+def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, network: nn.Module, config: dict,
+                    request: SampleRequest, settings: dict, size: int, generator: SampleGenerators,
+                    device, *, offset: int, total: int, bar=None) -> Batch:
+    batch = _prepared_chunk(domain, model, config, request, size, generator, device)
     with _autocast(device, settings["precision"]):
         x = _denoise_chunk(domain, diffusion, network, batch, request, settings, generator, offset=offset,
                            size=size, total=total, bar=bar)

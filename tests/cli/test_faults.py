@@ -262,3 +262,12 @@ def test_a_sample_record_is_standard_json_or_is_not_written(tmp_path):
     write_record(tmp_path / "samples.json", {"guidance": 2.0})
     assert json.loads((tmp_path / "samples.json").read_text(), parse_constant=refuse) == {"guidance": 2.0}
 
+
+def test_more_samples_than_memory_holds_are_refused_before_any_is_drawn(tmp_path, toy_installed):
+    train_toy(tmp_path / "run", "--steps", "2")
+    # 16 bytes a toy sample, held twice: 32 TB, more than any machine that runs these tests.
+    result = invoke("sample", "--checkpoint", str(tmp_path / "run"), "-n", str(10**12), "--seed", "0",
+                    "--out", str(tmp_path / "samples"), "--no-progress")
+    assert_named_error(result, "1,000,000,000,000 samples (15,625,000,000 batches of 64, 10 sampling steps each) "
+                               "would take about 32.0 TB of memory")
+    assert "draw at most" in result.output and not (tmp_path / "samples").exists()

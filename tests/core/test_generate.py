@@ -138,3 +138,32 @@ def test_sample_options_the_sampler_does_not_take_are_refused_before_sampling(to
     settings = {**config, "sample": {**config["sample"], "sampler": "ddim", "options": options}}
     with pytest.raises(ValueError, match=message):
         generate(domain, model, settings, SampleRequest(n=2, steps=3))
+
+
+# -- requests larger than memory are refused before any sample is drawn ----------------------------
+
+def test_a_sample_takes_the_bytes_of_its_prepared_tensors(toy):
+    from diffkit.generate import sample_bytes
+
+    domain, model, config = toy
+    # A toy sample is a point (2 float32 values) and its label (one int64).
+    assert sample_bytes(domain, model, config, SampleRequest(n=5)) == 2 * 4 + 8
+
+
+def test_more_samples_than_memory_holds_are_refused_with_what_they_would_take(toy, monkeypatch):
+    import diffkit.generate as generation
+
+    domain, model, config = toy
+    monkeypatch.setattr(generation, "available_memory", lambda: 40_000)  # 1,250 toy samples, held twice
+    drawn = []
+    monkeypatch.setattr(generation, "_generate_chunk", lambda *args, **kwargs: drawn.append(1))
+    with pytest.raises(ValueError) as caught:
+        generate(domain, model, config, SampleRequest(n=10_000, steps=6, batch_size=64))
+    assert str(caught.value) == (
+        "10,000 samples (157 batches of 64, 6 sampling steps each) would take about 320.0 kB of memory until they "
+        "are written (16 B a sample, held twice while the batches are joined), more than the 40.0 kB available: "
+        "draw at most 1,250 at a time (runs with different seeds draw different samples)")
+    assert drawn == []
+    monkeypatch.undo()
+    monkeypatch.setattr(generation, "available_memory", lambda: 40_000)
+    assert len(generate(domain, model, config, SampleRequest(n=1_250, steps=1, batch_size=1_250))["x"]) == 1_250
