@@ -171,6 +171,7 @@ class MoleculeDomain(diffkit.Domain):
         for one value per sample, a dict or a list of dicts); properties not named stay free."""
         model = _unwrap(model)
         values, extras = kit.parse_values(cond, model.property_names, n, extra_keys=("atoms",))
+        properties.check_asked(model.property_names, values, model.property_mean, model.property_std)
         atoms = int(config["sample"]["num_atoms"]) or None
         sizes = self._draw_sizes(model, n, atoms, generator)
         asked = [extra.get("atoms") for extra in extras]

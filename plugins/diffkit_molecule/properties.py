@@ -3,7 +3,12 @@ evaluation compares between generated and reference molecules."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
+
+from torch import Tensor
+
+from diffkit.config import Limit, above
 
 
 def _qed(mol) -> float:
@@ -26,6 +31,35 @@ def _mol_weight(mol) -> float:
 
 #: name -> function of a sanitised RDKit molecule.
 PROPERTIES: dict[str, Callable[[object], float]] = {"qed": _qed, "logp": _logp, "mol_weight": _mol_weight}
+
+
+#: The values a property takes for any molecule: QED is a desirability in [0, 1] (Bickerton et al.
+#: 2012), a molecular weight is positive; logP may be any real number.
+POSSIBLE: dict[str, Limit] = {"qed": Limit(0, 1), "mol_weight": above(0)}
+#: An asked value further than this many standard deviations from the training molecules' mean is
+#: outside what the model has seen (a normal law puts 1 value in 16,000 there): a warning says so.
+FAR_FROM_TRAINING = 4.0
+
+
+def check_asked(names: Sequence[str], values: Tensor, mean: Tensor, std: Tensor) -> None:
+    """Refuse asked property values ``values (n, P)`` (NaN: free) that no molecule has, and warn
+    about those far from the training molecules (``mean``, ``std``: theirs, ``(P,)``)."""
+    for index, name in enumerate(names):
+        asked = values[:, index]
+        asked = asked[~asked.isnan()].unique()
+        if not len(asked):
+            continue
+        centre, spread = float(mean[index]), float(std[index])
+        training = f"the training molecules' {name}: mean {centre:.3g}, standard deviation {spread:.3g}"
+        possible = POSSIBLE.get(name)
+        for value in asked.tolist():
+            if possible is not None and not possible.admits(value):
+                raise ValueError(f"--cond {name}={value:g}: {name} is {possible} for every molecule ({training})")
+        farthest = max(asked.tolist(), key=lambda value: abs(value - centre))
+        distance = abs(farthest - centre) / spread
+        if distance > FAR_FROM_TRAINING:
+            warnings.warn(f"--cond {name}={farthest:g} is {distance:.0f} standard deviations from what this model "
+                          f"was trained on ({training}): expect the samples to miss it", stacklevel=4)
 
 
 def check_names(names: Sequence[str], where: str = "data.properties") -> None:

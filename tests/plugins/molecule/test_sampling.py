@@ -112,3 +112,28 @@ def test_the_grid_picture_stands_in_for_a_molecule_rdkit_cannot_lay_out(tmp_path
     write_molecules(mols, tmp_path / "out")
     assert (tmp_path / "out" / "samples.smi").read_text().splitlines()[0] == "CCO"
     assert Image.open(tmp_path / "out" / "grid.png").size == (400, 200)  # both cells, one row
+
+
+def test_asked_properties_no_molecule_has_are_refused_and_far_ones_are_warned_about(domain, config, smiles_file):
+    import warnings
+
+    model, dataset = fitted_model(domain, config, smiles_file)
+    qed = dataset.properties[:, 0]  # data.properties: qed, logp, mol_weight
+    mean, std = float(qed.mean()), float(qed.std())
+    training = f"the training molecules' qed: mean {mean:.3g}, standard deviation {std:.3g}"
+    for value in ("5", "50", "-0.1"):
+        with pytest.raises(ValueError) as caught:
+            domain.prepare_sampling(model, 2, config, cond=f"qed={value}")
+        assert str(caught.value) == f"--cond qed={value}: qed is in [0, 1] for every molecule ({training})"
+    far = mean + 5.2 * std
+    assert far < 1
+    with pytest.warns(UserWarning) as caught:
+        domain.prepare_sampling(model, 2, config, cond=f"qed={far}")
+    assert [str(w.message) for w in caught] == [
+        f"--cond qed={far:g} is 5 standard deviations from what this model was trained on ({training}): "
+        "expect the samples to miss it"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        domain.prepare_sampling(model, 2, config, cond=f"qed={mean + 3.9 * std}")
+    with pytest.raises(ValueError, match="the value of 'qed' must be a finite number, got 'nan'"):
+        domain.prepare_sampling(model, 2, config, cond="qed=nan")
