@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from diffkit.kit import save_torch_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache records the files it skipped
 
 
 @dataclass
@@ -99,8 +99,10 @@ def _digits(image_size: int, channels: int) -> ImageSet:
 
 def load_folder(root: str | Path, image_size: int, channels: int, *, cache: Path | None = None) -> ImageSet:
     """Every PNG/JPEG/WebP under ``root``; each subfolder is a class (sorted names). Without
-    subfolders all pictures form one class named after ``root``. Unreadable files are skipped
-    with one warning naming them; a folder with nothing readable is an error."""
+    subfolders all pictures form one class named after ``root``. Files that cannot be decoded
+    (damaged, truncated, empty, or claiming a size beyond PIL's decompression-bomb limit) are
+    skipped with one warning naming them, repeated when the folder is read from the cache; a
+    folder with nothing readable is an error."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image data folder {str(root)!r} does not exist or is not a folder")
@@ -112,11 +114,14 @@ def load_folder(root: str | Path, image_size: int, channels: int, *, cache: Path
         cache_file = cache / "datasets" / f"{_folder_key(root, files, image_size, channels)}.pt"
         if cache_file.is_file():
             stored = torch.load(cache_file, weights_only=True)
+            _warn_unreadable(root, stored["unreadable"])
             return ImageSet(stored["pixels"], stored["labels"], list(stored["class_names"]))
-    images = _decode_all(root, files, image_size, channels)
+    images, unreadable = _decode_all(root, files, image_size, channels)
+    _warn_unreadable(root, unreadable)
     images.class_names = class_names
     if cache_file is not None:
-        save_torch_atomic({"pixels": images.pixels, "labels": images.labels, "class_names": class_names}, cache_file)
+        save_torch_atomic({"pixels": images.pixels, "labels": images.labels, "class_names": class_names,
+                           "unreadable": unreadable}, cache_file)
     return images
 
 
@@ -141,23 +146,31 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _decode_all(root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> ImageSet:
+def _decode_all(root: Path, files: Sequence[tuple[Path, int]], image_size: int,
+                channels: int) -> tuple[ImageSet, list[str]]:
+    """The pictures that decode, and the files that do not, each as ``"name (error type)"``."""
     from PIL import Image
 
+    check_channels(channels)  # before the loop: a wrong setting is not a damaged file
     pictures, labels, unreadable = [], [], []
     for path, label in files:
         try:
             with Image.open(path) as image:
                 pictures.append(fit_image(image, image_size, channels))
             labels.append(label)
-        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for damaged files
+        except Exception as error:  # PIL raises many types for damaged files (OSError, SyntaxError,
+            # DecompressionBombError, struct.error, ...): each such file is skipped alike
             unreadable.append(f"{path.relative_to(root)} ({type(error).__name__})")
-    if unreadable:
-        shown = ", ".join(unreadable[:20]) + (f" and {len(unreadable) - 20} more" if len(unreadable) > 20 else "")
-        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) in {str(root)!r}: {shown}", stacklevel=3)
     if not pictures:
-        raise ValueError(f"none of the {len(files)} image files in {str(root)!r} could be read")
-    return ImageSet(torch.stack(pictures), torch.tensor(labels, dtype=torch.long), [])
+        raise ValueError(f"none of the {len(files)} image files in {str(root)!r} could be read"
+                         + (f"; the first: {unreadable[0]}" if unreadable else ""))
+    return ImageSet(torch.stack(pictures), torch.tensor(labels, dtype=torch.long), []), unreadable
+
+
+def _warn_unreadable(root: Path, unreadable: Sequence[str], shown: int = 20) -> None:
+    if unreadable:
+        listed = ", ".join(unreadable[:shown]) + (f" and {len(unreadable) - shown} more" if len(unreadable) > shown else "")
+        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) in {str(root)!r}: {listed}", stacklevel=4)
 
 
 def _folder_key(root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> str:
@@ -170,14 +183,18 @@ def _folder_key(root: Path, files: Sequence[tuple[Path, int]], image_size: int, 
 
 # -- one picture ------------------------------------------------------------------------------
 
+def check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1 (gray) or 3 (RGB), got {channels}")
+
+
 def fit_image(image, image_size: int, channels: int, *, nearest: bool = False) -> Tensor:
     """A PIL image as ``(channels, image_size, image_size)`` uint8: EXIF rotation applied,
     transparency composited over white, converted to gray (1) or RGB (3), scaled so its shorter
     side fits and center-cropped. ``nearest`` keeps hard edges (for masks)."""
     from PIL import Image, ImageOps
 
-    if channels not in (1, 3):
-        raise ValueError(f"data.channels must be 1 (gray) or 3 (RGB), got {channels}")
+    check_channels(channels)
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

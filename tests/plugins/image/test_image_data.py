@@ -118,6 +118,37 @@ def test_unreadable_files_are_skipped_with_one_warning_naming_them(tmp_path):
     assert len(images.labels) == 5
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A small, well-formed PNG whose header claims ``width x height`` gray pixels (its data does not
+    hold them): what a decompression bomb looks like before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_every_undecodable_file_is_skipped_alike_and_the_cache_repeats_the_warning(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    bomb = png_claiming(20_000, 20_000)
+    assert len(bomb) < 300 and 20_000 * 20_000 > 2 * Image.MAX_IMAGE_PIXELS  # beyond PIL's limit
+    (root / "dogs" / "bomb.png").write_bytes(bomb)
+    (root / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "cats" / "empty.jpg").write_bytes(b"")
+    expected = (f"skipped 3 unreadable image file(s) in {str(root)!r}: cats/empty.jpg (UnidentifiedImageError), "
+                "dogs/bomb.png (DecompressionBombError), dogs/broken.png (UnidentifiedImageError)")
+    cache = tmp_path / "cache"
+    for read in ("decoded", "from the cache"):
+        with pytest.warns(UserWarning) as caught:
+            images = load_folder(root, 8, 1, cache=cache)
+        assert [str(w.message) for w in caught] == [expected], read
+        assert len(images.labels) == 5
+    assert len(list((cache / "datasets").glob("*.pt"))) == 1
+
+
 def test_a_folder_with_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
