@@ -22,11 +22,18 @@ from torch.utils.data import Dataset
 from diffkit.kit import write_atomic
 
 from . import chem, properties
-from .sources import read_molecules
+from .sources import entry_unit, read_molecules
 from .state import class_mask, encode, encode_classes, loss_mask, pair_mask
 
 #: Bump when the way molecules become graphs changes: old caches are then ignored.
-FEATURISATION_VERSION = 1
+#: 2: each graph and each skipped entry keeps where it is in the file.
+FEATURISATION_VERSION = 2
+#: Where the skipped entries of each reason are named, this many at most.
+SHOWN_PER_REASON = 5
+#: An element in fewer than this share of a new model's training molecules is named in a warning:
+#: the model learns it from too few examples (a judgement; the bundled QM9 subset's rarest element,
+#: fluorine, is in 292 of its 20,000 molecules, 1.5%).
+RARE_ELEMENT_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -41,18 +48,38 @@ class Featurisation:
 
 @dataclass
 class Skipped:
-    """Entries left out of a dataset, by reason."""
+    """Entries left out of a dataset, by reason, with where the first of each are in the file
+    (:data:`SHOWN_PER_REASON`) and the atom types outside ``data.atom_types`` that left some out."""
 
     total: int = 0
     reasons: Counter = field(default_factory=Counter)
+    where: dict[str, list[int]] = field(default_factory=dict)
+    outside: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, places: list[int]) -> None:
+        """Count one entry left out for ``reason`` at each of ``places``."""
+        self.reasons[reason] += len(places)
+        shown = self.where.setdefault(reason, [])
+        shown.extend(places[:SHOWN_PER_REASON - len(shown)])
 
     def message(self, source: Path, max_atoms: int | None = None) -> str:
+        outside = f" ({', '.join(self.outside)})" if self.outside else ""
         labels = {"unparsable": "unparsable", "oversized": f"over {max_atoms} heavy atoms",
-                  "atom_type": "an atom type outside data.atom_types", "bond_type": "a bond that is not "
+                  "atom_type": f"an atom type outside data.atom_types{outside}", "bond_type": "a bond that is not "
                   "single, double or triple", "round_trip": "not representable as a heavy-atom graph "
                   "(radicals or unusual hydrogen counts)", "empty": "no atoms"}
-        parts = ", ".join(f"{count} {labels[reason]}" for reason, count in self.reasons.most_common())
+        unit = entry_unit(source)
+        parts = ", ".join(f"{count} {labels[reason]}{self._places(reason, count, unit)}"
+                          for reason, count in self.reasons.most_common())
         return f"skipped {sum(self.reasons.values())} of {self.total} molecules of {str(source)!r}: {parts}"
+
+    def _places(self, reason: str, count: int, unit: str) -> str:
+        """`` (lines 4, 17 and 3 more)``: where the first entries of a reason are."""
+        places = sorted(self.where.get(reason, []))
+        if not places:
+            return ""
+        more = f" and {count - len(places)} more" if count > len(places) else ""
+        return f" ({unit}{'s' if count > 1 else ''} {', '.join(map(str, places))}{more})"
 
 
 def featurise(source: Path, spec: Featurisation) -> tuple[list, list[str], Skipped]:
@@ -62,20 +89,20 @@ def featurise(source: Path, spec: Featurisation) -> tuple[list, list[str], Skipp
     Each graph has ``x (n,)`` atom type indices, ``edge_index (2, 2m)`` and ``edge_attr (2m,)``
     bond type indices (both directions), ``y (1, P)`` properties and ``smiles`` (canonical)."""
     skipped = Skipped()
-    kept = []  # (prepared mol, canonical smiles)
-    for _, mol in read_molecules(source, spec.smiles_column):
+    kept = []  # (where in the file, prepared mol, canonical smiles)
+    for where, _, mol in read_molecules(source, spec.smiles_column):
         skipped.total += 1
         reason, prepared = _screen(mol, spec)
         if reason:
-            skipped.reasons[reason] += 1
+            skipped.add(reason, [where])
         else:
-            kept.append((prepared, chem.canonical_smiles(chem.sanitized(prepared))))
-    vocabulary = chem.sort_tokens(t for mol, _ in kept for t in chem.mol_tokens(mol))
+            kept.append((where, prepared, chem.canonical_smiles(chem.sanitized(prepared))))
+    vocabulary = chem.sort_tokens(t for _, mol, _ in kept for t in chem.mol_tokens(mol))
     graphs = []
-    for mol, smiles in kept:
-        graph, reason = _to_data(mol, smiles, vocabulary, spec)
+    for where, mol, smiles in kept:
+        graph, reason = _to_data(mol, smiles, vocabulary, spec, where)
         if reason:
-            skipped.reasons[reason] += 1
+            skipped.add(reason, [where])
         else:
             graphs.append(graph)
     return graphs, vocabulary, skipped
@@ -100,7 +127,7 @@ def import_torch_geometric() -> None:
         import torch_geometric  # noqa: F401
 
 
-def _to_data(mol, smiles: str, vocabulary: list[str], spec: Featurisation):
+def _to_data(mol, smiles: str, vocabulary: list[str], spec: Featurisation, where: int):
     import_torch_geometric()
     from torch_geometric.data import Data
 
@@ -116,7 +143,7 @@ def _to_data(mol, smiles: str, vocabulary: list[str], spec: Featurisation):
     edge_index = bonds.nonzero().t().contiguous()
     y = torch.tensor([properties.compute(rebuilt, spec.properties)], dtype=torch.float32)
     graph = Data(x=atoms, edge_index=edge_index, edge_attr=bonds[edge_index[0], edge_index[1]], y=y,
-                 num_nodes=len(atoms), smiles=smiles)
+                 num_nodes=len(atoms), smiles=smiles, where=torch.tensor([where]))
     return graph, None
 
 
@@ -142,7 +169,7 @@ def _graph_dataset_class():
             self.load(self.processed_paths[0])
             info = json.loads(Path(self.processed_paths[1]).read_text())
             self.vocabulary: list[str] = info["vocabulary"]
-            self.skipped = Skipped(info["total"], Counter(info["skipped"]))
+            self.skipped = Skipped(info["total"], Counter(info["skipped"]), info["skipped_where"])
 
         @property
         def raw_file_names(self) -> list[str]:
@@ -167,7 +194,7 @@ def _graph_dataset_class():
                 raise ValueError("no usable molecules: " + skipped.message(self.source))
             self.save(graphs, self.processed_paths[0])
             info = {"vocabulary": vocabulary, "total": skipped.total, "skipped": dict(skipped.reasons),
-                    "source": str(self.source), "featurisation": asdict(self.spec)}
+                    "skipped_where": skipped.where, "source": str(self.source), "featurisation": asdict(self.spec)}
             write_atomic(self.processed_paths[1], (json.dumps(info, indent=1) + "\n").encode())
 
     return MoleculeGraphs
@@ -183,37 +210,69 @@ def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Pa
                 atom_types: list[str] | None = None):
     """The graphs of ``source`` with at most ``max_atoms`` atoms and, when ``atom_types`` is given,
     only those types (renumbered to that order). Returns ``(graphs, vocabulary)``. Everything left
-    out (unparsable, oversized, ...) is reported in one warning; nothing left is an error."""
+    out (unparsable, oversized, ...) is reported in one warning that says where; nothing left is
+    an error. Without ``atom_types`` the vocabulary is the data's, and a warning names the elements
+    too rare in it to be learnt well (:data:`RARE_ELEMENT_SHARE`)."""
     graphs = molecule_graphs(source, spec, cache_dir)
     vocabulary = list(atom_types) if atom_types else list(graphs.vocabulary)
     sizes = graphs.num_nodes_per_graph()
-    unknown = _renumber_atoms(graphs, vocabulary, sizes)
+    present = _types_present(graphs, sizes)
+    outside = torch.tensor([token not in vocabulary for token in graphs.vocabulary])
     oversized = sizes > max_atoms
+    unknown = (present & outside).any(1) & ~oversized
     fits = (~oversized & ~unknown).nonzero().flatten()
-    skipped = Skipped(graphs.skipped.total, Counter(graphs.skipped.reasons))
-    for reason, flags in (("oversized", oversized), ("atom_type", unknown & ~oversized)):
+    cached = graphs.skipped
+    skipped = Skipped(cached.total, Counter(cached.reasons), {reason: list(at) for reason, at in cached.where.items()})
+    where = graphs._data.where
+    for reason, flags in (("oversized", oversized), ("atom_type", unknown)):
         if flags.any():
-            skipped.reasons[reason] += int(flags.sum())
+            skipped.add(reason, where[flags].tolist())
+    skipped.outside = [token for token, used in zip(graphs.vocabulary, present[unknown].any(0).tolist())
+                       if used and token not in vocabulary]
     if not len(fits):
         raise ValueError(f"no usable molecules: {skipped.message(source, max_atoms)}; "
                          "raise data.max_atoms to keep larger ones")
     if skipped.reasons:
         warnings.warn(skipped.message(source, max_atoms), stacklevel=3)
+    if not atom_types:
+        _warn_rare_elements(present[fits], graphs.vocabulary, source)
+    _renumber_atoms(graphs, vocabulary)
     selected = graphs.index_select(fits) if len(fits) < len(sizes) else graphs
     return selected, vocabulary
 
 
-def _renumber_atoms(graphs, vocabulary: list[str], sizes: Tensor) -> Tensor:
-    """Map the cached atom indices onto ``vocabulary`` in place (in memory only); returns which
-    graphs ``(M,)`` hold an atom type outside it."""
+def _types_present(graphs, sizes: Tensor) -> Tensor:
+    """``(M, K)``: whether each cached graph holds each atom type of the cached vocabulary."""
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    present = torch.zeros(len(sizes), len(graphs.vocabulary), dtype=torch.bool)
+    present[owner, graphs._data.x] = True
+    return present
+
+
+def _warn_rare_elements(present: Tensor, vocabulary: list[str], source: Path) -> None:
+    """Name the elements held by fewer than :data:`RARE_ELEMENT_SHARE` of the training molecules
+    (``present (M, K)``: which atom types each holds), and the atom types that leave them out."""
+    holding: dict[str, Tensor] = {}
+    for column, token in enumerate(vocabulary):
+        element = chem.parse_token(token)[0]
+        holding[element] = holding.get(element, torch.zeros(len(present), dtype=torch.bool)) | present[:, column]
+    counts = {element: int(flags.sum()) for element, flags in holding.items()}
+    rare = [element for element, count in counts.items() if count < RARE_ELEMENT_SHARE * len(present)]
+    if rare:
+        others = [token for token in vocabulary if chem.parse_token(token)[0] not in rare]
+        named = ", ".join(f"{element} (in {counts[element]:,})" for element in rare)
+        warnings.warn(f"the atom types found in {str(source)!r} include elements in fewer than "
+                      f"{RARE_ELEMENT_SHARE:.0%} of its {len(present):,} molecules, too few to learn them well: "
+                      f"{named}; to leave those molecules out, set data.atom_types = {others!r}", stacklevel=4)
+
+
+def _renumber_atoms(graphs, vocabulary: list[str]) -> None:
+    """Map the cached atom indices onto ``vocabulary`` in place (in memory only); a type outside
+    it becomes index 0 (its graphs are left out by the caller)."""
     lookup = torch.tensor([vocabulary.index(t) if t in vocabulary else -1 for t in graphs.vocabulary])
     storage = graphs._data
-    mapped = lookup[storage.x]
-    owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-    unknown = torch.zeros(len(sizes), dtype=torch.bool).index_put_((owner,), mapped < 0, accumulate=True)
-    storage.x = mapped.clamp(min=0)
+    storage.x = lookup[storage.x].clamp(min=0)
     graphs.vocabulary = list(vocabulary)
-    return unknown
 
 
 class DenseMolecules(Dataset):

@@ -296,7 +296,7 @@ def reference_smiles(path: Path, smiles_column: str = "smiles") -> list[str]:
     from .sources import format_of, read_molecules, read_smiles_texts
 
     if format_of(path) == ".sdf":
-        return [canonical_smiles(sanitized(mol)) for _, mol in read_molecules(path)
+        return [canonical_smiles(sanitized(mol)) for _, _, mol in read_molecules(path)
                 if mol is not None and sanitized(mol) is not None]
     return read_smiles_texts(path, smiles_column)
 

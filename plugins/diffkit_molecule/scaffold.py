@@ -21,7 +21,7 @@ def scaffold_graph(init: str, vocabulary: list[str]) -> tuple[Tensor, Tensor]:
         entries = list(read_molecules(path))
         if not entries:
             raise ValueError(f"--init {init!r}: the file holds no molecule")
-        text, mol = entries[0]
+        _, text, mol = entries[0]
     else:
         text, mol = init, chem.rdkit().MolFromSmiles(init)
     prepared = chem.prepare(mol) if mol is not None else None

@@ -1,6 +1,7 @@
 """Reading molecules from files: SMILES lists (.smi, .txt), CSV tables (a SMILES column), SDF;
-each optionally gzip-compressed. Readers yield ``(text, mol or None)``: an entry RDKit cannot parse
-comes out as ``None`` so that callers can count it."""
+each optionally gzip-compressed. Readers yield ``(where, text, mol or None)``: where the entry is
+in the file (its line, or its record in an SDF file; see :func:`entry_unit`), and ``None`` for
+an entry RDKit cannot parse, so that callers can count it and say where it is."""
 
 from __future__ import annotations
 
@@ -35,8 +36,15 @@ def format_of(path: Path) -> str:
                      f"{', '.join(SUPPORTED)} (optionally .gz)")
 
 
-def read_molecules(path: str | Path, smiles_column: str = "smiles") -> Iterator[tuple[str, object]]:
-    """``(text, mol)`` for every entry of a molecule file; ``mol`` is ``None`` when unparsable."""
+def entry_unit(path: Path) -> str:
+    """What the ``where`` of :func:`read_molecules` counts in this file: ``"line"`` or ``"record"``."""
+    return "record" if format_of(path) == ".sdf" else "line"
+
+
+def read_molecules(path: str | Path, smiles_column: str = "smiles") -> Iterator[tuple[int, str, object]]:
+    """``(where, text, mol)`` for every entry of a molecule file: ``where`` is its line (1-based;
+    in a CSV file the line where its row ends) or its record in an SDF file; ``mol`` is ``None``
+    when unparsable."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"molecule file {str(path)!r} does not exist")
@@ -57,7 +65,8 @@ def read_smiles_texts(path: str | Path, smiles_column: str = "smiles") -> list[s
     kind = format_of(path)
     if kind == ".sdf":
         raise ValueError(f"{str(path)!r}: expected a SMILES file here, not SDF")
-    return list(_csv_smiles(path, smiles_column) if kind == ".csv" else _smiles_lines(path))
+    entries = _csv_smiles(path, smiles_column) if kind == ".csv" else _smiles_lines(path)
+    return [text for _, text in entries]
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -66,13 +75,13 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def _smiles_lines(path: Path) -> Iterator[str]:
-    """The first whitespace-separated field of each non-empty, non-comment line."""
+def _smiles_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, first whitespace-separated field)`` of each non-empty, non-comment line."""
     with _open_text(path) as file:
-        for line in file:
+        for number, line in enumerate(file, start=1):
             fields = line.split()
             if fields and not fields[0].startswith("#"):
-                yield fields[0]
+                yield number, fields[0]
 
 
 def _csv_smiles(path: Path, column: str) -> Iterator[str]:
@@ -84,20 +93,20 @@ def _csv_smiles(path: Path, column: str) -> Iterator[str]:
             raise ValueError(f"{str(path)!r} has no column {column!r} (columns: {', '.join(header)}); "
                              "set data.smiles_column")
         for row in reader:
-            yield (row[matches[0]] or "").strip()
+            yield reader.line_num, (row[matches[0]] or "").strip()
 
 
-def _parse_all(texts: Iterator[str]) -> Iterator[tuple[str, object]]:
+def _parse_all(entries: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str, object]]:
     Chem = rdkit()
-    for text in texts:
-        yield text, Chem.MolFromSmiles(text) if text else None
+    for where, text in entries:
+        yield where, text, Chem.MolFromSmiles(text) if text else None
 
 
-def _read_sdf(path: Path) -> Iterator[tuple[str, object]]:
+def _read_sdf(path: Path) -> Iterator[tuple[int, str, object]]:
     Chem = rdkit()
     if path.name.lower().endswith(".gz"):
         supplier = Chem.ForwardSDMolSupplier(gzip.open(path, "rb"), removeHs=False)
     else:
         supplier = Chem.ForwardSDMolSupplier(str(path), removeHs=False)
     for index, mol in enumerate(supplier):
-        yield f"{path.name}#{index}", mol
+        yield index + 1, f"{path.name}#{index}", mol

@@ -132,3 +132,63 @@ def test_qm9_without_qm9pack_names_the_extra(domain, config, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "qm9pack" else real(name, *a))
     with pytest.raises(ImportError, match=r"diffkit\[qm9\]"):
         domain.build_dataset(config, "qm9")
+
+
+def test_the_skipped_warning_says_where_the_entries_are_and_the_cache_repeats_it(domain, config, tmp_path,
+                                                                                 valid_smiles, invalid_smiles):
+    path = tmp_path / "mixed.smi"
+    lines = ["# a comment", valid_smiles[0], "", invalid_smiles[0], "CCCCCCCCCCCC"] + invalid_smiles[1:] * 2
+    lines += valid_smiles[1:6]
+    path.write_text("\n".join(lines) + "\n")
+    # Unparsable: line 4, then lines 6.. 11 (the other three, twice); oversized: line 5.
+    expected = (f"skipped 8 of 14 molecules of {str(path)!r}: 7 unparsable (lines 4, 6, 7, 8, 9 and 2 more), "
+                "1 over 9 heavy atoms (line 5)")
+    for read in ("processed", "from the cache"):
+        config["data"].update(max_atoms=9, atom_types=[])  # a new run each time (a run lowers max_atoms)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = build(domain, config, path)
+        assert [str(w.message) for w in caught if "skipped" in str(w.message)] == [expected], read
+        assert len(dataset) == 6
+
+
+def test_csv_and_sdf_entries_are_named_by_line_and_record(domain, config, tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("name,smiles\na,CCO\nb,C1CC\nc,CCN\n")
+    with pytest.warns(UserWarning, match=r"1 unparsable \(line 3\)$"):
+        build(domain, config, table)
+    Chem = chem.rdkit()
+    sdf = tmp_path / "mols.sdf"
+    with Chem.SDWriter(str(sdf)) as writer:
+        for smiles in ("CCO", "CCCCCCCCCCCC", "CCN"):
+            writer.write(Chem.MolFromSmiles(smiles))
+    config["data"]["max_atoms"] = 9
+    with pytest.warns(UserWarning, match=r"1 over 9 heavy atoms \(record 2\)$"):
+        build(domain, config, sdf)
+
+
+def rare_elements_file(tmp_path) -> Path:
+    """200 molecules of carbon and oxygen, then one each with selenium, platinum, mercury and uranium."""
+    path = tmp_path / "rare.smi"
+    path.write_text("\n".join(["CCO"] * 150 + ["CC=O"] * 50 + ["C[Se]C", "Cl[Pt]Cl", "[Hg]", "CC[U]"]) + "\n")
+    return path
+
+
+def test_elements_too_rare_to_learn_are_named_with_the_atom_types_that_leave_them_out(domain, config, tmp_path):
+    path = rare_elements_file(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        build(domain, config, path)
+    assert [str(w.message) for w in caught] == [
+        f"the atom types found in {str(path)!r} include elements in fewer than 1% of its 204 molecules, too few "
+        "to learn them well: Cl (in 1), Se (in 1), Pt (in 1), Hg (in 1), U (in 1); to leave those molecules out, "
+        "set data.atom_types = ['C', 'O']"]
+    assert config["data"]["atom_types"] == ["C", "O", "Cl", "Se", "Pt", "Hg", "U"]
+    # Following the advice (as fine-tuning fixed weights does) leaves them out, named.
+    config["data"]["atom_types"] = ["C", "O"]
+    with pytest.warns(UserWarning) as caught:
+        dataset = build(domain, config, path)
+    assert [str(w.message) for w in caught] == [
+        f"skipped 4 of 204 molecules of {str(path)!r}: 4 an atom type outside data.atom_types "
+        "(Cl, Se, Pt, Hg, U) (lines 201, 202, 203, 204)"]
+    assert len(dataset) == 200
+
