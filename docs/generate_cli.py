@@ -61,8 +61,10 @@ OUTRO = """\
 A plugin can add commands through the `diffkit_cli_commands` hook (see
 [writing-a-plugin.md](writing-a-plugin.md)); they appear in `diffkit --help` once the plugin is
 installed. A plugin may not replace a built-in command. A plugin whose hook fails (or that
-replaces a built-in command) is marked FAILED in `diffkit plugins`, with every error it raised, and
-the other commands work as before.
+replaces a built-in command, or whose domain's `name` or `description` raises) is marked FAILED in
+`diffkit plugins`, with every error it raised, and the other commands work as before, each saying
+in one line on stderr which plugins failed to load. What a plugin prints while it loads goes to
+stderr, so that standard output (JSON from `evaluate --json`, samples) stays the command's own.
 """
 
 

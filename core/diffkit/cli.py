@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from .kit.files import UNWRITABLE, check_writable
-from .plugins import PLUGIN_FAULTS, PluginLoadError, Registry, make_plugin_manager
+from .plugins import (PLUGIN_FAULTS, PluginLoadError, Registry, failed_plugins_line, make_plugin_manager,
+                      plugin_output_to_stderr)
 
 BUILTIN_COMMANDS = ("plugins", "train", "sample", "evaluate", "export", "new-plugin", "distill")
 
@@ -20,20 +21,27 @@ class DiffkitGroup(click.Group):
     """Lets plugins add commands and option names (``diffkit_cli_commands`` hook) before any
     command is looked up."""
 
-    def _load_plugin_commands(self, ctx: click.Context) -> None:
+    def _load_plugin_commands(self, ctx: click.Context, command: str | None = None) -> None:
+        """Once per invocation, with its registry; then one line on stderr names the plugins that
+        failed to load, unless the command is ``plugins``, which lists them."""
         root = ctx.find_root()
-        if root.meta.get("diffkit.commands_loaded"):  # once per invocation, with its registry
+        if root.meta.get("diffkit.commands_loaded"):
             return
         root.meta["diffkit.commands_loaded"] = True
-        for info, add_commands in _registry(ctx).implementations("diffkit_cli_commands"):
-            _add_plugin_commands(self, info, add_commands)
+        registry = _registry(ctx)
+        with plugin_output_to_stderr():
+            for info, add_commands in registry.implementations("diffkit_cli_commands"):
+                _add_plugin_commands(self, info, add_commands)
+        line = failed_plugins_line(registry.plugins)
+        if line and command != "plugins":
+            click.echo(line, err=True)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands(ctx)
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, name: str):
-        self._load_plugin_commands(ctx)  # also for built-in commands: a plugin may name their options
+        self._load_plugin_commands(ctx, name)  # also for built-in commands: a plugin may name their options
         return super().get_command(ctx, name)
 
 
@@ -106,7 +114,7 @@ def plugins(ctx: click.Context) -> None:
     registry = _registry(ctx)
     root = ctx.find_root()
     if isinstance(root.command, DiffkitGroup):  # so that failures to add commands show too
-        root.command._load_plugin_commands(root)
+        root.command._load_plugin_commands(root, "plugins")
     rows = [(info.name, info.version, ", ".join(info.domains) or "-",
              "loaded" if info.status == "loaded" else f"FAILED: {_first_error(info)}") for info in registry.plugins]
     header = ("plugin", "version", "domains", "status")

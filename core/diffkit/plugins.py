@@ -1,5 +1,7 @@
 """Plugin discovery with pluggy: built-in plugins and those of the ``diffkit`` entry-point group
 load through the same hooks. A plugin that fails to load is recorded with its reason, never fatal.
+What a plugin prints while it loads goes to stderr: standard output belongs to the commands (whose
+output may be JSON or samples).
 
 Environment variables:
 
@@ -9,6 +11,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
@@ -105,21 +108,22 @@ def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_poin
         manager.trace.root.setwriter(lambda message: sys.stderr.write(message))
         manager.enable_tracing()
     infos: list[PluginInfo] = []
-    for module_name in builtins:
-        infos.append(_register(manager, module_name, lambda m=module_name: importlib.import_module(m),
-                               version=_version(), builtin=True))
     if entry_points is None:
         entry_points = not os.environ.get("DIFFKIT_DISABLE_PLUGINS")
-    if entry_points:
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            version = entry_point.dist.version if entry_point.dist else "unknown"
-            infos.append(_register(manager, entry_point.name, entry_point.load, version=version))
-    for plugin in extra:
-        name = getattr(plugin, "__name__", type(plugin).__name__)
-        infos.append(_register(manager, name, lambda p=plugin: p, version="unknown"))
-    domains = _collect_domains(manager, infos)
-    samplers = _collect_named(manager, manager.hook.diffkit_register_samplers, register_sampler, SAMPLERS, infos)
-    schedules = _collect_named(manager, manager.hook.diffkit_register_schedules, register_schedule, SCHEDULES, infos)
+    with plugin_output_to_stderr():
+        for module_name in builtins:
+            infos.append(_register(manager, module_name, lambda m=module_name: importlib.import_module(m),
+                                   version=_version(), builtin=True))
+        if entry_points:
+            for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                version = entry_point.dist.version if entry_point.dist else "unknown"
+                infos.append(_register(manager, entry_point.name, entry_point.load, version=version))
+        for plugin in extra:
+            name = getattr(plugin, "__name__", type(plugin).__name__)
+            infos.append(_register(manager, name, lambda p=plugin: p, version="unknown"))
+        domains = _collect_domains(manager, infos)
+        samplers = _collect_named(manager, manager.hook.diffkit_register_samplers, register_sampler, SAMPLERS, infos)
+        schedules = _collect_named(manager, manager.hook.diffkit_register_schedules, register_schedule, SCHEDULES, infos)
     # A plugin that failed in any hook contributes nothing.
     for info in infos:
         if info.status == "failed":
@@ -128,6 +132,21 @@ def make_plugin_manager(*, builtins: Iterable[str] = BUILTIN_PLUGINS, entry_poin
     return Registry(manager, infos, domains,
                     {name: fn for name, (fn, owner) in samplers.items() if _usable(owner)},
                     {name: fn for name, (fn, owner) in schedules.items() if _usable(owner)})
+
+
+def plugin_output_to_stderr() -> contextlib.AbstractContextManager:
+    """While plugins load or register, what they print goes to stderr, not to standard output."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def failed_plugins_line(plugins: Iterable[PluginInfo]) -> str | None:
+    """One line saying which plugins failed to load, for commands other than the listing; None
+    when none did."""
+    failed = [info.name for info in plugins if info.status == "failed"]
+    if not failed:
+        return None
+    which = f"plugin {failed[0]}" if len(failed) == 1 else f"{len(failed)} plugins ({', '.join(failed)})"
+    return f"diffkit: {which} failed to load; `diffkit plugins` says why"
 
 
 def _usable(owner: PluginInfo | None) -> bool:
@@ -179,6 +198,13 @@ def _collect_domains(manager: pluggy.PluginManager, infos: list[PluginInfo]) -> 
 def _check_domain(domain: Any, domains: dict[str, Domain]) -> None:
     if not isinstance(domain, Domain):
         raise PluginLoadError(f"registered {domain!r}, which is not a diffkit.Domain")
+    for attribute in ("name", "description"):  # read once here, so that listing them cannot fail
+        try:
+            value = getattr(domain, attribute)
+        except PLUGIN_FAULTS as error:
+            raise PluginLoadError(f"{type(domain).__name__}.{attribute} raised {type(error).__name__}: {error}") from None
+        if not isinstance(value, str):
+            raise PluginLoadError(f"{type(domain).__name__}.{attribute} must be a string, got {value!r}")
     if not domain.name:
         raise PluginLoadError(f"{type(domain).__name__} has no name")
     if domain.name in domains:

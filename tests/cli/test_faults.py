@@ -271,3 +271,50 @@ def test_more_samples_than_memory_holds_are_refused_before_any_is_drawn(tmp_path
     assert_named_error(result, "1,000,000,000,000 samples (15,625,000,000 batches of 64, 10 sampling steps each) "
                                "would take about 32.0 TB of memory")
     assert "draw at most" in result.output and not (tmp_path / "samples").exists()
+
+
+LOUD_AND_BROKEN = '''
+import diffkit
+from toy_domain import ToyDomain
+
+print("hello from a plugin")
+
+
+class NoDescription(ToyDomain):
+    name = "mute"
+
+    @property
+    def description(self):
+        raise RuntimeError("no words today")
+
+
+@diffkit.hookimpl
+def diffkit_register_domains(register):
+    print("registering")
+    register(NoDescription())
+'''
+
+
+def test_a_plugin_that_prints_or_whose_description_fails_leaves_every_command_working(plugin_site, toy_installed,
+                                                                                        tmp_path):
+    import json
+
+    site = plugin_site({"loud": "loud_for_diffkit"})
+    (site / "loud_for_diffkit.py").write_text(LOUD_AND_BROKEN)
+    notice = "diffkit: plugin loud failed to load; `diffkit plugins` says why"
+
+    result = invoke("plugins")
+    assert result.exit_code == 0, result.output
+    assert next(line for line in result.stdout.splitlines() if line.startswith("loud")).endswith(
+        "FAILED: PluginLoadError: NoDescription.description raised RuntimeError: no words today")
+    assert "hello" not in result.stdout and "registering" not in result.stdout
+    assert result.stderr.splitlines() == ["hello from a plugin", "registering"]  # the listing says it failed
+
+    # Every other command says so in one line on stderr, and its standard output stays its own.
+    (tmp_path / "points.json").write_text(json.dumps({"points": [[2.0, 0.0], [0.0, 2.1]], "labels": [0, 1]}))
+    result = invoke("evaluate", "--domain", "toy", "--samples", str(tmp_path / "points.json"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"mean_distance_to_center": pytest.approx(0.05)}
+    assert notice in result.stderr.splitlines() and result.stderr.count("failed to load") == 1
+    result = invoke("train", "--domain", "toy", "--steps", "0")
+    assert notice in result.stderr.splitlines() and result.stderr.count("failed to load") == 1

@@ -66,7 +66,7 @@ def test_plugin_extras_register_a_schedule_a_sampler_and_a_command(example):
     assert group.commands["schedule-table"] is extras.schedule_table
     result = CliRunner().invoke(group, ["schedule-table", "--schedule", "cosine", "--points", "3"],
                                 catch_exceptions=False)
-    rows = [line.split() for line in result.output.splitlines()]
+    rows = [line.split() for line in result.stdout.splitlines()]
     assert [row[0] for row in rows] == ["0.000", "0.500", "1.000"]
     assert float(rows[1][1]) == pytest.approx(0.5, abs=1e-6)             # cos^2(pi / 4)
 
