@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import copy
 import math
-import numbers
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,11 +244,11 @@ def type_problem(value: Any, default: Any) -> str | None:
 def range_problem(value: Any, limit: Limit | None = None) -> str | None:
     """``"must be at least 1, got 0"`` when a number (or an item of a list of numbers) is outside
     ``limit`` or is not finite."""
-    numbers = value if isinstance(value, (list, tuple)) else [value]
-    if not all(_is_number(item) for item in numbers):
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not all(_is_number(item) for item in items):
         return None
     limit = limit or FINITE
-    if all(limit.admits(item) for item in numbers):
+    if all(limit.admits(item) for item in items):
         return None
     if isinstance(value, (list, tuple)):
         return f"must be a list of numbers each {limit}, got {value!r}"
@@ -257,7 +256,7 @@ def range_problem(value: Any, limit: Limit | None = None) -> str | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _expected_type(value: Any, default: Any) -> str | None:
@@ -267,7 +266,7 @@ def _expected_type(value: Any, default: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false (bool)"
     if isinstance(default, int):
-        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "an integer (int)"
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer (int)"
     if isinstance(default, float):
         return None if _is_number(value) else "a number (float)"
     if isinstance(default, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -100,6 +101,8 @@ def check_request(request: SampleRequest, registry: Registry | None = None, kind
     option as ``names`` does (the command line's by default), else by its field."""
     for field, (example, limit) in REQUEST_OPTIONS.items():
         value, name = getattr(request, field), names.get(field, field)
+        if isinstance(value, numbers.Number) and hasattr(value, "item"):
+            value = value.item()  # a NumPy scalar passes for the Python number it holds
         if (value is None and field != "n") or (field == "n" and request.interpolate):
             continue  # None: the config's value; n: an interpolation has --interpolate samples instead
         if field == "strength" and (request.init is None or request.mask is not None):
@@ -265,6 +268,8 @@ def sample_bytes(domain: Domain, model: nn.Module, config: dict, request: Sample
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a batch, at any depth (unlike a state's leaves, a batch may also hold a
+    domain's non-tensor entries, which are left aside)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
@@ -305,11 +310,13 @@ def check_memory(total: int, per_sample: int, available: int | None, settings: d
 
 
 def _bytes(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+    if count < 1000:
+        return f"{count:,.0f} B"
+    for unit in ("kB", "MB", "GB"):
         count /= 1000
-    raise AssertionError("unreachable")
+        if count < 1000:
+            return f"{count:,.1f} {unit}"
+    return f"{count / 1000:,.1f} TB"
 
 
 def _prepared_chunk(domain: Domain, model: nn.Module, config: dict, request: SampleRequest, size: int,
