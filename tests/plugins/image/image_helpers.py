@@ -1,10 +1,11 @@
-"""Picture-file helpers of the image-domain tests."""
+"""Picture-file and network helpers of the image-domain tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -25,3 +26,13 @@ def gray(value: int, size=(12, 12)) -> np.ndarray:
 def read(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("L" if image.mode in ("L", "LA", "P") else image.mode))
+
+
+def randomize_zero_layers(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised layers (which make a fresh U-Net output 0) small random values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model

@@ -16,8 +16,7 @@ from diffkit.testing import assert_domain_conforms
 
 from diffkit_image.domain import ImageDomain
 
-from conftest import randomize_zero_layers
-from image_helpers import save
+from image_helpers import randomize_zero_layers, save
 
 
 def test_the_image_domain_is_registered_as_a_builtin():

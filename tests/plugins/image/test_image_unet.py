@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from diffkit_image.unet import UNet, build_unet, timestep_embedding
-
-from conftest import randomize_zero_layers
+from image_helpers import randomize_zero_layers
 
 
 def small_unet(**changes) -> UNet:
