@@ -35,19 +35,19 @@ class Points(Dataset):
 
 
 class PointDenoiser(nn.Module):
-    def __init__(self, hidden: int = 64, classes: int = 4):
+    def __init__(self, hidden: int = 64, classes: int = 4, dropout: float = 0.0):
         super().__init__()
         self.label = nn.Embedding(classes + 1, hidden)  # the last index is "no label"
         self.inp = nn.Linear(2 + 2, hidden)
         self.net = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
-        self.classes = classes
+        self.classes, self.dropout = classes, dropout
 
     def forward(self, x, t, cond=None):
         if cond is None:
             cond = torch.full((x.shape[0],), self.classes, device=x.device, dtype=torch.long)
         angle = t[:, None] * math.pi / 2
         h = self.inp(torch.cat([x, torch.cos(angle), torch.sin(angle)], dim=1)) + self.label(cond)
-        return self.net(h)
+        return self.net(nn.functional.dropout(h, self.dropout, self.training))  # draws from the global generator
 
 
 class ToyDomain(Domain):
@@ -57,7 +57,7 @@ class ToyDomain(Domain):
     def default_config(self):
         return {
             "data": {"size": 512},
-            "model": {"hidden": 64},
+            "model": {"hidden": 64, "dropout": 0.0},
             "train": {"steps": 40, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 20,
                       "preview_every": 0, "preview_count": 8, "log_every": 5},
             "sample": {"steps": 10, "batch_size": 64},
@@ -70,7 +70,7 @@ class ToyDomain(Domain):
         return Points(config["data"]["size"], seed=0 if data is None else int(data))
 
     def build_model(self, config):
-        return PointDenoiser(config["model"]["hidden"])
+        return PointDenoiser(config["model"]["hidden"], dropout=config["model"].get("dropout", 0.0))
 
     def null_cond(self, cond):
         return torch.full_like(cond, 4)

@@ -1,11 +1,11 @@
 """Checkpoints: plain dicts of tensors and numbers, written atomically, loaded without unpickling
 arbitrary objects (``torch.load(weights_only=True)``).
 
-A training checkpoint holds the model, its EMA, the optimizer, the LR schedule, the step, the RNG
-states, the resolved config and the domain/plugin that made it. :func:`export_weights` keeps only
-what sampling needs (the EMA weights and the config) in the same format; :mod:`diffkit.pretrained`
-writes it as a portable folder (safetensors, config, model card). :func:`load_sampling_state`
-reads all three.
+A training checkpoint holds the model, its EMA, the optimizer, the LR schedule, the step, the state
+of the generator of timesteps and noise, the resolved config and the domain/plugin that made it.
+:func:`export_weights` keeps only what sampling needs (the EMA weights and the config) in the same
+format; :mod:`diffkit.pretrained` writes it as a portable folder (safetensors, config, model card).
+:func:`load_sampling_state` reads all three.
 
 Every checkpoint carries the SHA-256 of its content (:func:`content_digest`), checked on load, so
 a file damaged on disk is refused instead of being trained or sampled from. Files written before

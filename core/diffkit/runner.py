@@ -6,6 +6,12 @@ drawn for the whole global batch on every process and sliced per rank; each item
 seed, the step and the item's place in the global batch (:class:`SeededItems`). So a run resumed
 from a checkpoint continues exactly as if it had never stopped, and a run on N processes takes the
 same steps as one process with the same global batch.
+
+What the model draws itself from the global generators (dropout, a random condition drop inside
+the network) is seeded the same way, per micro-batch: by the seed, the step and the micro-batch's
+place among the ``processes x train.grad_accum`` pieces of the global batch
+(:func:`seeded_global_generators`). Resuming stays exact; N processes with ``grad_accum`` A take
+the same steps as one process with ``grad_accum`` N x A (a model without such draws: any split).
 """
 
 from __future__ import annotations
@@ -254,9 +260,6 @@ class Trainer:
         sharding.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.noise_generator.set_state(state["rng"]["noise"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.step = state["step"]
         self.last_checkpoint = path
 
@@ -323,12 +326,15 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         non_blocking = self.device.type == "cuda"  # copies that do not wait keep the host ahead of the GPU
         for k, batch in enumerate(micro_batches):
+            piece = self.world.rank * accum + k
             batch = to_device(batch, self.device, non_blocking=non_blocking)
-            t, noise, drop = (to_device(part, self.device, non_blocking=non_blocking)
-                              for part in draws[self.world.rank * accum + k])
-            with self._gradient_sync(k == accum - 1), self._autocast():
-                loss = self._loss(batch, t, noise, drop)
-            (loss / accum).backward()
+            t, noise, drop = (to_device(part, self.device, non_blocking=non_blocking) for part in draws[piece])
+            # What the model draws from the global generators depends on the step and the piece only.
+            model_seed = step_seed(self.train_cfg["seed"], self.step, self.train_cfg["batch_size"] + piece)
+            with seeded_global_generators(model_seed, self.device):
+                with self._gradient_sync(k == accum - 1), self._autocast():
+                    loss = self._loss(batch, t, noise, drop)
+                (loss / accum).backward()
             total_loss += loss.detach() / accum
         if self.train_cfg["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg["grad_clip"])
@@ -431,10 +437,8 @@ class Trainer:
         distributed.barrier(self.world)
 
     def _rng_states(self) -> dict:
-        states = {"torch": torch.get_rng_state(), "noise": self.noise_generator.get_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
-        return states
+        # The global generators need no saving: every step seeds them (see the module docstring).
+        return {"noise": self.noise_generator.get_state()}
 
     def _preview(self) -> None:
         ema = self._whole_ema()
@@ -495,14 +499,41 @@ class GlobalBatchSampler:
                 order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
             offset = (step % self.per_epoch) * self.batch_size + self.rank_offset
             places = range(self.rank_offset, self.rank_offset + self.share)
-            yield [(index, self._item_seed(step, place))
+            yield [(index, step_seed(self.seed, step, place))
                    for index, place in zip(order[offset:offset + self.share].tolist(), places)]
-
-    def _item_seed(self, step: int, place: int) -> int:
-        return ((self.seed * 1_000_003 + step) * 1_000_033 + place) % 2**63
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
+
+
+def step_seed(seed: int, step: int, place: int) -> int:
+    """The seed of one place of a step: places ``0 .. batch_size - 1`` are the global batch's items,
+    ``batch_size + j`` the model's own draws on the global batch's ``j``-th piece."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + place) % 2**63
+
+
+@contextlib.contextmanager
+def seeded_global_generators(seed: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
+    """Inside the block, Python's, numpy's and torch's global generators (the CPU's, and
+    ``device``'s when it is an accelerator) start from ``seed``; after it they are as before."""
+    import random
+
+    accelerator = None if device.type == "cpu" else torch.get_device_module(device)
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             accelerator.get_rng_state() if accelerator else None)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    if accelerator:
+        accelerator.manual_seed(seed)  # the current device: the run's (pick_device sets it)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if accelerator:
+            accelerator.set_rng_state(saved[3])
 
 
 class SeededItems(Dataset):
@@ -517,19 +548,9 @@ class SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        import random
-
         index, seed = key
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
-                return self.dataset[index]
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+        with seeded_global_generators(seed):
+            return self.dataset[index]
 
 
 class MicroBatches:

@@ -14,7 +14,7 @@ from diffkit import checkpoint as ckpt
 from diffkit.config import resolve_config
 from diffkit.loading import load_for_sampling
 from diffkit.runner import TrainingError, train
-from run_checks import assert_same_weights, final_weights, stop_at_step
+from run_checks import assert_resume_is_exact, assert_same_weights, differing_tensors, final_weights, stop_at_step
 from toy_domain import PointDenoiser, ToyDomain
 
 DOMAIN = ToyDomain()
@@ -44,6 +44,15 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(tmp_path, mon
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"), rtol=0, atol=0)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "log lines of the interrupted stretch must not repeat"
+
+
+def test_resume_is_exact_when_the_model_draws_from_the_global_generator(tmp_path, monkeypatch):
+    config = resolve_config(DOMAIN, overrides={"model": {"dropout": 0.3}})
+    straight = assert_resume_is_exact(DOMAIN, config, tmp_path, monkeypatch, steps=12, every=4, stop=6)
+    # The yardstick can fail: dropout draws change what the run learns.
+    no_dropout = {**config, "model": {**config["model"], "dropout": 0.0}}
+    train(DOMAIN, no_dropout, out=tmp_path / "plain", progress=False)
+    assert differing_tensors(straight["model"], ckpt.load(ckpt.resolve(tmp_path / "plain"))["model"])
 
 
 def test_a_run_folder_with_checkpoints_is_not_overwritten(tmp_path):
@@ -155,6 +164,17 @@ def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_
     train_in_subprocesses([*common, "--out", str(tmp_path / "one")])
     train_in_subprocesses([*common, "--out", str(tmp_path / "two")], processes=2)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dropout_under_two_processes_matches_one_process_with_as_many_micro_batches(tmp_path, toy_installed):
+    """The model's own draws are seeded per piece of the global batch: process r's micro-batch k is
+    piece r * grad_accum + k, as one process's micro-batch of that number is."""
+    common = ["--domain", "toy", "--steps", "6", "--batch-size", "32", "--set", "train.checkpoint_every=6",
+              "--set", "model.dropout=0.3", "--no-progress", "--device", "cpu"]
+    train_in_subprocesses([*common, "--set", "train.grad_accum=2", "--out", str(tmp_path / "one")])
+    train_in_subprocesses([*common, "--out", str(tmp_path / "two")], processes=2, port=29535)
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), rtol=1e-4, atol=1e-5)
 
 

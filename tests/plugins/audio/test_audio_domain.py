@@ -15,6 +15,7 @@ from diffkit.testing import assert_domain_conforms
 from diffkit.kit import NULL_LABEL
 
 from audio_helpers import loss_before_and_after_training
+from run_checks import assert_resume_is_exact
 
 
 def test_registered_through_the_plugin_manager():
@@ -43,6 +44,11 @@ def test_conforms_to_the_domain_contract(domain, config, tmp_path):
 def test_few_steps_reduce_the_loss(domain, config):
     _, before, after = loss_before_and_after_training(domain, config, every=2, steps=40)
     assert after < 0.85 * before, (before, after)
+
+
+def test_resume_is_exact(domain, config, tmp_path, monkeypatch):
+    config["train"]["batch_size"] = 8
+    assert_resume_is_exact(domain, config, tmp_path, monkeypatch)
 
 
 def test_null_cond_is_the_null_label(domain):

@@ -17,6 +17,7 @@ from diffkit.testing import assert_domain_conforms
 from diffkit_image.domain import ImageDomain
 
 from image_helpers import randomize_zero_layers, save
+from run_checks import assert_resume_is_exact
 
 
 def test_the_image_domain_is_registered_as_a_builtin():
@@ -58,6 +59,12 @@ def test_a_few_training_steps_reduce_the_loss(domain, config):
         optimizer.step()
     after = held_loss()
     assert after < 0.7 * before
+
+
+def test_resume_is_exact_with_dropout(domain, config, tmp_path, monkeypatch):
+    config["model"]["dropout"] = 0.1  # the gpu preset's
+    config["train"]["batch_size"] = 16
+    assert_resume_is_exact(domain, config, tmp_path, monkeypatch)
 
 
 def test_fit_data_records_class_names_and_frequencies(domain, config, tmp_path):

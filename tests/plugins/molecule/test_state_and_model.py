@@ -10,6 +10,7 @@ import diffkit
 from diffkit.generate import build_diffusion
 from diffkit.testing import assert_domain_conforms
 from diffkit_molecule.state import decode, encode, graph_noise, pair_mask
+from run_checks import assert_resume_is_exact
 
 
 def small_batch(domain, config, smiles_file, n=8):
@@ -186,6 +187,13 @@ def test_domain_conforms_to_the_contract(domain, smiles_file, tmp_path):
 
     assert_domain_conforms(domain, tmp_path / "conformance", data=str(smiles_file), overrides=overrides,
                            object_type=(Chem.Mol, type(None)))
+
+
+def test_resume_is_exact_with_the_default_model(domain, config, smiles_file, tmp_path, monkeypatch):
+    """The default model drops conditioning properties at random inside the network."""
+    assert config["model"]["property_drop"] > 0
+    config["train"]["batch_size"] = 8
+    assert_resume_is_exact(domain, config, tmp_path, monkeypatch, data=str(smiles_file))
 
 
 def test_unconditional_configuration_has_no_condition(domain, gaussian_config, smiles_file):
