@@ -141,6 +141,9 @@ def resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path)
+        if not found and (path / "run.json").is_file():
+            raise FileNotFoundError(f"the run in {str(path)!r} has written no checkpoint yet: it stopped (or is "
+                                    "still running) before its first one, due every train.checkpoint_every steps")
         if not found:
             raise FileNotFoundError(f"folder {str(path)!r} has no checkpoints in {CHECKPOINT_DIR}/ and is not an "
                                     "exported weights folder (model.safetensors and config.json)")

@@ -180,6 +180,8 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
         check_writable(run_dir, "--out")
+        if resume:
+            _check_something_to_resume(ctx, run_dir)
         if init_from is not None:
             overrides.setdefault("train", {})["init_from"] = weights_source(plugin_domain, init_from, "--init-from")[0]
         if resume:
@@ -282,6 +284,55 @@ def _resume_settings(domain, run_dir: Path, data, config_file, sets, overrides, 
     config = merge_config(config, overrides)
     check_config(config, default_config(domain), limits=limits)
     return config, _resumed_data(run_dir, data)
+
+
+def _check_something_to_resume(ctx: click.Context, run_dir: Path) -> None:
+    """A run folder without checkpoints has nothing to resume: say so, and how to start the run
+    (again, when it stopped before its first checkpoint)."""
+    from . import checkpoint as ckpt
+
+    if ckpt.list_checkpoints(run_dir):
+        return
+    command = _restart_command(ctx, run_dir)
+    if (run_dir / "run.json").is_file():
+        raise ValueError(f"nothing to resume: the run in {str(run_dir)!r} stopped before its first checkpoint. It can "
+                         f"simply start again, from step 0, with the same command without --resume: {command}")
+    raise ValueError(f"nothing to resume: {str(run_dir)!r} holds no run (no {ckpt.CHECKPOINT_DIR}/ and no "
+                     f"run.json); check --out, or start a run there with: {command}")
+
+
+def _restart_command(ctx: click.Context, run_dir: Path) -> str:
+    """This command line without --resume, with --out; a distillation also names the teacher and
+    the student's steps, which --resume leaves out, as the run's ``config.json`` records them."""
+    import shlex
+
+    given = {**ctx.params, "resume": False, "out": str(run_dir)}
+    if ctx.command.name == "distill":
+        settings = _json_file(run_dir / "config.json")
+        sample = settings.get("sample", {})
+        given.update(checkpoint=settings.get("distill", {}).get("teacher") or "TEACHER",
+                     student_steps=sample.get("steps", "STEPS"), spacing=sample.get("spacing"))
+    words = ["diffkit", ctx.command.name]
+    for param in ctx.command.params:
+        value = given.get(param.name)
+        if not isinstance(param, click.Option) or value is None or value is False or value == param.default:
+            continue
+        option = max(param.opts, key=len)
+        if param.is_flag:
+            words.append(option)
+        else:
+            for item in (value if param.multiple else [value]):
+                words += [option, str(item)]
+    return shlex.join(words)
+
+
+def _json_file(path: Path) -> dict:
+    """A JSON object from ``path``; empty when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _resumed_data(run_dir: Path, data: str | None) -> str | None:
@@ -551,6 +602,7 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
             if checkpoint or student_steps is not None:
                 raise ValueError("--checkpoint and --student-steps cannot be combined with --resume: the run keeps "
                                  "its own teacher and steps")
+            _check_something_to_resume(ctx, run_dir)
             config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, None)
             if not config["distill"]["teacher"]:
                 raise ValueError(f"{str(run_dir)!r} holds a run of `diffkit train`, not a distillation; resume it with: "

@@ -173,7 +173,8 @@ class Trainer:
             raise TrainingError(f"run folder {str(self.run_dir)!r} already holds checkpoints; pass --resume "
                                 "to continue it, or choose another --out")
         if resume and not existing:
-            raise TrainingError(f"nothing to resume: {str(self.run_dir)!r} holds no checkpoints")
+            raise TrainingError(f"nothing to resume: {str(self.run_dir)!r} holds no checkpoints (a run that stopped "
+                                "before its first checkpoint simply starts again, without resume)")
         if self.world.is_main:
             ckpt.remove_partial_writes(self.run_dir)  # left by a run killed while writing
         torch.manual_seed(self.train_cfg["seed"])
