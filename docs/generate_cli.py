@@ -44,8 +44,13 @@ and each domain's `limits()`); a wrong one is refused before anything runs, nami
 value and where it came from.
 
 Every checkpoint carries a SHA-256 digest of its content, checked whenever it is read: a damaged
-file is refused with the newest intact checkpoint of the run and how to use it. Ctrl-C stops
-`train` with exit code 130 and the command that resumes the run from its last checkpoint.
+file is refused with the newest intact checkpoint of the run and how to use it; a file without a
+digest (written by another program) is used with an `UncheckedWarning` that says so. An exported
+folder's `config.json` records the digests of the weights, of the settings that describe them and
+of its sampling settings: changed weights or settings are refused, changed `sample.*` settings are
+used with a warning. Ctrl-C stops `train` with exit code 130 and the command that resumes the run
+from its last checkpoint; `--resume` on a run that stopped before its first checkpoint says so and
+gives the command that starts it again.
 """
 
 OUTRO = """\

@@ -8,13 +8,19 @@ format; :mod:`diffkit.pretrained` writes it as a portable folder (safetensors, c
 :func:`load_sampling_state` reads all three.
 
 Every checkpoint carries the SHA-256 of its content (:func:`content_digest`), checked on load, so
-a file damaged on disk is refused instead of being trained or sampled from. Files written before
-the digest existed load unchecked.
+a file damaged on disk is refused instead of being trained or sampled from. A file without one
+(written before the digest existed, or rewritten by another program) loads with an
+:class:`UncheckedWarning`, since nothing can tell whether it is what diffkit wrote.
+
+A run folder holds ``config.json`` (its settings), ``run.json`` (:func:`read_run_info`: its
+domain, plugin, data, processes) and ``checkpoints/``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +30,7 @@ from .kit.files import save_torch_atomic, temporary_files
 
 FORMAT = "diffkit-checkpoint/1"
 CHECKPOINT_DIR = "checkpoints"
+RUN_FILE = "run.json"
 DIGEST_KEY = "sha256"
 
 
@@ -33,6 +40,10 @@ class CheckpointError(ValueError):
 
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint file that cannot be read, or whose content no longer matches its digest."""
+
+
+class UncheckedWarning(UserWarning):
+    """Weights or settings are used although they record no digest to check them against."""
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
@@ -60,6 +71,8 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
 
 
 def _read_verified(path: Path, map_location) -> dict:
+    if path.stat().st_size == 0:
+        raise DamagedCheckpointError(f"checkpoint {str(path)!r} is damaged: the file is empty (0 bytes)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a damaged archive, or one holding more than plain data
@@ -67,10 +80,17 @@ def _read_verified(path: Path, map_location) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a diffkit checkpoint (expected format {FORMAT!r})")
     expected = checkpoint.get(DIGEST_KEY)
-    if expected is not None and content_digest(checkpoint) != expected:
+    if expected is None:
+        warn_unchecked(f"checkpoint {str(path)!r} records no SHA-256 digest of its content (diffkit writes one "
+                       "into every checkpoint), so damage or changes to it cannot be detected; it is used unchecked")
+    elif content_digest(checkpoint) != expected:
         raise DamagedCheckpointError(f"checkpoint {str(path)!r} is damaged: its content no longer matches "
                                      "the SHA-256 digest stored when it was written")
     return checkpoint
+
+
+def warn_unchecked(message: str) -> None:
+    warnings.warn(message, UncheckedWarning, stacklevel=2)
 
 
 def _intact_alternative(damaged: Path) -> str:
@@ -141,7 +161,7 @@ def resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path)
-        if not found and (path / "run.json").is_file():
+        if not found and (path / RUN_FILE).is_file():
             raise FileNotFoundError(f"the run in {str(path)!r} has written no checkpoint yet: it stopped (or is "
                                     "still running) before its first one, due every train.checkpoint_every steps")
         if not found:
@@ -151,6 +171,25 @@ def resolve(path: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return path
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    """What a run folder's ``run.json`` records (domain, plugin, data, processes, ...); empty when
+    the folder has none. An unreadable one is a :class:`CheckpointError` saying how to go on."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"is not valid JSON ({error})"
+    else:
+        if isinstance(info, dict):
+            return info
+        problem = f"holds a JSON {type(info).__name__}, not an object"
+    raise CheckpointError(f"{str(path)!r} {problem}. It records the run's domain and data, written when the run "
+                          "started; restore it, or delete it: resuming writes it again (pass --data again if the "
+                          "run trained on your own data), and the checkpoints hold everything else")
 
 
 def check_domain(checkpoint: dict, domain_name: str, path: str | Path) -> None:

@@ -294,11 +294,11 @@ def _check_something_to_resume(ctx: click.Context, run_dir: Path) -> None:
     if ckpt.list_checkpoints(run_dir):
         return
     command = _restart_command(ctx, run_dir)
-    if (run_dir / "run.json").is_file():
+    if (run_dir / ckpt.RUN_FILE).is_file():
         raise ValueError(f"nothing to resume: the run in {str(run_dir)!r} stopped before its first checkpoint. It can "
                          f"simply start again, from step 0, with the same command without --resume: {command}")
     raise ValueError(f"nothing to resume: {str(run_dir)!r} holds no run (no {ckpt.CHECKPOINT_DIR}/ and no "
-                     f"run.json); check --out, or start a run there with: {command}")
+                     f"{ckpt.RUN_FILE}); check --out, or start a run there with: {command}")
 
 
 def _restart_command(ctx: click.Context, run_dir: Path) -> str:
@@ -337,9 +337,12 @@ def _json_file(path: Path) -> dict:
 
 def _resumed_data(run_dir: Path, data: str | None) -> str | None:
     """The run's data; --data may repeat it but not name other data."""
-    if not (run_dir / "run.json").exists():
+    from . import checkpoint as ckpt
+
+    info = ckpt.read_run_info(run_dir)
+    if not info:
         return data
-    recorded = json.loads((run_dir / "run.json").read_text()).get("data")
+    recorded = info.get("data")
     if data is not None and data != recorded:
         raise ValueError(f"cannot resume {str(run_dir)!r} with other data: it was trained on "
                          f"{recorded or 'the bundled data'!r}, not {data!r}")

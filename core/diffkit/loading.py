@@ -33,12 +33,45 @@ def load_config(domain: Domain, path: str | Path) -> dict:
 def model_from_state(domain: Domain, state: dict, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The model of a loaded state, read from ``path`` (named in errors), in eval mode on ``device``."""
     model = domain.build_model(state["config"])
-    try:
-        model.load_state_dict(state["ema"])
-    except RuntimeError as error:
-        raise ckpt.CheckpointError(f"checkpoint {str(path)!r} does not fit the {domain.name} model "
-                                   f"its config describes: {error}") from None
+    load_weights(model, state["ema"], f"the weights of {str(path)!r}")
     return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, weights: dict, what: str) -> None:
+    """``model.load_state_dict(weights)``; weights that do not fit are a :class:`CheckpointError`
+    naming ``what`` and the tensors that differ (not every tensor of the model)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        differences = weights_mismatch(model.state_dict(), weights) or str(error).splitlines()[0]
+        raise ckpt.CheckpointError(f"{what} do not fit the model their settings describe: {differences}") from None
+
+
+def weights_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
+    """The tensors of ``found`` that differ from the model's ``expected`` state, in a line: those of
+    another shape, then the missing and the unexpected ones (``shown`` of each kind)."""
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    def shape(value) -> str:
+        return "x".join(map(str, value.shape)) or "scalar"
+
+    tensors = {key for key in expected.keys() & found.keys()
+               if isinstance(expected[key], torch.Tensor) and isinstance(found[key], torch.Tensor)}
+    reshaped = sorted(key for key in tensors if expected[key].shape != found[key].shape)
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    parts = []
+    if reshaped:
+        details = "; ".join(f"{key}: {shape(found[key])} in the weights, {shape(expected[key])} in the model"
+                            for key in reshaped[:shown])
+        more = f"; and {len(reshaped) - shown} more" if len(reshaped) > shown else ""
+        parts.append(f"{len(reshaped)} of another shape ({details}{more})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({names(unexpected)})")
+    return ", ".join(parts)
 
 
 def load_for_sampling(domain: Domain, path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -84,10 +117,7 @@ def start_from(domain: Domain, model: nn.Module, config: dict) -> None:
                             for key in differing)
         raise ckpt.CheckpointError(f"cannot start from {source!r}: its weights were trained with other settings "
                                    f"({details}); `diffkit train --init-from` takes them from the weights")
-    try:
-        model.load_state_dict(state["ema"])
-    except RuntimeError as error:
-        raise ckpt.CheckpointError(f"the weights of {source!r} do not fit the model: {error}") from None
+    load_weights(model, state["ema"], f"the weights of {source!r}")
 
 
 def finetune_config(domain: Domain, source: str | Path, *, file: str | Path | None = None, sets: list[str] = (),

@@ -2,10 +2,18 @@
 
     my-model/
       model.safetensors   the EMA weights (tensors only, safetensors format)
-      config.json         the resolved config, domain, plugin, versions, step, the SHA-256 of
-                          model.safetensors (checked on load), non-tensor model state, card facts
+      config.json         the resolved config, domain, plugin, versions, step, non-tensor model
+                          state, card facts, and the SHA-256 digests checked on load
       README.md           the model card: domain, data, training command, steps, hardware,
                           measured scores, licences
+
+The digests: ``sha256`` of ``model.safetensors``; ``settings_sha256`` of what describes the
+weights (the domain, the non-tensor model state, every setting but ``sample.*``);
+``sample_sha256`` of the sampling settings. Changed weights or settings are refused (they
+must stay as the weights were trained); changed sampling settings are used, with a warning
+that says so (``diffkit export --set sample.KEY=VALUE`` writes a folder with other ones).
+Missing digests (a folder written before they existed) give an
+:class:`~diffkit.checkpoint.UncheckedWarning`.
 
 ``diffkit export RUN --out DIR``, :meth:`diffkit.pipeline.Pipeline.save_pretrained` and the
 shipped weights of the built-in domains write this format; ``diffkit sample --checkpoint DIR``
@@ -19,12 +27,13 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, warn_unchecked
 from .kit.files import check_writable
 
 FORMAT = "diffkit-pretrained/1"
@@ -94,6 +103,8 @@ def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str
         "card": facts,
         "config": state["config"],
     }
+    config = json.loads(json.dumps(config))  # as it reads back, so that its digests match on load
+    config.update(settings_digests(config))
     files = {
         WEIGHTS_FILE: weights,
         CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
@@ -116,16 +127,50 @@ def load_pretrained(folder: str | Path) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{str(config_path)!r} is not a diffkit weights config (expected format {FORMAT!r})")
     data = weights_path.read_bytes()
-    found = hashlib.sha256(data).hexdigest()
-    if found != config.get("sha256"):
+    found, recorded = hashlib.sha256(data).hexdigest(), config.get("sha256")
+    if recorded is None:
+        warn_unchecked(f"{str(config_path)!r} records no SHA-256 of {WEIGHTS_FILE}, so damage or changes to the "
+                       "weights cannot be detected; they are used unchecked")
+    elif found != recorded:
         raise ChecksumError(f"{str(weights_path)!r} has SHA-256 {found}, but {CONFIG_FILE} records "
-                            f"{config.get('sha256')}: the file is damaged or was replaced; restore it or export again")
+                            f"{recorded}: the file is damaged or was replaced; restore it or export again")
+    _check_settings(config, config_path)
     from safetensors.torch import load as load_safetensors
 
     weights: dict[str, Any] = load_safetensors(data)
     weights.update(config.get("extra_state", {}))
     keys = ("domain", "plugin", "plugin_version", "diffkit_version", "step", "config")
     return {**{key: config.get(key) for key in keys}, "card": config.get("card") or {}, "ema": weights}
+
+
+def settings_digests(config: Mapping[str, Any]) -> dict[str, str]:
+    """The SHA-256 digests of a ``config.json``'s settings (see the module docstring)."""
+    settings = dict(config.get("config") or {})
+    sample = settings.pop("sample", None)
+    described = {"domain": config.get("domain"), "extra_state": config.get("extra_state"), "config": settings}
+    return {"settings_sha256": _json_digest(described), "sample_sha256": _json_digest(sample)}
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_settings(config: Mapping[str, Any], path: Path) -> None:
+    """Refuse a ``config.json`` whose settings changed since it was written; warn about changed
+    sampling settings, and about digests it lacks."""
+    recorded = {key: config.get(key) for key in ("settings_sha256", "sample_sha256")}
+    if None in recorded.values():
+        warn_unchecked(f"{str(path)!r} records no digest of its settings, so changes to them cannot be detected; "
+                       "they are used unchecked")
+        return
+    found = settings_digests(config)
+    if found["settings_sha256"] != recorded["settings_sha256"]:
+        raise CheckpointError(f"{str(path)!r} was changed after it was written: its settings other than sample.* "
+                              "(and its domain and model state) must stay as the weights were trained; restore it, "
+                              "or export the weights again from their run folder or checkpoint")
+    if found["sample_sha256"] != recorded["sample_sha256"]:
+        warnings.warn(f"the sampling settings (sample.*) in {str(path)!r} were changed after it was written; "
+                      "they are used as they are now", UserWarning, stacklevel=3)
 
 
 def _split_state(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -196,10 +241,12 @@ def shipped_sampling(config: dict, sets: Sequence[str]) -> dict:
 
 
 def _run_folder_facts(source: Path) -> dict:
-    run_file = source / "run.json"
-    if not run_file.is_file():
+    from .checkpoint import read_run_info
+
+    info = read_run_info(source) if source.is_dir() else {}
+    if not info:
         return {}
-    data = json.loads(run_file.read_text()).get("data")
+    data = info.get("data")
     return {"data": "the domain's bundled default data" if data is None else f"{data} (as given to --data)"}
 
 

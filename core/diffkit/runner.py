@@ -37,7 +37,7 @@ from .domain import Domain
 from .diffusion import Diffusion
 from .generate import SampleRequest, build_diffusion, generate, sample_settings
 from .guidance import replace_condition
-from .loading import start_from
+from .loading import load_weights, start_from
 from .plugins import Registry
 from .tree import State, batch_size as _batch_size, concat, to_device, tree_map
 
@@ -191,8 +191,8 @@ class Trainer:
         sample_settings(self.config, SampleRequest(), self.registry.samplers if self.registry is not None else None)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after
-            self.model.load_state_dict(saved["model"])
-            self.ema.load_state_dict(saved["ema"])
+            load_weights(self.model, saved["model"], f"the weights of {str(existing[-1])!r}")
+            load_weights(self.ema, saved["ema"], f"the EMA weights of {str(existing[-1])!r}")
         elif self.train_cfg["init_from"]:  # a resumed run has them in its checkpoint
             start_from(self.domain, self.model, self.config)
             self.ema.load_state_dict(self.model.state_dict())
@@ -265,11 +265,11 @@ class Trainer:
         self.last_checkpoint = path
 
     def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         run = {"domain": self.domain.name, "plugin": self.plugin[0], "plugin_version": self.plugin[1],
                "data": self.data, "processes": self.world.size, **self.objective.run_info()}
-        (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        # Whole or not at all: a run killed while writing them must not leave half a file.
+        kit.write_atomic(self.run_dir / "config.json", (json.dumps(self.config, indent=2) + "\n").encode())
+        kit.write_atomic(self.run_dir / ckpt.RUN_FILE, (json.dumps(run, indent=2) + "\n").encode())
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         _drop_later_previews(self.run_dir / "previews", self.step)
 

@@ -103,3 +103,93 @@ def test_resuming_a_distillation_before_its_first_checkpoint_names_its_teacher_a
     started = run(*command[1:])
     assert started.exit_code == 0, started.output
     assert "distilled 4 steps" in started.output and "the student samples in 2 model calls" in started.output
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+def test_a_checkpoint_without_its_digest_is_used_only_with_a_warning(run_copy, tmp_path):
+    path = ckpt.resolve(run_copy)
+    state = torch.load(path, weights_only=True)
+    del state[ckpt.DIGEST_KEY]
+    for part in ("model", "ema"):
+        state[part] = {key: -3 * value for key, value in state[part].items()}
+    torch.save(state, path)
+    unchecked = rf"{path.name}' records no SHA-256 digest"
+    with pytest.warns(ckpt.UncheckedWarning, match=unchecked):
+        sample_points(run_copy, tmp_path / "points.json")
+    with pytest.warns(ckpt.UncheckedWarning, match=unchecked):
+        diffkit.load(run_copy, device="cpu")
+    with pytest.warns(ckpt.UncheckedWarning, match=unchecked):
+        result = run("train", "--domain", "toy", "--steps", "12", "--out", run_copy, "--resume", "--no-progress")
+    assert result.exit_code == 0, result.output
+
+
+def test_weights_that_do_not_fit_their_settings_name_only_the_tensors_that_differ(run_copy):
+    path = ckpt.resolve(run_copy)
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["hidden"] = 32  # edited after the fact; the weights have 64 channels
+    ckpt.save_atomic(state, path)
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        load_for_sampling(DOMAIN, path)
+    wide, narrow = PointDenoiser(64).state_dict(), PointDenoiser(32).state_dict()
+    reshaped = sum(wide[key].shape != narrow[key].shape for key in wide)
+    message = str(caught.value)
+    assert message.startswith(f"the weights of {str(path)!r} do not fit the model their settings describe: "
+                              f"{reshaped} of another shape (inp.bias: 64 in the weights, 32 in the model; ")
+    assert message.endswith(f"; and {reshaped - 3} more)") and len(message) < 600
+
+
+def test_an_invalid_run_file_names_itself_and_how_to_go_on(run_copy, tmp_path):
+    (run_copy / "run.json").write_text("{\n")
+    for args in (("train", "--domain", "toy", "--steps", "12", "--out", run_copy, "--resume", "--no-progress"),
+                 ("export", run_copy, "--out", tmp_path / "exported")):
+        refused = run(*args)
+        assert refused.exit_code == 1
+        assert f"{str(run_copy / 'run.json')!r} is not valid JSON (Expecting property name" in refused.output
+        assert "delete it: resuming writes it again" in refused.output
+    (run_copy / "run.json").unlink()  # the advice works
+    assert run("train", "--domain", "toy", "--steps", "12", "--out", run_copy, "--resume", "--no-progress").exit_code == 0
+    assert json.loads((run_copy / "run.json").read_text())["domain"] == "toy"
+
+
+# -- exported folders ---------------------------------------------------------------------------
+
+def test_edited_sampling_settings_of_an_exported_folder_are_used_and_reported(exported, tmp_path):
+    before = sample_points(exported, tmp_path / "before.json")
+    edit_json(exported / "config.json", lambda c: c["config"]["sample"].update(steps=3))
+    with pytest.warns(UserWarning, match=r"sampling settings \(sample\.\*\) in .*config\.json' were changed"):
+        after = sample_points(exported, tmp_path / "after.json")
+    assert after != before
+    assert json.loads((tmp_path / "after.json.json").read_text())["steps"] == 3  # the record says what was used
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["config"]["model"].update(hidden=32),
+    lambda c: c["config"]["diffusion"].update(prediction="x0"),
+    lambda c: c.update(domain="image"),
+])
+def test_edited_settings_that_describe_the_weights_are_refused(exported, tmp_path, change):
+    edit_json(exported / "config.json", change)
+    refused = run("sample", "--domain", "toy", "--checkpoint", exported, "-n", 2, "--out", tmp_path / "p.json")
+    assert refused.exit_code == 1
+    assert f"{str(exported / 'config.json')!r} was changed after it was written" in refused.output
+    with pytest.raises(ckpt.CheckpointError, match="was changed after it was written"):
+        diffkit.load(exported)
+
+
+def test_a_folder_without_digests_is_used_only_with_warnings(exported, tmp_path):
+    edit_json(exported / "config.json", lambda c: [c.pop(key) for key in ("sha256", "settings_sha256", "sample_sha256")])
+    with pytest.warns(ckpt.UncheckedWarning) as caught:
+        sample_points(exported, tmp_path / "points.json")
+    messages = {str(warning.message) for warning in caught}
+    assert any("records no SHA-256 of model.safetensors" in message for message in messages)
+    assert any("records no digest of its settings" in message for message in messages)
+
+
+def test_written_digests_cover_what_they_say(exported):
+    config = json.loads((exported / "config.json").read_text())
+    assert {key: config[key] for key in ("settings_sha256", "sample_sha256")} == pretrained.settings_digests(config)
+    changed = json.loads(json.dumps(config))
+    changed["card"]["notes"] = "card facts are not settings"
+    changed["step"] = 99
+    assert pretrained.settings_digests(changed) == pretrained.settings_digests(config)

@@ -72,14 +72,25 @@ def test_an_unreadable_checkpoint_is_damage_too_and_says_when_nothing_older_is_i
     assert str(caught.value).endswith(". No older checkpoint of this run is intact")
 
 
-def test_checkpoints_written_before_digests_existed_still_load(tmp_path):
+def test_checkpoints_written_before_digests_existed_load_with_a_warning(tmp_path):
     train_toy(tmp_path, steps=10)
     path = ckpt.resolve(tmp_path)
     state = torch.load(path, weights_only=True)
     del state[ckpt.DIGEST_KEY]
     torch.save(state, path)  # as diffkit 0.1.0 wrote it
-    model, _ = load_for_sampling(DOMAIN, path)
+    with pytest.warns(ckpt.UncheckedWarning, match=r"step_00000010\.pt' records no SHA-256 digest .* used unchecked"):
+        model, _ = load_for_sampling(DOMAIN, path)
     assert torch.equal(model.state_dict()["net.1.weight"], state["ema"]["net.1.weight"])
+
+
+def test_an_empty_checkpoint_says_so_and_names_the_intact_one(tmp_path):
+    train_toy(tmp_path)
+    older, newest = ckpt.list_checkpoints(tmp_path)
+    newest.write_bytes(b"")
+    with pytest.raises(ckpt.DamagedCheckpointError) as caught:
+        ckpt.load(newest)
+    assert str(caught.value).startswith(f"checkpoint {str(newest)!r} is damaged: the file is empty (0 bytes). "
+                                        f"The newest intact checkpoint of this run is {str(older)!r}")
 
 
 def test_exported_weights_carry_a_digest_that_is_checked(tmp_path):
