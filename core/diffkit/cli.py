@@ -527,12 +527,10 @@ def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, s
 
 
 def _evaluate(domain, samples: Path, reference: Path | None, config: dict, cond):
-    """``domain.evaluate``, told the asked condition when there is one and it takes ``cond``."""
-    import inspect
+    """``domain.evaluate``, told the asked condition when it takes ``cond``."""
+    from .domain import accepted_keywords
 
-    if cond is not None and "cond" in inspect.signature(domain.evaluate).parameters:
-        return domain.evaluate(samples, reference, config, cond=cond)
-    return domain.evaluate(samples, reference, config)
+    return domain.evaluate(samples, reference, config, **accepted_keywords(domain.evaluate, cond=cond))
 
 
 @cli.command()

@@ -39,7 +39,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "lr_schedule": "cosine",    # cosine | constant
         "grad_clip": 1.0,
         "grad_accum": 1,
-        "ema_decay": 0.999,
+        "ema_decay": 0.999,         # reached after a warm-up: step s decays by min(ema_decay, (1 + s) / (10 + s))
         "cond_drop": 0.1,           # probability of training a sample unconditionally (for guidance)
         "checkpoint_every": 500,
         "keep_checkpoints": 2,

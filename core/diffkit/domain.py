@@ -15,12 +15,16 @@ Data flow, the same for every domain:
   for ``diffkit.load(...).sample``). A sampling batch may also carry the domain's own
   non-tensor entries (e.g. a list of label names) for :meth:`Domain.decode` and the writer; lists
   are joined across chunks, other values are taken from the first chunk.
+
+Keyword arguments added to a method after plugins were written reach an override only when it
+declares them (:func:`accepted_keywords`), so older plugins keep working.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +34,7 @@ from .tree import State, batch_size, standard_noise, tree_map
 
 if TYPE_CHECKING:
     from .config import Limit
+    from .kit import Output
 
 Batch = dict[str, Any]
 
@@ -82,7 +87,9 @@ class Domain:
 
     def fit_data(self, model: nn.Module, dataset: Dataset, config: dict) -> None:
         """Record in the model what sampling needs to know about the data (e.g. the distribution
-        of sizes) as buffers, so that it travels with the checkpoint. Called once before training."""
+        of sizes, or the mean and scale a dataset standardised with) as buffers, so that it travels
+        with the checkpoint. Called once, before training, with the model :meth:`build_model` made
+        and the dataset :meth:`build_dataset` made; the runner moves the model to its device after."""
 
     def leaf_weights(self, config: dict) -> dict[str, float] | None:
         """Relative loss weights of the leaves of a dict state (e.g. ``{"edges": 5.0}``)."""
@@ -137,13 +144,18 @@ class Domain:
         the core edits the whole state (SDEdit)."""
         raise NotImplementedError(f"the {self.name} domain does not support editing")
 
-    def decode(self, x: State, batch: Batch) -> State:
-        """Turn a sampled state into the domain's values (e.g. clamp pixels); identity by default."""
+    def decode(self, x: State, batch: Batch, *, model: nn.Module | None = None, config: dict | None = None) -> State:
+        """Turn a sampled state into the domain's values (e.g. clamp pixels, undo the
+        standardisation of the data); identity by default. ``batch`` is the sampling batch,
+        ``model`` the denoiser that drew ``x`` (with what :meth:`fit_data` recorded in its
+        buffers), ``config`` the settings it was trained with. An override declares the
+        keywords it uses, e.g. ``def decode(self, x, batch, *, model)``."""
         return x
 
-    def write_samples(self, samples: Batch, out: Path, config: dict) -> list[Path]:
-        """Write a batch of samples (on the CPU) to ``out`` and return the files written. ``out``
-        is a folder, or a file whose suffix picks the format where the domain supports it."""
+    def write_samples(self, samples: Batch, out: Path, config: dict) -> list[Output]:
+        """Write a batch of samples (on the CPU; ``samples["x"]`` decoded) to ``out``, a folder or a
+        file whose suffix picks the format where the domain supports it, and return one
+        :class:`diffkit.kit.Output` record (path, kind, role) per file written."""
         raise NotImplementedError
 
     def to_objects(self, samples: Batch, config: dict) -> list:
@@ -169,6 +181,15 @@ class Domain:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def accepted_keywords(method: Callable, **keywords: Any) -> dict[str, Any]:
+    """The ``keywords`` that ``method`` (a domain's method, as a plugin wrote it) takes by name."""
+    parameters = inspect.signature(method).parameters.values()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return keywords
+    named = {parameter.name for parameter in parameters if parameter.kind is not parameter.POSITIONAL_ONLY}
+    return {key: value for key, value in keywords.items() if key in named}
 
 
 # Tables whose keys are not known in advance: a sampler's keyword options, checked against it.

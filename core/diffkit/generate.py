@@ -16,7 +16,7 @@ from torch import nn
 from .categorical import CategoricalDiffusion
 from .config import LIMITS, Limit, at_least, check_value, range_problem, type_problem
 from .diffusion import Diffusion
-from .domain import Batch, Domain
+from .domain import Batch, Domain, accepted_keywords
 from .plugins import Registry
 from .guidance import slerp
 from .samplers import SAMPLERS, get_sampler, preferred_spacing, sampler_kind, sampler_names
@@ -345,7 +345,7 @@ def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, netw
     with _autocast(device, settings["precision"]):
         x = _denoise_chunk(domain, diffusion, network, batch, request, settings, generator, offset=offset,
                            size=size, total=total, bar=bar)
-    batch["x"] = domain.decode(x, batch)
+    batch["x"] = domain.decode(x, batch, **accepted_keywords(domain.decode, model=model, config=config))
     return to_device(batch, "cpu")
 
 

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import default_collate
 
 from .config import check_config as check_settings, default_config, limits_of, lookup
-from .domain import Domain, merge_config
+from .domain import Domain, accepted_keywords, merge_config
 from .generate import build_diffusion, diffusion_kind
 from .kit import Output
 from .samplers import SAMPLERS, sampler_kind
@@ -305,7 +305,7 @@ def check_sampling(context: dict) -> None:
     _check_same_structure(context, "a sample", x, batch["x"])
     if context["kind"] == "categorical":
         _check_categorical_sample(context, x, batch)
-    batch["x"] = domain.decode(x, batch)
+    batch["x"] = domain.decode(x, batch, **accepted_keywords(domain.decode, model=model, config=config))
     context["samples"] = batch
     out = context["tmp"] / "conformance-samples"
     written = domain.write_samples(batch, out, config)

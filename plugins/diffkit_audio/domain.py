@@ -183,8 +183,7 @@ class AudioDomain(diffkit.Domain):
         names = network.label_names.names
         labels = kit.draw_labels(n, len(names), generator=generator) if cond is None else kit.parse_labels(cond, names, n)
         x = torch.zeros(n, int(config["data"]["channels"]), clip_length(config["data"]), device=device)
-        batch = {"cond": labels.to(device), "names": kit.label_texts(labels, names), **state_decoding(config)}
-        return {"x": encode_state(x, batch), **batch}
+        return {"x": encode_state(x, config), "cond": labels.to(device), "names": kit.label_texts(labels, names)}
 
     def load_known(self, init: str, mask: str | None, n: int, config: dict, *, model: nn.Module | None = None,
                    cond: str | None = None, generator=None) -> dict:
@@ -199,20 +198,20 @@ class AudioDomain(diffkit.Domain):
         known, keep = known_clip(init, mask, config["data"], clip_length(config["data"]))
         names = _unwrap(model).label_names.names if model is not None else []
         labels = kit.parse_labels("none" if cond is None else cond, names, n)
-        batch = {"cond": labels, "names": kit.label_texts(labels, names), **state_decoding(config)}
-        batch["x"] = encode_state(known[None].expand(n, -1, -1), batch)
+        batch = {"x": encode_state(known[None].expand(n, -1, -1), config), "cond": labels,
+                 "names": kit.label_texts(labels, names)}
         if keep is not None:
-            codec = batch.get("codec")
-            keep = keep if codec is None else frame_keep(keep, codec.hop, codec.frames)[:, None]
+            if representation(config) == "mel":
+                codec = build_codec(config)
+                keep = frame_keep(keep, codec.hop, codec.frames)[:, None]
             batch["keep"] = keep[None].expand(n, *keep.shape).clone()
         return batch
 
-    def decode(self, x: Tensor, batch: dict) -> Tensor:
+    def decode(self, x: Tensor, batch: dict, *, config: dict) -> Tensor:
         """The model's state back to a waveform in [-1, 1]."""
-        codec = batch.get("codec")
-        if codec is not None:
-            return codec.to(x.device).decode(x).clamp(-1.0, 1.0)
-        return (x / float(batch.get("scale", 1.0))).clamp(-1.0, 1.0)
+        if representation(config) == "mel":
+            return build_codec(config).to(x.device).decode(x).clamp(-1.0, 1.0)
+        return (x / float(config["data"].get("scale", 1.0))).clamp(-1.0, 1.0)
 
     def write_samples(self, samples: dict, out: Path, config: dict) -> list[kit.Output]:
         """WAV files at the data's rate plus a spectrogram PNG each and a grid PNG of all.
@@ -267,19 +266,11 @@ def build_codec(config: dict):
                     frame_multiple=mel_frame_multiple(model), griffin_lim_iters=int(model["griffin_lim_iters"]))
 
 
-def state_decoding(config: dict) -> dict:
-    """What a sampling batch carries for :meth:`AudioDomain.decode`: the codec (mel) or the scale (waveform)."""
-    if representation(config) == "mel":
-        return {"codec": build_codec(config)}
-    return {"scale": float(config["data"].get("scale", 1.0))}
-
-
-def encode_state(wave: Tensor, batch: dict) -> Tensor:
+def encode_state(wave: Tensor, config: dict) -> Tensor:
     """Waveforms ``(B, C, T)`` as the model's state, the inverse of :meth:`AudioDomain.decode`."""
-    codec = batch.get("codec")
-    if codec is not None:
-        return codec.to(wave.device).encode(wave)
-    return wave * float(batch.get("scale", 1.0))
+    if representation(config) == "mel":
+        return build_codec(config).to(wave.device).encode(wave)
+    return wave * float(config["data"].get("scale", 1.0))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -76,7 +76,7 @@ def test_scaffold_installs_lists_trains_and_passes_its_tests(tmp_path, venv):
     result = CliRunner().invoke(cli, ["new-plugin", "waves", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     package = tmp_path / "diffkit-waves"
-    install_test_and_train(package, "waves", "3 passed", venv)
+    install_test_and_train(package, "waves", "4 passed", venv)
     venv("-m", "diffkit", "sample", "--domain", "waves", "--checkpoint", "run", "-n", "4", "--out", "s.csv",
          "--no-progress", cwd=package)
     assert len((package / "s.csv").read_text().splitlines()) == 4

@@ -44,6 +44,44 @@ def test_a_shorter_run_draws_the_first_samples_of_a_longer_one(toy):
     torch.testing.assert_close(short["x"], long["x"][:3], rtol=0, atol=1e-5)
 
 
+class ScaledPoints(ToyDomain):
+    """Decodes with what it needs: the model that drew the samples and the config."""
+
+    def decode(self, x, batch, *, model, config):
+        return x * model.scale + config["data"]["size"]
+
+
+class OldStylePoints(ToyDomain):
+    """A plugin written before decode took keywords."""
+
+    def decode(self, x, batch):
+        return -x
+
+
+def test_decode_gets_the_model_and_config_it_declares_and_old_overrides_still_work(toy):
+    _, model, config = toy
+    plain = draw(toy, seed=3)["x"]
+    model.register_buffer("scale", torch.tensor(2.0))  # what fit_data would record
+    try:
+        assert torch.equal(generate(ScaledPoints(), model, config, SampleRequest(n=8, steps=6, seed=3))["x"],
+                           plain * 2 + config["data"]["size"])
+    finally:
+        del model.scale
+    assert torch.equal(generate(OldStylePoints(), model, config, SampleRequest(n=8, steps=6, seed=3))["x"], -plain)
+
+
+def test_accepted_keywords_are_those_a_method_takes():
+    from diffkit.domain import accepted_keywords
+
+    def positional(x, batch, model=None): ...
+    def keywords_only(x, batch, *, config): ...
+    def anything(x, batch, **options): ...
+    offered = {"model": 1, "config": 2}
+    assert accepted_keywords(positional, **offered) == {"model": 1}
+    assert accepted_keywords(keywords_only, **offered) == {"config": 2}
+    assert accepted_keywords(anything, **offered) == offered
+
+
 def test_the_conformance_kit_reports_draws_that_ignore_per_sample_generators(tmp_path):
     from diffkit.testing import check_domain
 

@@ -66,7 +66,7 @@ def sample(domain, config, n: int, cond=None):
     with torch.no_grad():
         x = build_diffusion(domain, config).sample(model, batch["x"], steps=4, cond=batch["cond"],
                                                    uncond=domain.null_cond(batch["cond"]), guidance=2.0)
-    batch["x"] = domain.decode(x, batch)
+    batch["x"] = domain.decode(x, batch, config=config)
     return batch
 
 
@@ -130,8 +130,8 @@ def test_data_scale_is_applied_to_the_state_and_undone_by_decode(domain, config,
     assert torch.allclose(scaled_item["x"], 4.0 * plain_item["x"])
     model = domain.build_model(scaled)
     batch = domain.prepare_sampling(model, 2, scaled)
-    assert torch.allclose(domain.decode(scaled_item["x"][None], batch), plain_item["x"][None])
+    assert torch.allclose(domain.decode(scaled_item["x"][None], batch, config=scaled), plain_item["x"][None])
     path = tmp_path / "clip.wav"
     soundfile.write(str(path), plain_item["x"][0].numpy(), 8000, subtype="FLOAT")
     known = domain.load_known(str(path), "0.1:0.2", 1, scaled)
-    assert torch.allclose(domain.decode(known["x"], known), domain.load_known(str(path), "0.1:0.2", 1, config)["x"])
+    assert torch.allclose(domain.decode(known["x"], known, config=scaled), domain.load_known(str(path), "0.1:0.2", 1, config)["x"])

@@ -70,7 +70,7 @@ def test_infill_keeps_the_known_span_exactly(domain, config, recording):
     with torch.no_grad():
         x = diffusion.inpaint(model.eval(), batch["x"], batch["keep"], steps=5, cond=batch["cond"],
                               generator=torch.Generator().manual_seed(0))
-    x = domain.decode(x, batch)
+    x = domain.decode(x, batch, config=config)
     keep = batch["keep"].bool().expand_as(x)
     assert torch.equal(x[keep], batch["x"][keep])
     assert (x[~keep] - batch["x"][~keep]).abs().mean() > 1e-2

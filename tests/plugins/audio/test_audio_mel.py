@@ -119,7 +119,7 @@ def test_mel_span_mask_keeps_frames_by_their_centre(domain, mel_config, tmp_path
     # SDEdit input: the encoded clip, decoded back to the clip's pitch.
     whole = domain.load_known(str(path), None, 1, mel_config)
     assert "keep" not in whole
-    assert peak_frequency(domain.decode(whole["x"], whole)[0, 0].numpy(), RATE) == pytest.approx(440, rel=0.03)
+    assert peak_frequency(domain.decode(whole["x"], whole, config=mel_config)[0, 0].numpy(), RATE) == pytest.approx(440, rel=0.03)
     # Infilling runs through the core's inpainting with the frame mask and decodes to waveforms.
     model = domain.build_model(mel_config).eval()
     edited = generate(domain, model, mel_config, SampleRequest(n=2, steps=2, seed=0, init=str(path), mask="0.1:0.15"))
