@@ -13,7 +13,7 @@ script prints, for each r, how often the generated coordinate lands in the first
 next to the exact conditional probability, and checks that the known part is kept exactly.
 Replacement alone drifts toward the unconditional answer (one half); resampling moves it toward the
 exact one at r times the model calls. ``diffkit sample --init ... --mask ...`` runs the same
-function with the known part and mask a domain reads from its two arguments.
+function with the known part and the kept part (``keep``) a domain reads from its two arguments.
 
     python examples/inpainting.py [--dim 4] [--known 0.3] [--resample 1 4 10]
 """
@@ -51,10 +51,10 @@ def inpaint_last_coordinate(gmm: GaussianMixture, known_value: float, n: int, st
     model = gmm.denoiser(diffusion.schedule, "eps")
     known = torch.zeros(n, dim, dtype=torch.float64)
     known[:, :-1] = known_value
-    mask = torch.zeros(n, dim)
-    mask[:, :-1] = 1                                   # 1 = keep, 0 = generate
+    keep = torch.zeros(n, dim)
+    keep[:, :-1] = 1                                   # 1 = keep, 0 = generate
     generator = torch.Generator().manual_seed(seed)
-    return diffusion.inpaint(model, known, mask, sampler="ddpm", steps=steps, resample=resample, generator=generator)
+    return diffusion.inpaint(model, known, keep, sampler="ddpm", steps=steps, resample=resample, generator=generator)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,15 +1,16 @@
 """diffkit: a multi-modal diffusion toolkit.
 
-The core is domain-agnostic: noise schedules, the forward process (Gaussian or categorical),
-training losses, samplers, guidance and editing, one training runner, the ``diffkit`` command line
-and the Python pipeline (``diffkit.load(name_or_path).sample(n, seed=0)``). Domains (images, audio,
+The core is domain-agnostic: noise schedules, the processes (Gaussian diffusion and categorical
+diffusion, under one contract, :class:`Process`), training losses, samplers, guidance and editing,
+one training runner, the ``diffkit`` command line and the Python pipeline (``diffkit.load(name_or_path).sample(n, seed=0)``). Domains (images, audio,
 molecules, your own) arrive as pluggy plugins.
 """
 
 from .categorical import CategoricalDiffusion
 from .categorical_samplers import CategoricalDenoiser
+from .contract import Process, masked_mean
 from .denoiser import Denoiser
-from .diffusion import Diffusion, masked_mean
+from .diffusion import Diffusion
 from .domain import Domain
 from .guidance import drop_condition, inpaint, slerp
 from .process import convert, posterior, q_sample, to_eps, to_x0
@@ -33,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CategoricalDenoiser", "CategoricalDiffusion", "CosineSchedule", "Denoiser", "Diffusion", "DiscreteSchedule",
-    "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "Pipeline", "SAMPLERS", "SampleGenerators",
+    "Domain", "hookimpl", "make_plugin_manager", "LinearSchedule", "Pipeline", "Process", "SAMPLERS", "SampleGenerators",
     "Schedule", "SigmoidSchedule", "ZeroTerminalSNR", "append_dims", "convert", "draw_noise", "draw_per_sample",
     "draws_per_sample", "drop_condition", "gaussian_like", "get_sampler", "inpaint", "load", "make_schedule",
     "masked_mean", "posterior", "q_sample", "register_sampler", "register_schedule", "slerp", "to_eps", "to_x0", "tree_map",

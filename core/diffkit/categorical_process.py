@@ -10,7 +10,7 @@ the data's class frequencies (``"marginal"``, Vignac et al. 2023), or the one-ho
 state with index ``K`` (``"absorbing"``, so ``S = K + 1``). The family is closed under
 composition, ``Q_s Q_{t|s} = Q_t`` with ``Q_{t|s} = (a_t / a_s) I + (1 - a_t / a_s) 1 m^T``, so
 every quantity has a closed form costing ``O(S)`` per entry; no ``S x S`` matrix is formed except
-by :meth:`CategoricalProcess.matrix`.
+by :meth:`CategoricalTransition.matrix`.
 
 ``a(t)`` is the schedule's ``alpha_bar`` rescaled to run exactly from 1 at ``t = 0`` to 0 at
 ``t = 1`` (:func:`signal`). Coefficients are computed in float64 and carried as the pair
@@ -27,7 +27,7 @@ from torch import Tensor
 from .schedules import Schedule, _snap_to_grid
 from .tree import State, append_dims, tree_map
 
-NOISE_KINDS = ("uniform", "absorbing", "marginal")
+TRANSITIONS = ("uniform", "absorbing", "marginal")
 Signal = tuple[Tensor, Tensor]  # (a, 1 - a), per sample, float64
 
 
@@ -98,8 +98,8 @@ def sample_times(schedule: Schedule, steps: int, spacing: str = "uniform", *, t_
     return times.float()
 
 
-class CategoricalProcess:
-    """The forward process of one leaf: ``num_classes`` data classes and the noise law ``m``.
+class CategoricalTransition:
+    """The transitions of one leaf: ``num_classes`` data classes and the stationary law ``m``.
 
     Args:
         num_classes: ``K``, the number of data classes.
@@ -108,12 +108,12 @@ class CategoricalProcess:
     """
 
     def __init__(self, num_classes: int, kind: str = "uniform", marginal: Any = None):
-        if kind not in NOISE_KINDS:
-            raise ValueError(f"unknown categorical noise {kind!r}; valid: {', '.join(NOISE_KINDS)}")
+        if kind not in TRANSITIONS:
+            raise ValueError(f"unknown categorical transition {kind!r}; valid: {', '.join(TRANSITIONS)}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if kind != "absorbing" and num_classes < 2:
-            raise ValueError(f"{kind} noise needs at least 2 classes, got {num_classes}")
+            raise ValueError(f"{kind} transitions need at least 2 classes, got {num_classes}")
         self.num_classes, self.kind = num_classes, kind
         self.num_states = num_classes + 1 if kind == "absorbing" else num_classes
         self.stationary = self._stationary(marginal)
@@ -122,13 +122,13 @@ class CategoricalProcess:
         k = self.num_classes
         if self.kind == "marginal":
             if marginal is None:
-                raise ValueError("noise='marginal' needs marginal=, the law over the classes (e.g. their data frequencies)")
+                raise ValueError("transition='marginal' needs marginal=, the law over the classes (e.g. their data frequencies)")
             law = torch.as_tensor(marginal, dtype=torch.float64).flatten()
             if law.shape != (k,) or not torch.isfinite(law).all() or (law < 0).any() or law.sum() <= 0:
                 raise ValueError(f"marginal must be {k} non-negative numbers with a positive sum, got {marginal!r}")
             return law / law.sum()
         if marginal is not None:
-            raise ValueError(f"marginal= is only used with noise='marginal', not {self.kind!r}")
+            raise ValueError(f"marginal= is only used with transition='marginal', not {self.kind!r}")
         if self.kind == "uniform":
             return torch.full((k,), 1.0 / k, dtype=torch.float64)
         law = torch.zeros(k + 1, dtype=torch.float64)
@@ -141,7 +141,7 @@ class CategoricalProcess:
         return self.num_classes if self.kind == "absorbing" else None
 
     def __repr__(self) -> str:
-        return f"CategoricalProcess(num_classes={self.num_classes}, kind={self.kind!r})"
+        return f"CategoricalTransition(num_classes={self.num_classes}, kind={self.kind!r})"
 
     # -- closed forms -----------------------------------------------------------------------
 

@@ -23,107 +23,101 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .categorical_process import CategoricalProcess, draw_categorical, signal, uniform_like
-from .denoiser import Denoiser
+from .categorical_process import CategoricalTransition, draw_categorical, signal, uniform_like
+from .denoiser import GuidedModel
 from .samplers import register_sampler
 from .schedules import Schedule
-from .tree import State, batch_size, first_leaf, tree_map
+from .tree import State, tree_map, where
 
-Processes = Any  # a CategoricalProcess for a Tensor state, or a dict of them keyed like the state
+Transitions = Any  # a CategoricalTransition for a Tensor state, or a dict of them keyed like the state
 
 
-class CategoricalDenoiser(Denoiser):
+class CategoricalDenoiser(GuidedModel):
     """Wraps ``model(x_t, t, cond=None, **model_kwargs) -> logits`` (``(..., K)`` per leaf) for the
     categorical samplers.
 
-    Calling it with a state ``x`` and a scalar time ``t`` returns the law of ``x_0`` per leaf. With
-    ``guidance = w != 1`` it applies classifier-free guidance to the log-probabilities,
-    ``log p_uncond + w (log p_cond - log p_uncond)``, renormalised; the batched guided call is
-    :class:`diffkit.Denoiser`'s. ``noise(like, generator, **model_kwargs)`` gives the uniforms of
-    each draw; ``mask`` (1 = may change) marks the entries a sampler may change: padding and
-    the known part of an inpainting keep their values.
+    Calling it with a state ``x`` and a scalar time ``t`` returns the model's law of ``x_0`` per
+    leaf, class probabilities. With ``guidance = w != 1`` it applies classifier-free guidance to
+    the log-probabilities, ``log p_uncond + w (log p_cond - log p_uncond)``, renormalised (the
+    batched guided call is :class:`~diffkit.denoiser.GuidedModel`'s). ``noise_fn(like, generator,
+    **model_kwargs)`` gives the uniforms of each draw; ``mask`` (1 = a real entry) keeps padding
+    as it is.
     """
 
-    def __init__(self, model: Callable, schedule: Schedule, processes: Processes, *, cond: Any = None,
+    def __init__(self, model: Callable, schedule: Schedule, transitions: Transitions, *, cond: Any = None,
                  guidance: float = 1.0, uncond: Any = None, model_kwargs: dict | None = None,
-                 noise: Callable = uniform_like, mask: State | None = None):
-        # Only the guided model call of the Gaussian Denoiser is shared; its conversions are unused.
-        super().__init__(model, schedule, "x0", cond=cond, guidance=guidance, uncond=uncond,
-                         model_kwargs=model_kwargs, noise=noise)
-        self.processes = processes
+                 noise_fn: Callable = uniform_like, mask: State | None = None):
+        super().__init__(model, cond=cond, guidance=guidance, uncond=uncond, model_kwargs=model_kwargs,
+                         noise_fn=noise_fn)
+        self.schedule = schedule
+        self.transitions = transitions
         self.mask = mask
 
     def __call__(self, x: State, t: Tensor | float) -> State:
-        t_batch = torch.full((batch_size(x),), float(t), device=first_leaf(x).device)
-        return tree_map(lambda log_probs: torch.softmax(log_probs, dim=-1), self.model_output(x, t_batch))
+        return tree_map(lambda log_probs: torch.softmax(log_probs, dim=-1), self.model_output(x, self._times(x, t)))
 
-    def _call(self, x: State, t: Tensor, cond: Any, model_kwargs: dict) -> State:
-        output = self.model(x, t, cond=cond, **model_kwargs)
-        return map_leaves(_log_probs, self.processes, output, x)
+    def read(self, output: State, x: State) -> State:
+        """Log-probabilities: what guidance combines."""
+        return map_leaves(_log_probs, self.transitions, output, x)
 
     def signal(self, t: Tensor | float):
         return signal(self.schedule, t)
 
     def posterior(self, x0: State, x: State, t: Tensor | float, s: Tensor | float) -> State:
-        """Per leaf ``sum_i p(x_0 = i) q(x_s | x_t, x_0 = i)`` (:meth:`CategoricalProcess.posterior`)."""
+        """Per leaf ``sum_i p(x_0 = i) q(x_s | x_t, x_0 = i)`` (:meth:`CategoricalTransition.posterior`)."""
         at_t, at_s = self.signal(t), self.signal(s)
-        return map_leaves(lambda _, process, p, leaf: process.posterior(p, leaf, at_t, at_s), self.processes, x0, x)
+        return map_leaves(lambda _, leaf_transition, p, leaf: leaf_transition.posterior(p, leaf, at_t, at_s),
+                          self.transitions, x0, x)
 
     def jump(self, x0: State, x: State, t: Tensor | float, s: Tensor | float, target_guidance: float = 0.0) -> State:
-        """Per leaf the minimal-jump kernel averaged over ``x0`` (:meth:`CategoricalProcess.jump`)."""
+        """Per leaf the minimal-jump kernel averaged over ``x0`` (:meth:`CategoricalTransition.jump`)."""
         at_t, at_s = self.signal(t), self.signal(s)
-        return map_leaves(lambda _, process, p, leaf: process.jump(p, leaf, at_t, at_s, target_guidance),
-                          self.processes, x0, x)
+        return map_leaves(lambda _, leaf_transition, p, leaf: leaf_transition.jump(p, leaf, at_t, at_s, target_guidance),
+                          self.transitions, x0, x)
 
     def draw(self, laws: State, x: State, generator: torch.Generator | None = None) -> State:
-        """One draw from ``laws`` per entry, keeping ``x`` where ``mask`` is 0."""
+        """One draw from ``laws`` per entry, keeping ``x`` where ``mask`` is 0 (padding)."""
         drawn = tree_map(draw_categorical, laws, self.noise_like(x, generator))
-        return keep_masked(self.mask, drawn, x)
+        return keep_padding(self.mask, drawn, x)
 
 
-def map_leaves(fn: Callable, processes: Processes, *trees: State) -> State:
-    """``fn(key, process, *leaves)`` for every leaf (``key`` is None for a Tensor state)."""
+def map_leaves(fn: Callable, transitions: Transitions, *trees: State) -> State:
+    """``fn(key, transition, *leaves)`` for every leaf (``key`` is None for a Tensor state)."""
     first = trees[0]
     if isinstance(first, Tensor):
-        return fn(None, processes, *trees)
+        return fn(None, transitions, *trees)
     for tree in trees[1:]:
         if not isinstance(tree, dict) or tree.keys() != first.keys():
             raise ValueError(f"states differ in structure: keys {sorted(first)} vs "
                              f"{sorted(tree) if isinstance(tree, dict) else type(tree).__name__}")
-    return {key: fn(key, leaf_process(processes, key), *(tree[key] for tree in trees)) for key in first}
+    return {key: fn(key, transition_of(transitions, key), *(tree[key] for tree in trees)) for key in first}
 
 
-def leaf_process(processes: Processes, key: str | None) -> CategoricalProcess:
-    if isinstance(processes, CategoricalProcess):
-        return processes
-    if key not in processes:
-        raise ValueError(f"no categorical process for the state key {key!r}; known keys: {sorted(processes)}")
-    return processes[key]
+def transition_of(transitions: Transitions, key: str | None) -> CategoricalTransition:
+    """The transition of the leaf ``key``."""
+    if isinstance(transitions, CategoricalTransition):
+        return transitions
+    if key not in transitions:
+        raise ValueError(f"no categorical transition for the state key {key!r}; known keys: {sorted(transitions)}")
+    return transitions[key]
 
 
-def mask_for(mask: State | None, key: str | None) -> Tensor | None:
-    """A leaf's mask: the dict entry for dict masks, the mask itself otherwise (None: everything counts)."""
-    if isinstance(mask, dict):
-        return mask.get(key)
-    return mask
-
-
-def keep_masked(mask: State | None, new: State, old: State) -> State:
-    """``new`` where ``mask`` is 1, ``old`` where it is 0 (per leaf, broadcast)."""
+def keep_padding(mask: State | None, new: State, old: State) -> State:
+    """``new`` on real entries (``mask`` 1) and ``old`` on padding (``mask`` 0); a leaf without a
+    mask (or no mask at all) is all real entries."""
     if mask is None:
         return new
-    if isinstance(new, Tensor):
-        return torch.where(mask.bool(), new, old)
-    return {key: new[key] if mask_for(mask, key) is None
-            else torch.where(mask_for(mask, key).bool(), new[key], old[key]) for key in new}
+    if isinstance(mask, dict):  # the leaves it leaves out are all real entries
+        mask = {key: mask[key] if mask.get(key) is not None else torch.ones((), dtype=torch.bool, device=new[key].device) for key in new}
+    return where(mask, new, old)
 
 
-def _log_probs(key: str | None, process: CategoricalProcess, logits: Tensor, x: Tensor) -> Tensor:
-    expected = (*x.shape, process.num_classes)
+def _log_probs(key: str | None, transition: CategoricalTransition, logits: Tensor, x: Tensor) -> Tensor:
+    expected = (*x.shape, transition.num_classes)
     if tuple(logits.shape) != expected:
-        where = f" for the state key {key!r}" if key is not None else ""
-        raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}{where}; expected {expected} "
-                         f"(the state's shape plus {process.num_classes} classes)")
+        place = f" for the state key {key!r}" if key is not None else ""
+        raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}{place}; expected {expected} "
+                         f"(the state's shape plus {transition.num_classes} classes)")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     # Finite floor: guidance multiplies by (1 - w) < 0, which would turn -inf into +inf.
     return torch.log_softmax(logits.to(dtype), dim=-1).clamp(min=-1e4)
@@ -134,7 +128,7 @@ def _notify(callback, step: int, t: Tensor, x: State, x0: State) -> None:
         callback({"step": step, "t": float(t), "x": x, "x0": x0})
 
 
-@register_sampler("ancestral", kind="categorical")
+@register_sampler("ancestral", kind="categorical", stepwise=True)
 def sample_ancestral(denoiser: CategoricalDenoiser, x: State, times: Tensor, *, generator=None,
                      callback=None) -> State:
     """Ancestral sampling of discrete diffusion (Austin et al. 2021, D3PM; Sahoo et al. 2024 for
@@ -148,7 +142,7 @@ def sample_ancestral(denoiser: CategoricalDenoiser, x: State, times: Tensor, *, 
     return x
 
 
-@register_sampler("discrete_flow", kind="categorical")
+@register_sampler("discrete_flow", kind="categorical", stepwise=True)
 def sample_discrete_flow(denoiser: CategoricalDenoiser, x: State, times: Tensor, *, generator=None,
                          callback=None, eta: float = 0.0, target_guidance: float = 0.0) -> State:
     """Discrete flow sampling with tunable stochasticity (Campbell et al. 2024; DeFoG, Qin et al.
@@ -157,7 +151,7 @@ def sample_discrete_flow(denoiser: CategoricalDenoiser, x: State, times: Tensor,
     ``(a_s - a_t) / (1 - a_t)``) and ``P`` the posterior, averaged over the model's ``x_0``. As
     the steps shrink it is the rate ``R* + eta R_DB``, ``R_DB`` the detailed-balance part of the
     time reversal; ``eta = 1`` is ancestral sampling. Under absorbing noise ``J = P``.
-    ``target_guidance`` (>= 0) makes ``J`` move to ``x_0`` sooner (:meth:`CategoricalProcess.jump`)."""
+    ``target_guidance`` (>= 0) makes ``J`` move to ``x_0`` sooner (:meth:`CategoricalTransition.jump`)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     if target_guidance < 0:

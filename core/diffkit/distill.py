@@ -33,12 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from .config import fill_defaults
-from .diffusion import Diffusion
+from .contract import Process, reduce_loss, squared_errors
 from .domain import Domain
+from .generate import PROCESSES, diffusion_kind
 from .plugins import Registry
-from .process import q_sample, to_x0
 from .runner import DenoisingObjective, RunResult, train
-from .samplers import get_sampler
 from .schedules import Schedule
 from .tree import State, combine, tree_map
 
@@ -56,9 +55,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {"steps": 300, "lr": 2e-4, "warmup_steps": 20, 
 
 # -- the objective, as pure functions -----------------------------------------------------------
 
-def student_times(schedule: Schedule, steps: int, spacing: str) -> Tensor:
-    """The student's ``steps + 1`` sampling times, exactly those :meth:`Diffusion.sample` uses."""
-    return schedule.sample_times(steps, spacing)
+def student_times(diffusion: Process, steps: int, spacing: str) -> Tensor:
+    """The student's ``steps + 1`` sampling times, exactly those the process samples with."""
+    return diffusion.sample_times(steps, spacing)
 
 
 def next_times(times: Tensor, t: Tensor) -> Tensor:
@@ -91,7 +90,7 @@ def check_substeps(substeps: int, spacing: str) -> None:
 
 
 @torch.no_grad()
-def teacher_solution(teacher: Callable, diffusion: Diffusion, x_t: State, t: Tensor, s: Tensor, *,
+def teacher_solution(teacher: Callable, diffusion: Process, x_t: State, t: Tensor, s: Tensor, *,
                      cond: Any = None, model_kwargs: dict | None = None, sampler: str = "dpmpp_2m",
                      substeps: int = 4, spacing: str = "uniform", guidance: float = 1.0,
                      uncond: Any = None) -> State:
@@ -99,34 +98,36 @@ def teacher_solution(teacher: Callable, diffusion: Diffusion, x_t: State, t: Ten
     in ``substeps`` steps (samples sharing ``(t, s)`` are solved together), with
     classifier-free ``guidance`` towards ``cond`` (``uncond``: the null condition)."""
     model_kwargs = model_kwargs or {}
-    sample_fn = get_sampler(sampler, diffusion.samplers)
+    sample_fn = diffusion.get_sampler(sampler)
     out = tree_map(torch.empty_like, x_t)
     for start, end in torch.stack([t, s], 1).double().unique(dim=0).tolist():
         index = ((t.double() == start) & (s.double() == end)).nonzero().squeeze(1)
         pick = lambda value: select(value, index)  # noqa: E731
-        denoiser = diffusion.denoiser(teacher, cond=pick(cond), guidance=guidance, uncond=pick(uncond),
+        denoiser = diffusion.denoiser(teacher, pick(x_t), cond=pick(cond), guidance=guidance, uncond=pick(uncond),
                                       model_kwargs={k: pick(v) for k, v in model_kwargs.items()})
         times = substep_times(diffusion.schedule, start, end, substeps, spacing).to(torch.float32)
-        solved = sample_fn(denoiser, pick(x_t), times)
+        solved = diffusion.run_sampler(sample_fn, denoiser, pick(x_t), times)
         tree_map(lambda o, v: o.index_copy_(0, index, v.to(o.dtype)), out, solved)
     return out
 
 
-def ddim_target(diffusion: Diffusion, x_t: State, x_s: State, t: Tensor, s: Tensor) -> tuple[State, Tensor]:
+def ddim_target(diffusion: Process, x_t: State, x_s: State, t: Tensor, s: Tensor) -> tuple[State, Tensor]:
     """The clean-data estimate whose DDIM step from ``(x_t, t)`` lands on ``x_s`` at ``s``, and
     the step's gain ``(alpha_s - std_s alpha_t / std_t) / alpha_s`` (1 for ``s = 0``, where a
-    sampler returns the estimate itself)."""
-    schedule = diffusion.schedule
+    sampler returns the estimate itself), with ``(alpha, std)`` the process's
+    :meth:`~diffkit.contract.Process.coefficients` (a DDIM step is the same in any scaling of the
+    path, so one formula serves diffusion and flow matching)."""
     t, s = t.double(), s.double()
     last = s == 0
-    alpha_t, std_t = schedule.alpha(t), schedule.std(t)
-    alpha_s = torch.where(last, torch.ones_like(s), schedule.alpha(s))
-    ratio = torch.where(last, torch.zeros_like(s), schedule.std(s) / std_t)
+    alpha_t, std_t = diffusion.coefficients(t)
+    alpha_s, std_s = diffusion.coefficients(s)
+    alpha_s = torch.where(last, torch.ones_like(s), alpha_s)
+    ratio = torch.where(last, torch.zeros_like(s), std_s / std_t)
     gain = alpha_s - ratio * alpha_t
     return combine((1 / gain, x_s), (-ratio / gain, x_t)), gain / alpha_s
 
 
-def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion, x0: State, *, t: Tensor,
+def distillation_loss(student: Callable, teacher: Callable, diffusion: Process, x0: State, *, t: Tensor,
                       noise: State, times: Tensor, cond: Any = None, mask: State | None = None,
                       model_kwargs: dict | None = None, sampler: str = "dpmpp_2m", substeps: int = 4,
                       spacing: str = "uniform", weighting: str = "x0", guidance: float = 1.0, uncond: Any = None,
@@ -140,27 +141,19 @@ def distillation_loss(student: Callable, teacher: Callable, diffusion: Diffusion
     estimate's error times the squared gain of :func:`ddim_target`). With ``guidance`` ``w != 1``
     the teacher is guided (``uncond``: the null condition) and the student learns the guided
     steps in one call each. ``mask``, ``leaf_weights`` and ``reduction`` are as in
-    :meth:`Diffusion.loss`.
+    :meth:`Process.loss <diffkit.contract.Process.loss>`.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown distill.weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     model_kwargs = model_kwargs or {}
-    schedule = diffusion.schedule
     s = next_times(times.to(t.device), t)
-    x_t = q_sample(schedule, x0, t, noise)
+    x_t = diffusion.q_sample(x0, t, noise)
     x_s = teacher_solution(teacher, diffusion, x_t, t, s, cond=cond, model_kwargs=model_kwargs, sampler=sampler,
                            substeps=substeps, spacing=spacing, guidance=guidance, uncond=uncond)
     wanted, gain = ddim_target(diffusion, x_t, x_s, t, s)
     output = student(x_t, t, cond=cond, **model_kwargs)
-    estimate = to_x0(diffusion.prediction, output, x_t, schedule.alpha(t.double()), schedule.std(t.double()))
-    per_sample = diffusion._masked_error(estimate, wanted, mask, leaf_weights)
-    if weighting == "step":
-        per_sample = per_sample * gain.to(per_sample.dtype) ** 2
-    if reduction == "none":
-        return per_sample
-    if reduction == "mean":
-        return per_sample.mean()
-    raise ValueError(f"unknown reduction {reduction!r}; valid: mean, none")
+    errors = squared_errors(diffusion.clean_estimate(output, x_t, t), wanted, mask)
+    return reduce_loss(errors, leaf_weights, reduction, gain.float() ** 2 if weighting == "step" else 1.0)
 
 
 def select(value: Any, index: Tensor) -> Any:
@@ -199,14 +192,14 @@ class Distillation(DenoisingObjective):
         except RuntimeError as error:
             raise ValueError(f"the student's model does not fit the teacher's weights: {error}") from None
 
-    def times(self, diffusion: Diffusion) -> Tensor:
-        return student_times(diffusion.schedule, self.sample["steps"], self.sample["spacing"])
+    def times(self, diffusion: Process) -> Tensor:
+        return student_times(diffusion, self.sample["steps"], self.sample["spacing"])
 
-    def training_times(self, diffusion: Diffusion, size: int, generator: torch.Generator) -> Tensor:
+    def training_times(self, diffusion: Process, size: int, generator: torch.Generator) -> Tensor:
         times = self.times(diffusion)
         return times[torch.randint(len(times) - 1, (size,), generator=generator)]
 
-    def loss(self, diffusion: Diffusion, model: nn.Module, x0: State, *, t: Tensor, noise: State, cond: Any = None,
+    def loss(self, diffusion: Process, model: nn.Module, x0: State, *, t: Tensor, noise: State, cond: Any = None,
              **options) -> Tensor:
         settings = self.settings
         guided = settings["guidance"] != 1.0 and cond is not None and self.null_cond is not None
@@ -223,10 +216,11 @@ class Distillation(DenoisingObjective):
 def check_student_settings(config: dict) -> None:
     """Refuse a student config whose sampling is not the DDIM steps the objective trains."""
     sample, settings = config["sample"], config["distill"]
-    if config["diffusion"].get("kind", "gaussian") != "gaussian":
-        raise ValueError("only Gaussian diffusion can be distilled: a student learns where the teacher's "
-                         "probability-flow ODE takes a noisy state, and categorical diffusion (diffusion.kind = "
-                         f"{config['diffusion']['kind']!r}) samples by drawing tokens, with no such deterministic path")
+    kind = diffusion_kind(config)
+    if not PROCESSES[kind].distillable:
+        raise ValueError(f"a {kind} process cannot be distilled: a student learns where the teacher's probability-flow "
+                         f"ODE takes a noisy state, and {kind} sampling (diffusion.kind = {kind!r}) follows no such "
+                         "deterministic path")
     if not settings["teacher"]:
         raise ValueError("distill.teacher is empty: a student config names its teacher")
     if sample["sampler"] not in STUDENT_SAMPLERS:

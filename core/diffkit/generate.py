@@ -15,47 +15,53 @@ from torch import nn
 
 from .categorical import CategoricalDiffusion
 from .config import LIMITS, Limit, at_least, check_value, range_problem, type_problem
+from .contract import Process
 from .diffusion import Diffusion
 from .domain import Batch, Domain, accepted_keywords
 from .plugins import Registry
 from .guidance import slerp
-from .samplers import SAMPLERS, get_sampler, preferred_spacing, sampler_kind, sampler_names
-from .schedules import make_schedule
+from .samplers import SAMPLERS, SAMPLER_KINDS, get_sampler, is_stepwise, sampler_kind, sampler_names
 from .distributed import World
 from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
 from .workers import draw_in_workers, worker_count
 
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+#: ``diffusion.kind`` -> the process it builds (a config section in, :meth:`from_config`).
+PROCESSES: dict[str, type[Process]] = {"gaussian": Diffusion, "categorical": CategoricalDiffusion}
 
 
 def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,
-                    model: nn.Module | None = None) -> Diffusion | CategoricalDiffusion:
-    """The diffusion a config's ``diffusion`` section describes, with the domain's noise: a
-    :class:`Diffusion`, or for ``kind = "categorical"`` a :class:`CategoricalDiffusion` over the
-    classes :meth:`Domain.categories` gives for ``model``. Schedule and sampler names are looked
-    up in ``registry`` (the built-ins when None)."""
-    section = config["diffusion"]
+                    model: nn.Module | None = None) -> Process:
+    """The process a config's ``diffusion`` section describes, with the domain's noise: a
+    :class:`Diffusion`, or the process ``diffusion.kind`` names (categorical diffusion takes its
+    classes from :meth:`Domain.categories` for ``model``); a :class:`MixedProcess` when the
+    domain gives each leaf its own (:meth:`Domain.processes`). Schedule and sampler names are
+    looked up in ``registry`` (the built-ins when None)."""
     schedules, samplers = (registry.schedules, registry.samplers) if registry is not None else (None, None)
-    schedule = make_schedule(section["schedule"], schedules=schedules,
-                             zero_terminal_snr=section.get("zero_terminal_snr", False))
-    kind = diffusion_kind(config)
-    if kind == "categorical":
+    section = config["diffusion"]
+
+    def categories():
         if model is None:
             raise ValueError("a categorical diffusion needs the model, whose domain says its classes")
-        num_classes, marginal = domain.categories(model, config)
-        return CategoricalDiffusion(num_classes, section["transition"], marginal, schedule, noise_fn=domain.noise,
-                                    vb_weight=section["vb_weight"], samplers=samplers)
-    return Diffusion(schedule, section["prediction"], noise=domain.noise, weighting=section["weighting"],
-                     min_snr_gamma=section["min_snr_gamma"], samplers=samplers)
+        return domain.categories(model, config)
+
+    kind = diffusion_kind(config)
+    return PROCESSES[kind].from_config(section, noise_fn=domain.noise, samplers=samplers, schedules=schedules,
+                                       categories=categories)
 
 
 def diffusion_kind(config: dict) -> str:
-    """``"gaussian"`` or ``"categorical"``: the config's ``diffusion.kind``, checked."""
+    """The config's ``diffusion.kind``, checked: one of :data:`PROCESSES`."""
     kind = config["diffusion"].get("kind", "gaussian")
-    if kind not in ("gaussian", "categorical"):
-        raise ValueError(f"diffusion.kind must be 'gaussian' or 'categorical', got {kind!r}")
+    if kind not in PROCESSES:
+        raise ValueError(f"diffusion.kind must be one of {', '.join(repr(k) for k in PROCESSES)}, got {kind!r}")
     return kind
+
+
+def sampler_kinds(config: dict, domain: Domain | None = None) -> tuple[str, ...]:
+    """The kinds of samplers the config's process runs."""
+    return PROCESSES[diffusion_kind(config)].sampler_kinds
 
 
 @dataclass
@@ -91,13 +97,13 @@ OPTION_NAMES = {"n": "-n/--num-samples", "steps": "--steps", "guidance": "--guid
                 "interpolate": "--interpolate", "sampler": "--sampler"}
 
 
-def check_request(request: SampleRequest, registry: Registry | None = None, kind: str | None = None, *,
-                  names: dict[str, str] = OPTION_NAMES) -> None:
+def check_request(request: SampleRequest, registry: Registry | None = None,
+                  kinds: tuple[str, ...] | None = None, *, names: dict[str, str] = OPTION_NAMES) -> None:
     """Refuse a request that would fail deep inside sampling or quietly do something else, before
     any model is loaded: an option of the wrong type (TypeError) or outside its range in
     :data:`REQUEST_OPTIONS` (ValueError: counts below 1, a guidance that is not a finite number), an
-    unknown sampler name (looked up in ``registry``, the built-ins when None), or with ``kind``
-    (the diffusion's, once the config is known) a sampler of the other kind. Errors name each
+    unknown sampler name (looked up in ``registry``, the built-ins when None), or with ``kinds``
+    (the samplers the process runs, once the config is known) a sampler of another kind. Errors name each
     option as ``names`` does (the command line's by default), else by its field."""
     for field, (example, limit) in REQUEST_OPTIONS.items():
         value, name = getattr(request, field), names.get(field, field)
@@ -117,25 +123,25 @@ def check_request(request: SampleRequest, registry: Registry | None = None, kind
         raise ValueError(f"{names.get('interpolate', 'interpolate')} draws samples between two ends, so it needs "
                          f"at least 2, got {request.interpolate}")
     if request.sampler is not None:
-        check_sampler(request.sampler, registry.samplers if registry is not None else None, kind,
+        check_sampler(request.sampler, registry.samplers if registry is not None else None, kinds,
                       names.get("sampler", "sampler"))
 
 
-def check_sampler(name: str, samplers: dict | None, kind: str | None, where: str) -> None:
-    """Refuse a sampler name that is unknown or, when ``kind`` is given, of the other kind; the
+def check_sampler(name: str, samplers: dict | None, kinds: tuple[str, ...] | None, where: str) -> None:
+    """Refuse a sampler name that is unknown or, when ``kinds`` is given, of another kind; the
     error starts with ``where`` (the option or setting that named it)."""
     known = SAMPLERS if samplers is None else samplers
-    if kind is None:
+    if kinds is None:
         if name not in known:
-            listing = "; ".join(f"{k}: {', '.join(sampler_names(k, known))}" for k in ("gaussian", "categorical")
+            listing = "; ".join(f"{k}: {', '.join(sampler_names(k, known))}" for k in SAMPLER_KINDS
                                 if sampler_names(k, known))
             raise ValueError(f"{where}: unknown sampler {name!r}; valid: {listing}")
         return
     try:
-        get_sampler(name, known, kind=kind)
+        get_sampler(name, known, kind=kinds)
     except ValueError as error:
         hint = ""
-        if name in known and sampler_kind(known[name]) != kind and where.startswith("sample."):
+        if name in known and sampler_kind(known[name]) not in kinds and where.startswith("sample."):
             hint = f" (choose one with --set {where}=NAME)"
         raise ValueError(f"{where}: {error}{hint}") from None
 
@@ -151,7 +157,7 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     returns them all, in order (other ranks return ``None``). On the CPU a rank's chunks are
     shared by ``sample.workers`` forked processes (:mod:`diffkit.workers`).
     """
-    check_request(request, registry, diffusion_kind(config))
+    check_request(request, registry, sampler_kinds(config))
     diffusion = build_diffusion(domain, config, registry, model)
     settings = sample_settings(config, request, registry.samplers if registry is not None else None)
     settings["precision"] = resolve_precision(settings["precision"], device)
@@ -211,15 +217,15 @@ def _gather_chunks(chunks: dict[int, Batch], world: World) -> dict[int, Batch] |
 
 def sample_settings(config: dict, request: SampleRequest, samplers: dict | None = None) -> dict[str, Any]:
     """What sampling runs with: the request's choices over the config's ``sample`` section, with
-    ``spacing = "auto"`` resolved to a Gaussian sampler's own (editing steps uniformly in time;
-    categorical diffusion resolves it itself). ``samplers`` is where names are looked up (a
+    ``spacing = "auto"`` resolved to the sampler's own where it names one (the process resolves it
+    otherwise) and ``"uniform"`` for editing. ``samplers`` is where names are looked up (a
     registry's; the built-ins by default)."""
     section = config["sample"]
-    kind = diffusion_kind(config)
+    kinds = sampler_kinds(config)
     if request.sampler is None:
-        check_sampler(section["sampler"], samplers, kind, "sample.sampler")
+        check_sampler(section["sampler"], samplers, kinds, "sample.sampler")
     else:
-        check_sampler(request.sampler, samplers, kind, "--sampler")
+        check_sampler(request.sampler, samplers, kinds, "--sampler")
     settings = {
         "sampler": request.sampler or section["sampler"],
         "steps": request.steps or section["steps"],
@@ -232,14 +238,14 @@ def sample_settings(config: dict, request: SampleRequest, samplers: dict | None 
         # The options are the config's sampler's: one named by the request runs with its defaults.
         "options": dict(section.get("options", {})) if request.sampler in (None, section["sampler"]) else {},
     }
-    check_sampler_options(settings["sampler"], get_sampler(settings["sampler"], samplers, kind=kind),
-                          settings["options"])
+    sampler = get_sampler(settings["sampler"], samplers, kind=kinds)
+    check_sampler_options(settings["sampler"], sampler, settings["options"])
     if settings["precision"] not in PRECISIONS:
         raise ValueError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
     if request.init is not None:
         settings["spacing"] = "uniform"
-    elif settings["spacing"] == "auto" and kind == "gaussian":
-        settings["spacing"] = preferred_spacing(get_sampler(settings["sampler"], samplers))
+    elif settings["spacing"] == "auto" and getattr(sampler, "spacing", None):
+        settings["spacing"] = sampler.spacing
     return settings
 
 
@@ -338,7 +344,7 @@ def _prepared_chunk(domain: Domain, model: nn.Module, config: dict, request: Sam
 
 
 @torch.no_grad()
-def _generate_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, network: nn.Module, config: dict,
+def _generate_chunk(domain: Domain, diffusion: Process, model: nn.Module, network: nn.Module, config: dict,
                     request: SampleRequest, settings: dict, size: int, generator: SampleGenerators,
                     device, *, offset: int, total: int, bar=None) -> Batch:
     batch = _prepared_chunk(domain, model, config, request, size, generator, device)
@@ -389,59 +395,47 @@ def _autocast(device, precision: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def _denoise_chunk(domain: Domain, diffusion: Diffusion, model: nn.Module, batch: Batch, request: SampleRequest,
+def _denoise_chunk(domain: Domain, diffusion: Process, model: nn.Module, batch: Batch, request: SampleRequest,
                    settings: dict, generator: SampleGenerators, *, offset: int, size: int, total: int,
                    bar=None) -> State:
+    """Samples, an inpainting (``keep`` in the batch) or SDEdit (``--init`` alone) of one chunk;
+    ``batch["mask"]`` (1 = a real entry) marks padding."""
     cond = batch.get("cond")
     common = dict(
         cond=cond, guidance=settings["guidance"], uncond=domain.null_cond(cond) if cond is not None else None,
-        model_kwargs=batch.get("extra"), generator=generator,
-        callback=(lambda info: bar.update(1)) if bar is not None else None,
+        model_kwargs=batch.get("extra"), generator=generator, mask=batch.get("mask"), steps=settings["steps"],
+        spacing=settings["spacing"], callback=(lambda info: bar.update(1)) if bar is not None else None,
     )
-    if isinstance(diffusion, CategoricalDiffusion):
-        return _categorical_chunk(diffusion, model, batch, request, settings, {**common, **settings["options"]})
     if request.init is not None and "keep" in batch:
-        sampler = _inpaint_sampler(settings)
+        sampler = _inpaint_sampler(diffusion, settings)
         options = settings["options"] if sampler == settings["sampler"] else {}  # they are the named sampler's
-        return diffusion.inpaint(model, batch["x"], batch["keep"], sampler=sampler, steps=settings["steps"],
-                                 spacing=settings["spacing"], resample=settings["resample"], **common, **options)
+        return diffusion.inpaint(model, batch["x"], batch["keep"], sampler=sampler, resample=settings["resample"],
+                                 **common, **options)
     if request.init is not None:
-        return diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"],
-                              steps=settings["steps"], spacing=settings["spacing"], **common, **settings["options"])
+        return diffusion.edit(model, batch["x"], request.strength, sampler=settings["sampler"], **common,
+                              **settings["options"])
     x_T = _interpolated_noise(diffusion, batch, offset, size, total, request.seed) if request.interpolate else None
-    return diffusion.sample(model, batch["x"], sampler=settings["sampler"], steps=settings["steps"],
-                            spacing=settings["spacing"], x_T=x_T, **common, **settings["options"])
+    return diffusion.sample(model, batch["x"], sampler=settings["sampler"], x_T=x_T, **common, **settings["options"])
 
 
-def _categorical_chunk(diffusion: CategoricalDiffusion, model: nn.Module, batch: Batch, request: SampleRequest,
-                       settings: dict, common: dict) -> State:
-    """Samples, inpainting or edits of a categorical state; ``batch["mask"]`` (1 = may change)
-    keeps padding as the domain laid it out."""
-    if request.interpolate:
-        raise ValueError("--interpolate moves along a path between two Gaussian noises; this domain's "
-                         "diffusion is categorical")
-    options = dict(sampler=settings["sampler"], steps=settings["steps"], mask=batch.get("mask"), **common)
-    if request.init is not None and "keep" in batch:
-        return diffusion.inpaint(model, batch["x"], batch["keep"], spacing=settings["spacing"],
-                                 resample=settings["resample"], **options)
-    if request.init is not None:
-        return diffusion.edit(model, batch["x"], request.strength, **options)
-    return diffusion.sample(model, batch["x"], spacing=settings["spacing"], **options)
+def _inpaint_sampler(diffusion: Process, settings: dict) -> str:
+    """The configured sampler when it may run one step at a time (inpainting re-noises between
+    steps, which a multistep solver's history would not survive), else the process's default."""
+    name = settings["sampler"]
+    return name if is_stepwise(diffusion.get_sampler(name)) else diffusion.defaults["inpaint"]["sampler"]
 
 
-def _inpaint_sampler(settings: dict) -> str:
-    # Multistep solvers lose their history across the re-noising of inpainting: use one-step ones.
-    return settings["sampler"] if settings["sampler"] in ("ddpm", "ddim", "euler") else "ddpm"
-
-
-def _interpolated_noise(diffusion: Diffusion, batch: Batch, offset: int, size: int, total: int,
+def _interpolated_noise(diffusion: Process, batch: Batch, offset: int, size: int, total: int,
                         seed: int) -> State:
     """Noise of samples ``offset .. offset + size`` on the great circle between the noises of
     ``seed`` and ``seed + 1``."""
+    if not diffusion.noise_is_prior:
+        raise ValueError(f"--interpolate moves along a path between two Gaussian noises; this domain's diffusion is "
+                         f"{diffusion.kind}, whose prior is not its noise")
     single = tree_map(lambda leaf: leaf[:1], batch["x"])
     extra = {k: v[:1] for k, v in (batch.get("extra") or {}).items()}
-    start = diffusion.noise(single, torch.Generator(device=_device_of(single)).manual_seed(seed), **extra)
-    end = diffusion.noise(single, torch.Generator(device=_device_of(single)).manual_seed(seed + 1), **extra)
+    start = diffusion.noise_fn(single, torch.Generator(device=_device_of(single)).manual_seed(seed), **extra)
+    end = diffusion.noise_fn(single, torch.Generator(device=_device_of(single)).manual_seed(seed + 1), **extra)
     weights = torch.arange(offset, offset + size, dtype=torch.float64) / max(total - 1, 1)
     frames = [slerp(start, end, float(w)) for w in weights]
     return concat(frames)

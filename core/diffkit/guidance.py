@@ -1,48 +1,32 @@
-"""Editing and interpolation on top of any sampler: inpainting, SDEdit, spherical interpolation."""
+"""Guidance and editing helpers: inpainting with a Gaussian denoiser, spherical interpolation between
+noises, and condition dropout for classifier-free guidance."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from .contract import repaint
 from .denoiser import Denoiser
-from .process import q_sample, q_step
+from .diffusion import Diffusion
 from .samplers import Sampler
 from .tree import State, append_dims, combine, leaves, tree_map
 
 
-def inpaint(sampler: Sampler, denoiser: Denoiser, x: State, times: Tensor, known: State, mask: State,
+def inpaint(sampler: Sampler, denoiser: Denoiser, x: State, times: Tensor, known: State, keep: State,
             *, resample: int = 1, generator=None, callback=None, **options) -> State:
-    """Fill in the unknown part of ``known`` (``mask`` is 1 where known, 0 where generated).
+    """Fill in the part of ``known`` where ``keep`` is 0 (1 = keep) with a Gaussian ``denoiser``.
 
-    Before every step the known part of the state is replaced by a draw of ``q(x_t | known)``
-    (the replacement method of Song et al. 2021). With ``resample = r > 1`` each step is taken
-    ``r`` times, re-noising back with ``q(x_t | x_s)`` in between (RePaint, Lugmayr et al. 2022),
-    which lets the generated part agree with the known part. The mask broadcasts against each
-    leaf (a mask of ``(B, 1, H, W)`` serves a ``(B, C, H, W)`` image).
+    Gaussian diffusion's RePaint loop (:func:`diffkit.contract.repaint`, which
+    :meth:`diffkit.Diffusion.inpaint` runs): before every step the kept part of the state is
+    replaced by a draw of ``q(x_t | known)``; with ``resample = r > 1`` each step is taken ``r``
+    times, re-noising back with ``q(x_t | x_s)`` in between. ``keep`` broadcasts against each leaf
+    (a keep of ``(B, 1, H, W)`` serves a ``(B, C, H, W)`` image).
     """
-    if resample < 1:
-        raise ValueError(f"resample must be at least 1, got {resample}")
-    schedule = denoiser.schedule
-    for i in range(len(times) - 1):
-        t, s = times[i], times[i + 1]
-        for r in range(resample):
-            noised_known = q_sample(schedule, known, t, denoiser.noise_like(known, generator))
-            x = _merge(mask, noised_known, x)
-            x = sampler(denoiser, x, times[i:i + 2], generator=generator, **options)
-            if r < resample - 1:
-                ratio = schedule.alpha_bar(t) / schedule.alpha_bar(s)
-                x = q_step(x, ratio, denoiser.noise_like(x, generator))
-        if callback is not None:
-            callback({"step": i, "t": float(t), "x": x, "x0": x})
-    return _merge(mask, known, x)
-
-
-def _merge(mask: State, known: State, generated: State) -> State:
-    """``mask * known + (1 - mask) * generated``, leaf by leaf."""
-    if isinstance(mask, Tensor) and not isinstance(known, Tensor):
-        mask = tree_map(lambda _: mask, known)
-    return tree_map(lambda m, k, g: torch.where(m.bool(), k, g), mask, known, generated)
+    # Only the forward process of the denoiser's schedule is used (the prediction is the denoiser's).
+    process = Diffusion(denoiser.schedule, "x0", noise_fn=denoiser.noise_fn)
+    return repaint(process, sampler, denoiser, x, times, known, keep, resample=resample, generator=generator,
+                   callback=callback, model_kwargs=denoiser.model_kwargs, **options)
 
 
 def slerp(z0: State, z1: State, weight: float | Tensor) -> State:

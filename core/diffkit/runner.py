@@ -34,7 +34,7 @@ from . import checkpoint as ckpt
 from . import distributed, kit, sharding
 from .config import differing_keys, fill_defaults, lookup
 from .domain import Domain
-from .diffusion import Diffusion
+from .contract import Process
 from .generate import SampleRequest, build_diffusion, generate, sample_settings
 from .guidance import replace_condition
 from .loading import load_weights, start_from
@@ -131,7 +131,7 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
 
 
 class DenoisingObjective:
-    """What ``diffkit train`` minimises: :meth:`Diffusion.loss` at times drawn by the schedule.
+    """What ``diffkit train`` minimises: the process's loss (:meth:`Process.loss`) at the times it draws.
 
     A training mode replaces it (:class:`diffkit.distill.Distillation`); the runner asks it for
     the model's starting weights, the times of each step's samples, the loss and what to record
@@ -142,10 +142,10 @@ class DenoisingObjective:
     def initialise(self, model: nn.Module, device: torch.device) -> None:
         """Set the starting weights of a new run (a resumed run then loads its checkpoint)."""
 
-    def training_times(self, diffusion: Diffusion, size: int, generator: torch.Generator) -> torch.Tensor:
-        return diffusion.schedule.training_times(size, generator=generator)
+    def training_times(self, diffusion: Process, size: int, generator: torch.Generator) -> torch.Tensor:
+        return diffusion.training_times(size, generator=generator)
 
-    def loss(self, diffusion: Diffusion, model: nn.Module, x0: State, **options) -> torch.Tensor:
+    def loss(self, diffusion: Process, model: nn.Module, x0: State, **options) -> torch.Tensor:
         return diffusion.loss(model, x0, **options)
 
     def run_info(self) -> dict:

@@ -12,14 +12,20 @@ plugins add more through the ``diffkit_register_samplers`` hook.
 (``Registry.samplers``), and a :class:`~diffkit.Diffusion` made with ``samplers=`` looks names
 up there.
 
-A sampler may carry two attributes: ``spacing``, the time spacing it works best with (used when
-the caller asks for ``spacing="auto"``), and ``calls_per_step`` (2 for Heun, 1 otherwise).
+A sampler may carry three attributes: ``spacing``, the time spacing it works best with (used when
+the caller asks for ``spacing="auto"``), ``calls_per_step`` (2 for Heun, 1 otherwise), and
+``stepwise``: each step is one model call at its start and uses nothing of earlier steps, so the
+sampler may run one step at a time (inpainting's re-noising, the leaves of a mixed state) and
+lose nothing.
 
-Samplers come in two kinds, tagged on each function as ``fn.kind``: ``"gaussian"`` ones (here)
-for :class:`diffkit.Diffusion`, and ``"categorical"`` ones (:mod:`diffkit.categorical_samplers`)
-for :class:`diffkit.CategoricalDiffusion`, whose denoiser returns class probabilities instead of
-``(x0, eps)``. One registry holds both, so a name is unique across kinds; :func:`get_sampler`
-is asked for a kind and says so when a name belongs to the other.
+Samplers come in three kinds, tagged on each function as ``fn.kind``: ``"gaussian"`` ones (here),
+whose denoiser returns ``(x0, eps)`` on a variance-preserving Gaussian path (Gaussian diffusion,
+and flow matching through its variance-preserving view); ``"flow"`` ones
+(:mod:`diffkit.flow_samplers`), which integrate a flow's velocity in its own time; and
+``"categorical"`` ones (:mod:`diffkit.categorical_samplers`), whose denoiser returns class
+probabilities. One registry holds them all, so a name is unique across kinds; each process runs
+the kinds it names (:attr:`diffkit.contract.Process.sampler_kinds`), and :func:`get_sampler`
+says so when a name belongs to another.
 
 The multistep solvers work in ``lambda = log(alpha / std)`` (half the log-SNR) and predict the
 clean data: over a step of size ``h`` the exact solution of the probability-flow ODE is
@@ -42,17 +48,18 @@ from .tree import State, combine
 
 Sampler = Callable[..., State]
 SAMPLERS: dict[str, Sampler] = {}
-SAMPLER_KINDS = ("gaussian", "categorical")
+SAMPLER_KINDS = ("gaussian", "flow", "categorical")
 
 
 def register_sampler(name: str, sampler: Sampler | None = None, *, kind: str = "gaussian",
-                     spacing: str | None = None, calls_per_step: int | None = None,
+                     spacing: str | None = None, calls_per_step: int | None = None, stepwise: bool = False,
                      registry: dict[str, Sampler] | None = None):
     """Register ``sampler`` under ``name`` in ``registry`` (:data:`SAMPLERS` by default); usable
     as a decorator. A name may be taken once, whatever its kind.
 
-    ``kind`` is ``"gaussian"`` or ``"categorical"`` (recorded as ``sampler.kind``); ``spacing``
-    records the time spacing the sampler prefers (see :func:`preferred_spacing`).
+    ``kind`` is ``"gaussian"``, ``"flow"`` or ``"categorical"`` (recorded as ``sampler.kind``);
+    ``spacing`` records the time spacing the sampler prefers (see :func:`preferred_spacing`),
+    ``stepwise`` that it may run one step at a time (module docstring).
     """
     if kind not in SAMPLER_KINDS:
         raise ValueError(f"unknown sampler kind {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
@@ -66,6 +73,8 @@ def register_sampler(name: str, sampler: Sampler | None = None, *, kind: str = "
             fn.spacing = spacing
         if calls_per_step is not None:
             fn.calls_per_step = calls_per_step
+        if stepwise:
+            fn.stepwise = True
         target[name] = fn
         return fn
 
@@ -73,27 +82,36 @@ def register_sampler(name: str, sampler: Sampler | None = None, *, kind: str = "
 
 
 def sampler_kind(sampler: Sampler) -> str:
-    """``"gaussian"`` or ``"categorical"``; functions registered before kinds existed are Gaussian."""
+    """``"gaussian"``, ``"flow"`` or ``"categorical"``; functions registered before kinds existed are Gaussian."""
     return getattr(sampler, "kind", "gaussian")
 
 
-def sampler_names(kind: str = "gaussian", registry: dict[str, Sampler] | None = None) -> list[str]:
-    """The names of one kind in ``registry`` (:data:`SAMPLERS` by default), sorted."""
+def is_stepwise(sampler: Sampler) -> bool:
+    """Whether ``sampler`` may run one step at a time without losing anything (module docstring)."""
+    return getattr(sampler, "stepwise", False)
+
+
+def sampler_names(kind: str | tuple[str, ...] = "gaussian", registry: dict[str, Sampler] | None = None) -> list[str]:
+    """The names of one kind (or of several) in ``registry`` (:data:`SAMPLERS` by default), sorted."""
     known = SAMPLERS if registry is None else registry
-    return sorted(name for name, fn in known.items() if sampler_kind(fn) == kind)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    return sorted(name for name, fn in known.items() if sampler_kind(fn) in kinds)
 
 
-def get_sampler(name: str, registry: dict[str, Sampler] | None = None, *, kind: str = "gaussian") -> Sampler:
+def get_sampler(name: str, registry: dict[str, Sampler] | None = None, *,
+                kind: str | tuple[str, ...] = "gaussian") -> Sampler:
     """The sampler registered under ``name`` in ``registry`` (:data:`SAMPLERS` by default), which
-    must be of ``kind``; an unknown name or a sampler of the other kind is an error listing the
-    valid names."""
+    must be of ``kind`` (or of one of several); an unknown name or a sampler of another kind is an
+    error listing the valid names."""
     known = SAMPLERS if registry is None else registry
-    valid = ", ".join(sampler_names(kind, known))
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    valid = ", ".join(sampler_names(kinds, known))
     if name not in known:
         raise ValueError(f"unknown sampler {name!r}; valid: {valid}")
     fn = known[name]
-    if sampler_kind(fn) != kind:
-        raise ValueError(f"{name!r} is a {sampler_kind(fn)} sampler, but a {kind} one is needed here; valid: {valid}")
+    if sampler_kind(fn) not in kinds:
+        raise ValueError(f"{name!r} is a {sampler_kind(fn)} sampler, but a {' or '.join(kinds)} one is needed here; "
+                         f"valid: {valid}")
     return fn
 
 
@@ -120,7 +138,7 @@ def _coefficients(schedule, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tenso
     return (schedule.std(s) / schedule.std(t)), schedule.alpha(s), h
 
 
-@register_sampler("ddpm", spacing="uniform")
+@register_sampler("ddpm", spacing="uniform", stepwise=True)
 def sample_ddpm(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None,
                 variance: str = "posterior") -> State:
     """DDPM ancestral sampling (Ho et al. 2020):
@@ -144,7 +162,7 @@ def sample_ddpm(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     return x
 
 
-@register_sampler("ddim", spacing="uniform")
+@register_sampler("ddim", spacing="uniform", stepwise=True)
 def sample_ddim(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None,
                 eta: float = 0.0) -> State:
     """DDIM (Song et al. 2021): ``x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - c^2) eps + c z``,
@@ -166,7 +184,7 @@ def sample_ddim(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, 
     return x
 
 
-@register_sampler("euler", spacing="karras")
+@register_sampler("euler", spacing="karras", stepwise=True)
 def sample_euler(denoiser: Denoiser, x: State, times: Tensor, *, generator=None, callback=None) -> State:
     """Euler's method on the probability-flow ODE in Karras et al.'s (2022) coordinates
     ``(sigma, x / alpha)``, where ``d(x / alpha) / d sigma = eps``. Written in ``x`` the step is

@@ -12,10 +12,13 @@ a fixed batch, that sampling and writing samples work, and that ``to_objects`` g
 per sample (of ``object_type`` when given). Every problem found is reported in plain words, all
 at once.
 
-A domain whose config sets ``diffusion.kind = "categorical"`` is checked against that kind's
-contract: integer state leaves holding classes in ``[0, K)`` (:meth:`~diffkit.Domain.categories`),
-a model returning logits shaped like each leaf plus a last axis of ``K``, noise of uniforms in
-``[0, 1)``, and a ``sample.sampler`` of the categorical kind.
+The state, the model's output, the noise and the samples are checked against the process the
+config describes (:func:`diffkit.generate.build_diffusion`; each leaf's own when the domain gives
+them different ones, :meth:`~diffkit.Domain.processes`): floating-point leaves and outputs shaped
+like them for Gaussian diffusion and flow matching; for categorical diffusion integer leaves
+holding classes in ``[0, K)`` (:meth:`~diffkit.Domain.categories`), logits shaped like each leaf
+plus a last axis of ``K``, noise of uniforms in ``[0, 1)`` and padding kept by sampling; and a
+``sample.sampler`` of a kind the process runs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch.utils.data import default_collate
 
 from .config import check_config as check_settings, default_config, limits_of, lookup
 from .domain import Domain, accepted_keywords, merge_config
-from .generate import build_diffusion, diffusion_kind
+from .generate import build_diffusion, sampler_kinds
 from .kit import Output
 from .samplers import SAMPLERS, sampler_kind
 from .tree import SampleGenerators, State, leaves
@@ -118,11 +121,12 @@ def check_config(context: dict) -> None:
         except (KeyError, ValueError) as error:
             _fail(context, f"{where}: {error.args[0]}")
     context["config"] = merge_config(config, context["overrides"])
-    context["kind"] = kind = diffusion_kind(context["config"])
+    kinds = sampler_kinds(context["config"], domain)
     sampler = context["config"]["sample"]["sampler"]
-    if sampler in SAMPLERS and sampler_kind(SAMPLERS[sampler]) != kind:  # plugins' samplers are not known here
-        _fail(context, f"sample.sampler {sampler!r} is a {sampler_kind(SAMPLERS[sampler])} sampler, but "
-                       f"diffusion.kind is {kind!r}: set a {kind} one in default_config()")
+    if sampler in SAMPLERS and sampler_kind(SAMPLERS[sampler]) not in kinds:  # plugins' samplers are not known here
+        _fail(context, f"sample.sampler {sampler!r} is a {sampler_kind(SAMPLERS[sampler])} sampler, but diffusion.kind "
+                       f"is {context['config']['diffusion']['kind']!r}, whose process runs {' or '.join(kinds)} "
+                       "samplers: set one of those in default_config()")
 
 
 def check_dataset(context: dict) -> None:
@@ -138,71 +142,26 @@ def check_dataset(context: dict) -> None:
     if unknown:
         _fail(context, f"dataset items have unknown keys {sorted(unknown)}; allowed: x, cond, mask, extra")
     batch = default_collate([dataset[i] for i in range(context["batch_size"])])
-    categorical = context["kind"] == "categorical"
-    for leaf in leaves(batch["x"]):
-        if categorical and (leaf.is_floating_point() or leaf.is_complex() or leaf.dtype == torch.bool):
-            _fail(context, f"state leaves of categorical diffusion must hold class indices (an integer dtype), "
-                           f"got {leaf.dtype}")
-        elif not categorical and not leaf.is_floating_point():
-            _fail(context, f"state leaves must be floating point, got {leaf.dtype} (integer states need "
-                           "diffusion.kind = 'categorical')")
     if "mask" in batch:
         _check_same_structure(context, "the loss mask", batch["mask"], batch["x"], broadcast=True)
     context["dataset"], context["batch"] = dataset, batch
 
 
 def check_model(context: dict) -> None:
-    """build_model and its output"""
+    """build_model, the process and the model's output"""
     domain, config, batch = context["domain"], context["config"], context["batch"]
     model = domain.build_model(config)
     domain.fit_data(model, context["dataset"], config)
+    context["model"] = model
+    context["process"] = process = build_diffusion(domain, config, model=model)
+    problems = process.check_state(batch["x"])
+    if problems:
+        raise _Stop(problems[0])
     t = torch.rand(context["batch_size"])
     with torch.no_grad():
         output = model(batch["x"], t, cond=batch.get("cond"), **batch.get("extra", {}))
-    context["model"] = model
-    if context["kind"] == "categorical":
-        _check_logits(context, output, batch["x"])
-    else:
-        _check_same_structure(context, "model output", output, batch["x"])
-
-
-def _check_logits(context: dict, output: State, x: State) -> None:
-    """Classes in range, and logits shaped like each leaf plus ``K``."""
-    domain, config, model = context["domain"], context["config"], context["model"]
-    num_classes, _ = domain.categories(model, config)
-    counts = _per_leaf(num_classes, x, "categories() num_classes")
-    for key, leaf in _keyed_leaves(x):
-        where = f"[{key!r}]" if key is not None else ""
-        if leaf.numel() and (int(leaf.min()) < 0 or int(leaf.max()) >= counts[key]):
-            _fail(context, f"state{where} holds classes {int(leaf.min())}..{int(leaf.max())}, outside "
-                           f"[0, {counts[key]}) that categories() gives")
-    if isinstance(x, dict) != isinstance(output, dict) or (isinstance(x, dict) and set(output) != set(x)):
-        _check_same_structure(context, "model output (logits)", output, x)  # names the difference
-        return
-    for key, leaf in _keyed_leaves(x):
-        logits = output[key] if key is not None else output
-        where = f"[{key!r}]" if key is not None else ""
-        shape = (*leaf.shape, counts[key])
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != shape:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            _fail(context, f"model output{where} should be logits of shape {shape} (the state's shape plus "
-                           f"{counts[key]} classes), got {got}")
-        elif not logits.is_floating_point():
-            _fail(context, f"model output{where} should be floating-point logits, got {logits.dtype}")
-
-
-def _keyed_leaves(x: State) -> list[tuple[str | None, torch.Tensor]]:
-    return [(None, x)] if isinstance(x, torch.Tensor) else list(x.items())
-
-
-def _per_leaf(value, x: State, what: str) -> dict:
-    """``value`` (one for all leaves, or a dict keyed like ``x``) as a dict keyed by leaf."""
-    keys = [key for key, _ in _keyed_leaves(x)]
-    if isinstance(value, dict):
-        if set(value) != set(keys):
-            raise _Stop(f"{what} has keys {sorted(value)} but the state has {sorted(k for k in keys if k)}")
-        return dict(value)
-    return {key: value for key in keys}
+    for problem in process.check_output(output, batch["x"]):
+        _fail(context, problem)
 
 
 def check_noise(context: dict) -> None:
@@ -214,31 +173,8 @@ def check_noise(context: dict) -> None:
     _check_same_structure(context, "noise", first, batch["x"])
     if not all(torch.equal(a, b) for a, b in zip(leaves(first), leaves(again))):
         _fail(context, "noise() is not reproducible with the same generator: draw from the generator it gets")
-    if context["kind"] == "categorical":
-        _check_uniforms(context, first)
-        return
-    values = torch.cat([leaf.flatten() for leaf in leaves(first)])
-    values = values[values != 0]  # padding may be zero
-    if values.numel() > 100 and not (0.8 < values.std() < 1.2):
-        _fail(context, f"noise() should be unit-variance where it is not zero; its std is {values.std():.3f}")
-
-
-def _check_uniforms(context: dict, noise: State) -> None:
-    """Categorical noise: the uniforms in ``[0, 1)`` of one draw per entry."""
-    if not all(leaf.is_floating_point() for leaf in leaves(noise)):
-        _fail(context, "noise() of a categorical state should be floating-point uniforms in [0, 1) "
-                       "(diffkit.tree.standard_noise draws them)")
-        return
-    values = torch.cat([leaf.double().flatten() for leaf in leaves(noise)])
-    if values.numel() and not (0 <= float(values.min()) and float(values.max()) < 1):
-        _fail(context, f"noise() of a categorical state should lie in [0, 1); it spans "
-                       f"{float(values.min()):.3f}..{float(values.max()):.3f}")
-        return
-    values = values[values != 0]  # padding may be zero
-    # A uniform's std is 1/sqrt(12) = 0.289; Gaussian noise clipped into [0, 1) would be far off.
-    if values.numel() > 100 and not (0.4 < values.mean() < 0.6 and 0.25 < values.std() < 0.33):
-        _fail(context, f"noise() of a categorical state should be uniform in [0, 1) where it is not zero; its "
-                       f"mean is {values.mean():.3f} and its std {values.std():.3f} (expected 0.5 and 0.289)")
+    for problem in context["process"].check_noise(first):
+        _fail(context, problem)
 
 
 def check_null_cond(context: dict) -> None:
@@ -259,7 +195,7 @@ def check_null_cond(context: dict) -> None:
 def check_training(context: dict) -> None:
     """a few training steps"""
     domain, config, batch, model = context["domain"], context["config"], context["batch"], context["model"]
-    diffusion = build_diffusion(domain, config, model=model)
+    diffusion = context["process"]
     generator = torch.Generator().manual_seed(0)
     n = context["batch_size"]
     fixed = {"t": torch.linspace(0.05, 0.95, n), "noise": domain.noise(batch["x"], generator, **batch.get("extra", {}))}
@@ -286,8 +222,7 @@ def check_training(context: dict) -> None:
 
 def check_sampling(context: dict) -> None:
     """prepare_sampling, sampling, decode and write_samples"""
-    domain, config, model = context["domain"], context["config"], context["model"]
-    diffusion = build_diffusion(domain, config, model=model)
+    domain, config, model, diffusion = context["domain"], context["config"], context["model"], context["process"]
     generator = SampleGenerators.seeded(0, range(2))  # one per sample, as `diffkit sample` passes them
     try:
         batch = domain.prepare_sampling(model, 2, config, generator=generator)
@@ -295,16 +230,16 @@ def check_sampling(context: dict) -> None:
         raise _Stop(f"prepare_sampling() failed with one generator per sample ({str(error).splitlines()[0]}): draw random "
                     "choices through diffkit.draw_per_sample, which takes a generator of either kind") from None
     cond = batch.get("cond")
-    options = {}
-    if context["kind"] == "categorical":  # its sampler from the config; padding kept by the batch's mask
-        options = {"sampler": config["sample"]["sampler"], "mask": batch.get("mask")}
+    sampler = config["sample"]["sampler"]  # the built-in default of the process stands in for a plugin's
+    sampler = sampler if sampler in SAMPLERS and sampler_kind(SAMPLERS[sampler]) in diffusion.sampler_kinds else None
     with torch.no_grad():
-        x = diffusion.sample(model, batch["x"], steps=3, generator=generator, cond=cond,
+        x = diffusion.sample(model, batch["x"], sampler=sampler, steps=3, generator=generator, cond=cond,
                              uncond=domain.null_cond(cond) if cond is not None else None,
-                             guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"), **options)
+                             guidance=2.0 if cond is not None else 1.0, model_kwargs=batch.get("extra"),
+                             mask=batch.get("mask"))
     _check_same_structure(context, "a sample", x, batch["x"])
-    if context["kind"] == "categorical":
-        _check_categorical_sample(context, x, batch)
+    for problem in diffusion.check_sample(x, batch["x"], batch.get("mask")):
+        _fail(context, problem)
     batch["x"] = domain.decode(x, batch, **accepted_keywords(domain.decode, model=model, config=config))
     context["samples"] = batch
     out = context["tmp"] / "conformance-samples"
@@ -319,24 +254,6 @@ def check_sampling(context: dict) -> None:
         if not path.is_file() or path.stat().st_size == 0:
             _fail(context, f"write_samples() reported {path}, which is missing or empty")
     _check_no_overwrite(context, domain, batch, out, config, paths)
-
-
-def _check_categorical_sample(context: dict, x: State, batch: dict) -> None:
-    """An integer example state, and padding (``mask`` 0) kept as the example has it."""
-    if any(leaf.is_floating_point() for leaf in leaves(batch["x"])):
-        _fail(context, "prepare_sampling() should give an integer example state for categorical diffusion")
-        return
-    mask = batch.get("mask")
-    if mask is None:
-        return
-    for key, leaf in _keyed_leaves(x):
-        leaf_mask = mask.get(key) if isinstance(mask, dict) else mask
-        example = batch["x"][key] if key is not None else batch["x"]
-        if leaf_mask is not None and isinstance(leaf, torch.Tensor) and leaf.shape == example.shape:
-            padding = ~leaf_mask.bool().expand_as(leaf)
-            if not torch.equal(leaf[padding], example[padding]):
-                where = f"[{key!r}]" if key is not None else ""
-                _fail(context, f"sampling changed padding entries of the state{where} (where the batch's mask is 0)")
 
 
 def _check_no_overwrite(context: dict, domain: Domain, batch: dict, out: Path, config: dict, paths: list[Path]) -> None:

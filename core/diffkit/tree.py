@@ -81,6 +81,21 @@ def _accumulate(acc: Tensor, coef: Tensor | float, leaf: Tensor) -> Tensor:
     return acc.add_(leaf, alpha=float(coef))
 
 
+def where(condition: State, a: State, b: State) -> State:
+    """``a`` where ``condition`` is nonzero and ``b`` elsewhere, leaf by leaf (``condition``
+    broadcasts against each leaf). A tensor ``condition`` serves every leaf of a dict state; a dict
+    one may leave leaves out, which keep ``b``."""
+    if isinstance(b, Tensor):
+        return torch.where(condition.bool(), a, b)
+    if not isinstance(b, Mapping):
+        raise TypeError(f"a state is a Tensor or a dict of Tensors, got {type(b).__name__}")
+    out = {}
+    for key in b:
+        part = condition.get(key) if isinstance(condition, Mapping) else condition
+        out[key] = b[key] if part is None else where(part, a[key], b[key])
+    return out
+
+
 def gaussian_like(like: State, generator: torch.Generator | None = None, **_: Any) -> State:
     """Standard normal noise with the structure, dtype and device of ``like``."""
     return tree_map(

@@ -116,7 +116,7 @@ def bayes_posterior(d, i, k, t, s):
 @pytest.mark.parametrize("t, s", [(0.7, 0.3), (1.0, 0.5), (0.4, 0.0), (0.05, 0.01)])
 def test_posterior_matches_bayes_on_every_triple(kind, t, s):
     d = make(kind)
-    process = d.processes
+    process = d.transitions
     at_t, at_s = signal(d.schedule, t), signal(d.schedule, s)
     size = d.num_states()
     for i in range(4):
@@ -130,7 +130,7 @@ def test_posterior_matches_bayes_on_every_triple(kind, t, s):
 @pytest.mark.parametrize("kind", KINDS)
 def test_reverse_kernels_average_the_posterior_over_consistent_x0_and_keep_the_forward_marginals(kind):
     d = make(kind)
-    process, t, s = d.processes, 0.6, 0.25
+    process, t, s = d.transitions, 0.6, 0.25
     at_t, at_s = signal(d.schedule, t), signal(d.schedule, s)
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=DOUBLE)
     q_t = d.transition(t)
@@ -149,7 +149,7 @@ def test_reverse_kernels_average_the_posterior_over_consistent_x0_and_keep_the_f
 @pytest.mark.parametrize("kind", KINDS)
 def test_target_guidance_multiplies_each_move_to_x0_by_its_closed_form_gain(kind):
     d = make(kind)
-    process, t, s, weight = d.processes, 0.6, 0.45, 0.3
+    process, t, s, weight = d.transitions, 0.6, 0.45, 0.3
     at_t, at_s = signal(d.schedule, t), signal(d.schedule, s)
     m = torch.as_tensor(stationary(kind), dtype=DOUBLE)
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=DOUBLE)
@@ -468,15 +468,15 @@ def test_dict_loss_is_the_masked_cross_entropy_summed_with_leaf_weights():
 # -- errors -------------------------------------------------------------------------------------
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="unknown categorical noise 'gaussian'"):
+    with pytest.raises(ValueError, match="unknown categorical transition 'gaussian'"):
         CategoricalDiffusion(4, "gaussian")
     with pytest.raises(ValueError, match="needs marginal="):
         CategoricalDiffusion(4, "marginal")
-    with pytest.raises(ValueError, match="only used with noise='marginal'"):
+    with pytest.raises(ValueError, match="only used with transition='marginal'"):
         CategoricalDiffusion(4, "uniform", marginal=MARGINAL)
     with pytest.raises(ValueError, match="state key 'edges'.*marginal must be 2"):
         CategoricalDiffusion({"nodes": 3, "edges": 2}, "marginal", {"nodes": [1, 1, 1], "edges": [1, 1, 1]})
-    with pytest.raises(ValueError, match="weighting='elbo' needs absorbing noise"):
+    with pytest.raises(ValueError, match="weighting='elbo' needs absorbing transitions"):
         CategoricalDiffusion(4, "uniform", weighting="elbo")
     d = make("uniform")
     with pytest.raises(ValueError, match=r"class indices must lie in \[0, 4\)"):

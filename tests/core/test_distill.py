@@ -237,5 +237,5 @@ def test_a_categorical_model_is_refused_with_the_reason(tmp_path):
     train(domain, resolve_config(domain, overrides={"train": {"steps": 2, "checkpoint_every": 2}}), out=tmp_path,
           progress=False)
     _, teacher_config, info = load_teacher(domain, tmp_path)
-    with pytest.raises(ValueError, match="only Gaussian diffusion can be distilled"):
+    with pytest.raises(ValueError, match="a categorical process cannot be distilled"):
         student_config(domain, teacher_config, info["source"], 2)

@@ -97,7 +97,7 @@ def test_ddpm_step_equals_the_eps_form_of_ho_et_al():
     seen = []
     # times (t, s, 0): the first step is t -> s; z is zero because the noise function returns zeros
     no_noise = lambda like, generator=None, **_: torch.zeros_like(like)  # noqa: E731
-    denoiser = diffkit.Denoiser(model, schedule, "eps", noise=no_noise)
+    denoiser = diffkit.Denoiser(model, schedule, "eps", noise_fn=no_noise)
     sample_ddpm(denoiser, x_t, torch.stack([t, s, torch.zeros((), dtype=DOUBLE)]),
                 callback=lambda info: seen.append(info["x"]))
     assert torch.allclose(seen[0], expected)

@@ -70,7 +70,7 @@ def test_model_is_permutation_equivariant_with_symmetric_edges(domain, gaussian_
     config = gaussian_config
     _, batch = small_batch(domain, config, smiles_file, n=4)
     model = domain.build_model(config).eval()
-    x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
+    x = diffkit.Diffusion("cosine", "x0", noise_fn=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
     node_mask = batch["extra"]["node_mask"]
     t = torch.full((4,), 0.5)
     out = model(x, t, node_mask=node_mask)
@@ -92,7 +92,7 @@ def test_a_bfloat16_copy_of_the_network_reads_a_float32_state(domain, gaussian_c
     _, batch = small_batch(domain, config, smiles_file, n=4)
     torch.manual_seed(0)
     model = domain.build_model(config).eval()
-    x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
+    x = diffkit.Diffusion("cosine", "x0", noise_fn=domain.noise).q_sample(batch["x"], torch.full((4,), 0.5))
     t, node_mask = torch.full((4,), 0.5), batch["extra"]["node_mask"]
     expected = model(x, t, node_mask=node_mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -131,7 +131,7 @@ def test_the_pair_rows_network_equals_the_square_one(domain, gaussian_config, sm
     model = domain.build_model(config).eval()
     for block in model.blocks:  # zero at initialisation: give the modulation a part to play
         torch.nn.init.normal_(block.modulation.weight, std=0.05)
-    x = diffkit.Diffusion("cosine", "x0", noise=domain.noise).q_sample(batch["x"], torch.full((6,), 0.6))
+    x = diffkit.Diffusion("cosine", "x0", noise_fn=domain.noise).q_sample(batch["x"], torch.full((6,), 0.6))
     node_mask, t = batch["extra"]["node_mask"], torch.full((6,), 0.6)
     with torch.no_grad():
         out = model(x, t, node_mask=node_mask)
