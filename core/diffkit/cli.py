@@ -355,7 +355,7 @@ def _resumed_data(run_dir: Path, data: str | None) -> str | None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings merged over the checkpoint's (e.g. a [sample] section); its data, model and diffusion settings must match the weights.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set sample.spacing=trimmed (repeatable).")
 @click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw; more than memory can hold until they are written is refused before drawing, with what they would take.")
-@click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ...; for categorical diffusion discrete_flow or ancestral (default from the config).")
+@click.option("--sampler", default=None, help="Sampler name: ddpm, ddim, euler, heun, dpmpp_2m, ...; for flow matching also flow_euler, flow_heun, flow_midpoint, dopri5; for categorical diffusion discrete_flow or ancestral (default from the config).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default from the config).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance weight; 1 = none.")
 @click.option("--cond", default=None, help="The condition, as the domain reads it (e.g. a class label).")

@@ -19,7 +19,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "model": {},
     "diffusion": {
-        "kind": "gaussian",         # gaussian | categorical (integer states: see Domain.categories)
+        "kind": "gaussian",         # gaussian | flow (flow matching) | categorical (integer states: see Domain.categories)
         "schedule": "cosine",       # linear | cosine | sigmoid | a registered name
         # eps | v | x0. v by default: at high noise an eps model's x0 estimate is its error divided
         # by a tiny alpha, which deterministic samplers amplify; v stays well conditioned.
@@ -29,6 +29,11 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "zero_terminal_snr": False,
         "transition": "uniform",    # categorical: uniform | absorbing (a mask state) | marginal (the data's law)
         "vb_weight": 0.0,           # categorical: weight of the variational-bound term beside the cross-entropy
+        "path": "linear",           # flow: linear (x_t = (1 - t) x_0 + t eps, v = eps - x_0) | cosine
+        "training_times": "uniform",    # flow: uniform | logit_normal (t = sigmoid(logit_mean + logit_std n))
+        "logit_mean": 0.0,
+        "logit_std": 1.0,
+        "shift": 1.0,               # flow: SD3's time shift s t / (1 + (s - 1) t) of training and sampling times
     },
     "train": {
         "steps": 2000,
@@ -123,6 +128,7 @@ FRACTION = Limit(0, 1)
 # adds the limits of its own settings with Domain.limits(); every number must be finite.
 LIMITS: dict[str, Limit] = {
     "diffusion.min_snr_gamma": above(0), "diffusion.vb_weight": at_least(0),
+    "diffusion.logit_mean": FINITE, "diffusion.logit_std": above(0), "diffusion.shift": above(0),
     "train.steps": at_least(1), "train.batch_size": at_least(1), "train.lr": at_least(0),
     "train.weight_decay": at_least(0), "train.warmup_steps": at_least(0), "train.grad_clip": at_least(0),
     "train.grad_accum": at_least(1), "train.ema_decay": FRACTION, "train.cond_drop": FRACTION,
@@ -188,7 +194,23 @@ def apply_user_layers(config: dict, defaults: Mapping, *, file: str | Path | Non
         layers.append(overrides)
         config = merge_config(config, overrides)
         check_config(overrides, defaults, limits=limits)
-    return options_follow_sampler(below, config, layers)
+    return options_follow_sampler(below, sampler_follows_kind(below, config, layers), layers)
+
+
+def sampler_follows_kind(below: Mapping, config: dict, layers: list[Mapping]) -> dict:
+    """``config`` with its process's default sampler when the user's ``layers`` choose another
+    ``diffusion.kind`` and no sampler, and the sampler of ``below`` is of a kind the new process
+    does not run (``--set diffusion.kind=flow`` on a domain whose default sampler is categorical)."""
+    from .generate import PROCESSES
+    from .samplers import SAMPLERS, sampler_kind
+
+    kind, sampler = config["diffusion"].get("kind"), config["sample"]["sampler"]
+    if kind == below["diffusion"].get("kind") or kind not in PROCESSES or sampler not in SAMPLERS or any(
+            isinstance(layer.get("sample"), Mapping) and "sampler" in layer["sample"] for layer in layers):
+        return config
+    if sampler_kind(SAMPLERS[sampler]) not in PROCESSES[kind].sampler_kinds:
+        config = {**config, "sample": {**config["sample"], "sampler": PROCESSES[kind].defaults["sample"]["sampler"]}}
+    return config
 
 
 def options_follow_sampler(below: Mapping, config: dict, layers: list[Mapping]) -> dict:

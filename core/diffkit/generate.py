@@ -18,6 +18,7 @@ from .config import LIMITS, Limit, at_least, check_value, range_problem, type_pr
 from .contract import Process
 from .diffusion import Diffusion
 from .domain import Batch, Domain, accepted_keywords
+from .flow import FlowMatching
 from .plugins import Registry
 from .guidance import slerp
 from .samplers import SAMPLERS, SAMPLER_KINDS, get_sampler, is_stepwise, sampler_kind, sampler_names
@@ -28,7 +29,7 @@ from .workers import draw_in_workers, worker_count
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 #: ``diffusion.kind`` -> the process it builds (a config section in, :meth:`from_config`).
-PROCESSES: dict[str, type[Process]] = {"gaussian": Diffusion, "categorical": CategoricalDiffusion}
+PROCESSES: dict[str, type[Process]] = {"gaussian": Diffusion, "flow": FlowMatching, "categorical": CategoricalDiffusion}
 
 
 def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,

@@ -1,10 +1,12 @@
 """Gaussian mixtures with their exact denoiser: a ground truth for samplers, tests and benchmarks.
 
 For ``x_0 ~ sum_k w_k N(mu_k, C_k)`` and ``x_t = a x_0 + s eps`` the noisy marginal is the mixture
-``sum_k w_k N(a mu_k, a^2 C_k + s^2 I)`` and the posterior mean is known in closed form:
-``E[x_0 | x_t] = sum_k r_k(x_t) (mu_k + a C_k (a^2 C_k + s^2 I)^{-1} (x_t - a mu_k))`` with
-``r_k`` the posterior weight of component ``k``. A model returning it is the best possible denoiser,
-so any error left in its samples is the sampler's.
+``sum_k w_k N(a mu_k, a^2 C_k + s^2 I)`` and the posterior means are known in closed form:
+``E[x_0 | x_t] = sum_k r_k(x_t) (mu_k + a C_k (a^2 C_k + s^2 I)^{-1} (x_t - a mu_k))`` and
+``E[eps | x_t] = sum_k r_k(x_t) s (a^2 C_k + s^2 I)^{-1} (x_t - a mu_k)``, with ``r_k`` the
+posterior weight of component ``k``. A model returning them is the best possible denoiser (or, as
+``a' E[x_0 | x_t] + s' E[eps | x_t]``, the exact velocity of a flow path), so any error left in
+its samples is the sampler's.
 
 Each covariance is diagonalised once, ``C_k = U_k diag(l_k) U_k^T``; every noise level then costs
 elementwise work in that basis instead of a ``D x D`` solve per sample and component.
@@ -97,6 +99,26 @@ class GaussianMixture:
             shrunk = torch.bmm(shrunk, self._eigvecs.transpose(1, 2))
         return (responsibilities.T @ self.means + shrunk.sum(0)).to(x.dtype)
 
+    def posterior_noise(self, x: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+        """``E[eps | x_t = x]`` in closed form, without dividing by ``std`` (so also at ``std = 0``,
+        where it is 0), for per-sample ``alpha`` and ``std`` of shape ``(n,)``."""
+        if self._isotropic:
+            xd, a, s = x.double(), alpha.double()[:, None], std.double()[:, None]
+            var = a**2 * self._eigvals[None, :, 0] + s**2                          # (n, K)
+            distance = ((xd**2).sum(1, keepdim=True) - 2 * a * (xd @ self.means.T)
+                        + a**2 * (self.means**2).sum(1)[None]).clamp(min=0)
+            log_r = -0.5 * (distance / var + self.dim * var.log()) + self.weights.log()[None]
+            weights = torch.softmax(log_r, dim=1) * s / var                         # r_k s / var_k, (n, K)
+            # sum_k r_k s / var_k (x - a mu_k)
+            return (weights.sum(1, keepdim=True) * xd - a * (weights @ self.means)).to(x.dtype)
+        z, var = self._whitening(x, alpha, std)
+        log_r = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1)) + self.weights.log()[:, None]
+        responsibilities = torch.softmax(log_r, dim=0)
+        scaled = responsibilities[..., None] * (_per_sample(std, var.shape[1]) / var) * z
+        if not self._diagonal:
+            scaled = torch.bmm(scaled, self._eigvecs.transpose(1, 2))
+        return scaled.sum(0).to(x.dtype)
+
     def _isotropic_posterior_mean(self, x: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
         xd, a, s = x.double(), alpha.double()[:, None], std.double()[:, None]   # (n, D), (n, 1)
         var = a**2 * self._eigvals[None, :, 0] + s**2                          # (n, K)
@@ -153,6 +175,10 @@ class GaussianMixture:
     def denoiser(self, schedule: Schedule, prediction: str = "eps") -> "ExactDenoiser":
         return ExactDenoiser(self, schedule, prediction)
 
+    def velocity(self, path) -> "ExactVelocity":
+        """The exact velocity model of a flow ``path`` (:class:`diffkit.flow.Path`) towards this mixture."""
+        return ExactVelocity(self, path)
+
     def _whitening(self, x: Tensor, alpha: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
         """``x - a mu_k`` in component ``k``'s eigenbasis, ``(K, n, D)``, and the noisy variances
         ``a^2 l_k + s^2`` there, ``(K, n, D)`` or ``(K, 1, D)`` when all samples share one time."""
@@ -194,3 +220,20 @@ class ExactDenoiser(nn.Module):
         # eps from x0 divides by std: fine for t > 0, where samplers call the model.
         eps = (x.double() - alpha[:, None] * x0) / std[:, None]
         return target(self.prediction, x0, eps, alpha, std).to(x.dtype)
+
+
+class ExactVelocity(nn.Module):
+    """``model(x_t, t, cond=None)`` returning the exact velocity ``E[alpha'(t) x_0 + sigma'(t) eps | x_t]``
+    of a flow path (:class:`diffkit.flow.Path`) towards a mixture: its ODE carries standard noise
+    at ``t = 1`` to the mixture at ``t = 0`` exactly."""
+
+    def __init__(self, mixture: GaussianMixture, path):
+        super().__init__()
+        self.mixture, self.path = mixture, path
+
+    def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
+        t = t.double()
+        alpha, sigma = self.path.alpha(t), self.path.sigma(t)
+        x0 = self.mixture.posterior_mean(x, alpha, sigma).double()
+        eps = self.mixture.posterior_noise(x, alpha, sigma).double()
+        return (self.path.d_alpha(t)[:, None] * x0 + self.path.d_sigma(t)[:, None] * eps).to(x.dtype)

@@ -33,7 +33,8 @@ def diffkit_register_samplers(register: Callable) -> None:
     the plugin manager's registry, not added to the built-in ``diffkit.SAMPLERS``.
     A sampler for categorical states (see :mod:`diffkit.categorical_samplers`) is registered with
     ``register(name, sampler, kind="categorical")`` and is then valid for
-    ``CategoricalDiffusion.sample(sampler=...)``.
+    ``CategoricalDiffusion.sample(sampler=...)``; one integrating a flow's velocity
+    (:mod:`diffkit.flow_samplers`) with ``kind="flow"``, for ``FlowMatching.sample(sampler=...)``.
 
     :param register: the registration callback.
     """

@@ -187,7 +187,11 @@ class Trainer:
         self.objective.initialise(self.model, self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
-        # A sampler of the other kind would otherwise fail at the first preview, or when sampling.
+        problems = self.diffusion.check_state(default_collate([self.dataset[0]])["x"])
+        if problems:  # e.g. integer classes under a continuous process: the first step would fail obscurely
+            raise TrainingError(f"the data does not suit diffusion.kind = {self.config['diffusion']['kind']!r}: "
+                                f"{problems[0]}")
+        # A sampler of another kind would otherwise fail at the first preview, or when sampling.
         sample_settings(self.config, SampleRequest(), self.registry.samplers if self.registry is not None else None)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after

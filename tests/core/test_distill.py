@@ -97,7 +97,7 @@ def test_a_guided_teacher_solves_with_the_guided_combination_of_its_outputs():
 
 def test_the_student_times_are_the_sampling_times_and_each_steps_to_the_next():
     schedule = diffkit.CosineSchedule()
-    times = student_times(schedule, 4, "uniform")
+    times = student_times(diffkit.Diffusion("cosine"), 4, "uniform")
     torch.testing.assert_close(times, schedule.sample_times(4, "uniform"))
     torch.testing.assert_close(next_times(times, times[[2, 0, 3]]), times[[3, 1, 4]])
     with pytest.raises(ValueError, match="student's sampling times"):
