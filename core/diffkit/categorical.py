@@ -63,6 +63,8 @@ class CategoricalDiffusion(Process):
     defaults = {operation: {"sampler": "discrete_flow", "steps": 100, "spacing": "auto"}
                 for operation in ("sample", "edit", "inpaint")}
 
+    stepwise_sampler = "discrete_flow"
+
     def __init__(self, num_classes: int | dict, transition: str | dict = "uniform", marginal: Any = None,
                  schedule: str | Schedule | dict = "cosine", *, noise_fn: Callable = uniform_like,
                  weighting: str = "auto", vb_weight: float = 0.0, vb_steps: int = 1000,

@@ -416,7 +416,7 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
                          registry=_registry(ctx))
         if world.is_main:
             written = plugin_domain.write_samples(batch, Path(out), config)
-            write_record(record, _sample_record(plugin_domain.name, source, config, request, written, record,
+            write_record(record, _sample_record(plugin_domain, source, config, request, written, record,
                                                 torch_device, _registry(ctx)))
             click.echo(f"wrote {len(written)} file(s) to {out}; how they were made: {record}")
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
@@ -456,14 +456,14 @@ def _fresh_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def _sample_record(domain: str, source, config: dict, request, written: list, record: Path, device,
+def _sample_record(domain, source, config: dict, request, written: list, record: Path, device,
                    registry: Registry | None = None) -> dict:
     """What made these samples: enough to draw them again, and the files they are in."""
     from . import __version__
     from .generate import resolve_precision, sample_settings
 
-    settings = sample_settings(config, request, registry.samplers if registry is not None else None)
-    made = {"domain": domain, "checkpoint": str(source), "seed": request.seed,
+    settings = sample_settings(config, request, registry.samplers if registry is not None else None, domain)
+    made = {"domain": domain.name, "checkpoint": str(source), "seed": request.seed,
             "n": request.interpolate or request.n, "cond": request.cond}
     made.update({key: settings[key] for key in ("sampler", "steps", "spacing", "guidance")})
     made["precision"] = resolve_precision(settings["precision"], device)
@@ -632,9 +632,10 @@ def distill(ctx, domain, checkpoint, student_steps, spacing, out, data, config_f
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Where to create the package folder diffkit-NAME.")
-@click.option("--kind", type=click.Choice(["gaussian", "categorical"]), default="gaussian", show_default=True,
+@click.option("--kind", type=click.Choice(["gaussian", "categorical", "tabular"]), default="gaussian", show_default=True,
               help="gaussian: numeric sequences (CSV) by Gaussian diffusion; categorical: token sequences "
-                   "(FASTA, bases A C G T) by categorical diffusion.")
+                   "(FASTA, bases A C G T) by categorical diffusion; tabular: tables of numeric and categorical "
+                   "columns (CSV), each kind of column by its own process, one model for the row.")
 def new_plugin(name, directory, kind):
     """Create a working plugin package for a new domain called NAME.
 

@@ -54,10 +54,13 @@ class Process:
     sampler_kinds: tuple[str, ...] = ()
     #: Defaults of :meth:`sample`, :meth:`inpaint` and :meth:`edit`: sampler, steps and spacing.
     defaults: dict[str, dict[str, Any]] = {}
+    #: The stepwise sampler a leaf of a mixed state runs unless told otherwise (:mod:`diffkit.mixed`).
+    stepwise_sampler: str = ""
     #: The prior draw is the noise itself, so noises between two draws (``slerp``) are draws too.
     noise_is_prior: bool = False
-    #: A few-step student can learn its sampler (:mod:`diffkit.distill`): the process follows a
-    #: deterministic path with :meth:`coefficients` and :meth:`clean_estimate`.
+    #: A Gaussian path ``x_t = alpha x_0 + sigma eps`` with ``coefficients(t) -> (alpha, sigma)``,
+    #: ``target(x0, noise, t)`` (what the model regresses) and ``clean_estimate(output, x_t, t)``;
+    #: a few-step student can learn its sampler (:mod:`diffkit.distill`).
     distillable: bool = False
 
     noise_fn: Callable

@@ -45,6 +45,7 @@ class Diffusion(Process):
         # stays within 2%).
         "inpaint": {"sampler": "ddpm", "steps": 50, "spacing": "uniform", "options": {"ddpm": {"variance": "beta"}}},
     }
+    stepwise_sampler = "ddim"
     noise_is_prior = True
     distillable = True
 
@@ -116,8 +117,12 @@ class Diffusion(Process):
                     mask: State | None = None, weighting: str | None = None) -> State:
         """``||target - output||^2`` per leaf, the mean over the entries ``mask`` marks; the target
         is the noise, the clean data or v, as ``prediction`` says."""
-        wanted = target(self.prediction, x0, noise, self.schedule.alpha(t), self.schedule.std(t))
-        return squared_errors(output, wanted, mask)
+        return squared_errors(output, self.target(x0, noise, t), mask)
+
+    def target(self, x0: State, noise: State, t: Tensor) -> State:
+        """What the model should output for ``x_t = alpha x_0 + std noise`` (affine in both, so the
+        perfect model returns it at ``E[x_0 | x_t]`` and ``E[noise | x_t]``)."""
+        return target(self.prediction, x0, noise, self.schedule.alpha(t), self.schedule.std(t))
 
     def time_weight(self, t: Tensor, weighting: str | None = None) -> Tensor | float:
         weighting = weighting or self.weighting

@@ -111,6 +111,15 @@ class Domain:
         raise NotImplementedError(f"the {self.name} domain does not declare its classes (Domain.categories), "
                                   "which categorical diffusion needs")
 
+    def processes(self, config: dict) -> dict[str, str] | None:
+        """For a dict state whose leaves use different processes: the kind of each leaf's process
+        (``"gaussian"``, ``"flow"`` or ``"categorical"``), e.g. ``{"numbers": "flow", "colour":
+        "categorical"}``; the leaves are trained and sampled jointly by one model with one time
+        (:class:`diffkit.MixedProcess`). ``None`` (the default): ``diffusion.kind`` serves the whole
+        state. Each leaf's noise is then drawn alone: :meth:`noise` is called with a dict of that
+        leaf (:class:`diffkit.mixed.LeafNoise`) as well as with the whole state."""
+        return None
+
     def upgrade_config(self, config: dict) -> dict:
         """A saved config (of a checkpoint or an exported model) in today's terms, before the
         settings it lacks are filled in at their defaults. Override it when a new setting's default

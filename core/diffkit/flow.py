@@ -226,6 +226,7 @@ class FlowMatching(Process):
         "edit": {"sampler": "euler", "steps": 50, "spacing": "uniform"},
         "inpaint": {"sampler": "ddpm", "steps": 50, "spacing": "uniform", "options": {"ddpm": {"variance": "beta"}}},
     }
+    stepwise_sampler = "flow_euler"
     noise_is_prior = True
     distillable = True
 
@@ -312,7 +313,12 @@ class FlowMatching(Process):
         entries ``mask`` marks. The law of the training times does the weighting over time."""
         if weighting not in (None, "uniform"):
             raise ValueError(f"flow matching weighs time by its training times, not by weighting={weighting!r}")
-        return squared_errors(output, self.path.velocity(x0, noise, t), mask)
+        return squared_errors(output, self.target(x0, noise, t), mask)
+
+    def target(self, x0: State, noise: State, t: Tensor) -> State:
+        """The velocity ``alpha'(t) x_0 + sigma'(t) noise`` (affine in both, so the perfect model
+        returns it at ``E[x_0 | x_t]`` and ``E[noise | x_t]``)."""
+        return self.path.velocity(x0, noise, t)
 
     # -- sampling ---------------------------------------------------------------------------
 

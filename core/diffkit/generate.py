@@ -21,6 +21,7 @@ from .domain import Batch, Domain, accepted_keywords
 from .flow import FlowMatching
 from .plugins import Registry
 from .guidance import slerp
+from .mixed import LeafNoise, MixedProcess
 from .samplers import SAMPLERS, SAMPLER_KINDS, get_sampler, is_stepwise, sampler_kind, sampler_names
 from .distributed import World
 from .tree import SampleGenerators, State, concat, first_leaf, to_device, tree_map
@@ -34,22 +35,31 @@ PROCESSES: dict[str, type[Process]] = {"gaussian": Diffusion, "flow": FlowMatchi
 
 def build_diffusion(domain: Domain, config: dict, registry: Registry | None = None,
                     model: nn.Module | None = None) -> Process:
-    """The process a config's ``diffusion`` section describes, with the domain's noise: a
-    :class:`Diffusion`, or the process ``diffusion.kind`` names (categorical diffusion takes its
-    classes from :meth:`Domain.categories` for ``model``); a :class:`MixedProcess` when the
+    """The process a config's ``diffusion`` section describes, with the domain's noise: the one
+    ``diffusion.kind`` names (categorical diffusion takes its classes from
+    :meth:`Domain.categories` for ``model``), or a :class:`~diffkit.mixed.MixedProcess` when the
     domain gives each leaf its own (:meth:`Domain.processes`). Schedule and sampler names are
     looked up in ``registry`` (the built-ins when None)."""
     schedules, samplers = (registry.schedules, registry.samplers) if registry is not None else (None, None)
     section = config["diffusion"]
 
-    def categories():
+    def categories(key: str | None = None):
         if model is None:
             raise ValueError("a categorical diffusion needs the model, whose domain says its classes")
-        return domain.categories(model, config)
+        num_classes, marginal = domain.categories(model, config)
+        if key is None:
+            return num_classes, marginal
+        pick = lambda value: value[key] if isinstance(value, dict) else value  # noqa: E731
+        return pick(num_classes), pick(marginal)
 
-    kind = diffusion_kind(config)
-    return PROCESSES[kind].from_config(section, noise_fn=domain.noise, samplers=samplers, schedules=schedules,
-                                       categories=categories)
+    leaves = process_kinds(domain, config)
+    if leaves is None:
+        return PROCESSES[diffusion_kind(config)].from_config(section, noise_fn=domain.noise, samplers=samplers,
+                                                             schedules=schedules, categories=categories)
+    processes = {key: PROCESSES[kind].from_config(section, noise_fn=LeafNoise(domain.noise, key), samplers=samplers,
+                                                  schedules=schedules, categories=lambda key=key: categories(key))
+                 for key, kind in leaves.items()}
+    return MixedProcess(processes, noise_fn=domain.noise, samplers=samplers)
 
 
 def diffusion_kind(config: dict) -> str:
@@ -60,9 +70,25 @@ def diffusion_kind(config: dict) -> str:
     return kind
 
 
+def process_kinds(domain: Domain | None, config: dict) -> dict[str, str] | None:
+    """The kind of process of each leaf when the domain gives the leaves different ones
+    (:meth:`Domain.processes`), checked; None when one process serves the whole state."""
+    leaves = domain.processes(config) if domain is not None else None
+    if leaves is None:
+        return None
+    for key, kind in leaves.items():
+        if kind not in PROCESSES:
+            raise ValueError(f"the {domain.name} domain gives the leaf {key!r} the process {kind!r}; valid: "
+                             f"{', '.join(PROCESSES)}")
+    return dict(leaves)
+
+
 def sampler_kinds(config: dict, domain: Domain | None = None) -> tuple[str, ...]:
-    """The kinds of samplers the config's process runs."""
-    return PROCESSES[diffusion_kind(config)].sampler_kinds
+    """The kinds of samplers the config's process runs (with ``domain``, all those its leaves run)."""
+    leaves = process_kinds(domain, config)
+    if leaves is None:
+        return PROCESSES[diffusion_kind(config)].sampler_kinds
+    return tuple(dict.fromkeys(kind for leaf in leaves.values() for kind in PROCESSES[leaf].sampler_kinds))
 
 
 @dataclass
@@ -158,9 +184,9 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     returns them all, in order (other ranks return ``None``). On the CPU a rank's chunks are
     shared by ``sample.workers`` forked processes (:mod:`diffkit.workers`).
     """
-    check_request(request, registry, sampler_kinds(config))
+    check_request(request, registry, sampler_kinds(config, domain))
     diffusion = build_diffusion(domain, config, registry, model)
-    settings = sample_settings(config, request, registry.samplers if registry is not None else None)
+    settings = sample_settings(config, request, registry.samplers if registry is not None else None, domain)
     settings["precision"] = resolve_precision(settings["precision"], device)
     model = model.to(device).eval()
     network = network_at_precision(model, settings["precision"])
@@ -216,13 +242,14 @@ def _gather_chunks(chunks: dict[int, Batch], world: World) -> dict[int, Batch] |
     return {k: batch for part in gathered for k, batch in part.items()}
 
 
-def sample_settings(config: dict, request: SampleRequest, samplers: dict | None = None) -> dict[str, Any]:
+def sample_settings(config: dict, request: SampleRequest, samplers: dict | None = None,
+                    domain: Domain | None = None) -> dict[str, Any]:
     """What sampling runs with: the request's choices over the config's ``sample`` section, with
     ``spacing = "auto"`` resolved to the sampler's own where it names one (the process resolves it
     otherwise) and ``"uniform"`` for editing. ``samplers`` is where names are looked up (a
-    registry's; the built-ins by default)."""
+    registry's; the built-ins by default); ``domain`` says which processes its leaves use."""
     section = config["sample"]
-    kinds = sampler_kinds(config)
+    kinds = sampler_kinds(config, domain)
     if request.sampler is None:
         check_sampler(section["sampler"], samplers, kinds, "sample.sampler")
     else:

@@ -119,6 +119,17 @@ class GaussianMixture:
             scaled = torch.bmm(scaled, self._eigvecs.transpose(1, 2))
         return scaled.sum(0).to(x.dtype)
 
+    def component_posteriors(self, x: Tensor, alpha: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """Each component's ``E[x_0 | x_t = x, k]`` and ``E[eps | x_t = x, k]``, both ``(K, n, D)``
+        (float64), for per-sample ``alpha`` and ``std`` of shape ``(n,)``; weigh them with
+        ``softmax(noisy_log_prob)`` (times any other evidence about ``k``) for the posterior means."""
+        z, var = self._whitening(x, alpha, std)
+        x0 = (_per_sample(alpha, var.shape[1]) * self._eigvals[:, None, :] / var) * z
+        eps = (_per_sample(std, var.shape[1]) / var) * z
+        if not self._diagonal:
+            x0, eps = torch.bmm(x0, self._eigvecs.transpose(1, 2)), torch.bmm(eps, self._eigvecs.transpose(1, 2))
+        return self.means[:, None, :] + x0, eps
+
     def _isotropic_posterior_mean(self, x: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
         xd, a, s = x.double(), alpha.double()[:, None], std.double()[:, None]   # (n, D), (n, 1)
         var = a**2 * self._eigvals[None, :, 0] + s**2                          # (n, K)
@@ -237,3 +248,31 @@ class ExactVelocity(nn.Module):
         x0 = self.mixture.posterior_mean(x, alpha, sigma).double()
         eps = self.mixture.posterior_noise(x, alpha, sigma).double()
         return (self.path.d_alpha(t)[:, None] * x0 + self.path.d_sigma(t)[:, None] * eps).to(x.dtype)
+
+
+class ExactLabelledModel(nn.Module):
+    """The exact model of a mixed state ``{point: x, label: k}`` whose law is the mixture's joint law
+    of a component ``k`` (with the mixture's weights) and a point ``x ~ N(mu_k, C_k)``: a perfect model
+    for :class:`diffkit.MixedProcess` with a Gaussian path for ``point`` (diffusion or flow: its
+    ``coefficients`` and ``target``) and categorical diffusion for ``label`` (its ``transition``).
+
+    Given ``(x_t, k_t)``, ``P(k_0 = k | x_t, k_t) ∝ w_k N(x_t; a mu_k, a^2 C_k + s^2 I) Q_t[k, k_t]``;
+    the label's logits are its logarithm, the point's output the path's target at the posterior
+    means of ``x_0`` and ``eps`` over the components so weighted."""
+
+    def __init__(self, mixture: GaussianMixture, process, point: str = "x", label: str = "label"):
+        super().__init__()
+        self.mixture, self.point, self.label = mixture, point, label
+        self.path, self.labels = process.processes[point], process.processes[label]
+
+    def forward(self, state: dict, t: Tensor, cond=None) -> dict:
+        x, k_t = state[self.point], state[self.label].long()
+        alpha, std = self.path.coefficients(t.double())
+        log_r = self.mixture.noisy_log_prob(x.double(), alpha, std)                         # (n, K)
+        columns = self.labels.transition(t.double())[torch.arange(len(k_t)), :, k_t]     # Q_t[:, k_t], (n, S)
+        # A label no x_0 can have produced (a kept label at t = 1 under absorbing transitions) says nothing.
+        log_r = torch.log_softmax(log_r + columns[:, :log_r.shape[1]].clamp(min=1e-300).log(), dim=1)
+        x0, eps = self.mixture.component_posteriors(x.double(), alpha, std)              # (K, n, D)
+        weights = log_r.exp().T[..., None]
+        target = self.path.target((weights * x0).sum(0), (weights * eps).sum(0), t.double())
+        return {self.point: target.to(x.dtype), self.label: log_r.float()}

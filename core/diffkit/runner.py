@@ -192,7 +192,8 @@ class Trainer:
             raise TrainingError(f"the data does not suit diffusion.kind = {self.config['diffusion']['kind']!r}: "
                                 f"{problems[0]}")
         # A sampler of another kind would otherwise fail at the first preview, or when sampling.
-        sample_settings(self.config, SampleRequest(), self.registry.samplers if self.registry is not None else None)
+        sample_settings(self.config, SampleRequest(), self.registry.samplers if self.registry is not None else None,
+                        self.domain)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after
             load_weights(self.model, saved["model"], f"the weights of {str(existing[-1])!r}")

@@ -21,6 +21,12 @@ FILES = {
         "plugin_categorical.py.tmpl": "src/diffkit_{name}/plugin.py",
         "test_plugin_categorical.py.tmpl": "tests/test_{name}.py",
     },
+    "tabular": {
+        "pyproject.toml.tmpl": "pyproject.toml",
+        "README_tabular.md.tmpl": "README.md",
+        "plugin_tabular.py.tmpl": "src/diffkit_{name}/plugin.py",
+        "test_plugin_tabular.py.tmpl": "tests/test_{name}.py",
+    },
 }
 KINDS = tuple(FILES)
 
@@ -38,7 +44,8 @@ def create_plugin(name: str, directory: str | Path = ".", kind: str = "gaussian"
 
     ``name`` becomes the domain name and the import name ``diffkit_<name>``; an existing folder
     is never overwritten. ``kind`` picks the starting point: ``"gaussian"`` (numeric sequences
-    from a CSV file) or ``"categorical"`` (DNA-like token sequences from a FASTA file).
+    from a CSV file), ``"categorical"`` (DNA-like token sequences from a FASTA file) or
+    ``"tabular"`` (tables of numeric and categorical columns from a CSV file, a mixed state).
     """
     if kind not in FILES:
         raise ValueError(f"unknown plugin kind {kind!r}; valid: {', '.join(KINDS)}")

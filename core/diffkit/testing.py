@@ -230,7 +230,7 @@ def check_sampling(context: dict) -> None:
         raise _Stop(f"prepare_sampling() failed with one generator per sample ({str(error).splitlines()[0]}): draw random "
                     "choices through diffkit.draw_per_sample, which takes a generator of either kind") from None
     cond = batch.get("cond")
-    sampler = config["sample"]["sampler"]  # the built-in default of the process stands in for a plugin's
+    sampler = config["sample"]["sampler"]  # the process's default stands in for a plugin's sampler
     sampler = sampler if sampler in SAMPLERS and sampler_kind(SAMPLERS[sampler]) in diffusion.sampler_kinds else None
     with torch.no_grad():
         x = diffusion.sample(model, batch["x"], sampler=sampler, steps=3, generator=generator, cond=cond,

@@ -96,7 +96,22 @@ def test_categorical_scaffold_installs_trains_samples_and_passes_its_tests(tmp_p
     assert set(scores) == {"kmer_distance", "stem_pairing", "gc_error"} and 0 <= scores["gc_error"] <= 0.5
 
 
+@pytest.mark.slow
+def test_tabular_scaffold_installs_trains_samples_and_passes_its_tests(tmp_path, venv):
+    result = CliRunner().invoke(cli, ["new-plugin", "tables", "--kind", "tabular", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    package = tmp_path / "diffkit-tables"
+    install_test_and_train(package, "tables", "7 passed", venv)
+    venv("-m", "diffkit", "sample", "--domain", "tables", "--checkpoint", "run", "-n", "5", "--init", "colour=blue",
+         "--out", "blue.csv", "--no-progress", cwd=package)
+    lines = (package / "blue.csv").read_text().splitlines()
+    assert lines[0] == "weight,height,colour,size" and [line.split(",")[2] for line in lines[1:]] == ["blue"] * 5
+    scores = json.loads(venv("-m", "diffkit", "evaluate", "--domain", "tables", "--samples", "blue.csv", "--json",
+                             cwd=package))
+    assert set(scores) == {"category_distance", "conditional_mean_error"}
+
+
 def test_unknown_kind_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["new-plugin", "bases", "--kind", "discrete", "--dir", str(tmp_path)])
-    assert result.exit_code == 2 and "'discrete' is not one of 'gaussian', 'categorical'" in result.output
+    assert result.exit_code == 2 and "'discrete' is not one of 'gaussian', 'categorical', 'tabular'" in result.output
     assert list(tmp_path.iterdir()) == []
