@@ -214,8 +214,6 @@ class Process:
         (``defaults["inpaint"]``). ``keep`` broadcasts against each leaf (a ``(B, 1, H, W)`` keep
         serves a ``(B, C, H, W)`` image; a dict may leave out leaves that are all generated).
         Like :meth:`sample`, it runs without autograd."""
-        if resample < 1:
-            raise ValueError(f"resample must be at least 1, got {resample}")
         defaults = self.defaults["inpaint"]
         sampler = sampler or defaults["sampler"]
         sample_fn = self.get_sampler(sampler)

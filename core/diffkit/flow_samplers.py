@@ -133,9 +133,9 @@ def _dopri5_interval(denoiser, x: State, t: float, end: float, rtol: float, atol
 def _error_ratio(error: State, x: State, new: State, rtol: float, atol: float) -> float:
     """The largest per-sample RMS of ``error / (atol + rtol max(|x|, |new|))``."""
     total, count = 0.0, 0
-    for e, a, b in zip(leaves(error), leaves(x), leaves(new)):
-        tolerance = atol + rtol * torch.maximum(a.abs(), b.abs())
-        total = total + ((e / tolerance) ** 2).reshape(e.shape[0], -1).sum(1)
+    for e, a, b in zip(leaves(error), leaves(x), leaves(new)):  # detached: step control, not the solution
+        tolerance = atol + rtol * torch.maximum(a.detach().abs(), b.detach().abs())
+        total = total + ((e.detach() / tolerance) ** 2).reshape(e.shape[0], -1).sum(1)
         count += e[0].numel()
     return float((total / count).sqrt().max())
 
@@ -143,7 +143,8 @@ def _error_ratio(error: State, x: State, new: State, rtol: float, atol: float) -
 def _first_step(x: State, slope: State, span: float, rtol: float, atol: float) -> float:
     """A first step whose Euler change is about 1 % of the tolerance-scaled state (Hairer et al.'s
     starting step, without its second model call), at most the whole interval."""
-    scale_x = sum(float(((a / (atol + rtol * a.abs())) ** 2).mean()) for a in leaves(x)) ** 0.5
-    scale_v = sum(float(((v / (atol + rtol * a.abs())) ** 2).mean()) for v, a in zip(leaves(slope), leaves(x))) ** 0.5
+    x, slope = leaves(x), leaves(slope)
+    scale_x = sum(float(((a / (atol + rtol * a.abs())) ** 2).mean().detach()) for a in x) ** 0.5
+    scale_v = sum(float(((v / (atol + rtol * a.abs())) ** 2).mean().detach()) for v, a in zip(slope, x)) ** 0.5
     h = 0.01 * scale_x / scale_v if scale_x > 1e-5 and scale_v > 1e-5 else 1e-6
     return min(h, span)

@@ -51,8 +51,8 @@ class MixedProcess(Process):
 
     A named sampler must be stepwise (:func:`diffkit.samplers.is_stepwise`): the leaves whose
     process runs its kind run it, with the options given; the others run their process's
-    :attr:`~diffkit.contract.Process.stepwise_sampler`. Sampling times are uniform or quadratic
-    in ``t``.
+    :attr:`~diffkit.contract.Process.stepwise_sampler`. A dict names each leaf's sampler.
+    Sampling times are uniform or quadratic in ``t``.
     """
 
     kind = "mixed"
@@ -125,21 +125,25 @@ class MixedProcess(Process):
 
     # -- sampling ---------------------------------------------------------------------------
 
-    def get_sampler(self, name: str | None) -> "LeafSamplers":
-        """Which sampler each leaf runs: the named one (which must be stepwise) where its process
-        runs that kind, the process's :attr:`~diffkit.contract.Process.stepwise_sampler` elsewhere."""
-        named = None
-        if name is not None:
-            named = get_sampler(name, self.samplers, kind=self.sampler_kinds)
-            if not is_stepwise(named):
-                raise ValueError(f"{name!r} is not a stepwise sampler: the leaves of a mixed state step together, one "
-                                 "model call a step; choose one such as ddpm, ddim, euler, flow_euler, ancestral or "
-                                 "discrete_flow")
+    def get_sampler(self, name: str | dict[str, str] | None) -> "LeafSamplers":
+        """Which sampler each leaf runs: a named one (which must be stepwise) where its process runs
+        that kind, the process's :attr:`~diffkit.contract.Process.stepwise_sampler` elsewhere; or a
+        dict naming each leaf's sampler (leaves it leaves out run their default)."""
+        names = name if isinstance(name, dict) else {key: name for key in self.processes}
+        unknown = set(names) - set(self.processes)
+        if unknown:
+            raise ValueError(f"samplers named for leaves {sorted(unknown)} this state does not have: {sorted(self.processes)}")
         plan = LeafSamplers()
         for key, process in self.processes.items():
-            runs_named = named is not None and sampler_kind(named) in process.sampler_kinds
-            plan[key] = named if runs_named else process.get_sampler(process.stepwise_sampler)
-        plan.named = named
+            fn = _stepwise(names.get(key), self.samplers, self.sampler_kinds)
+            if fn is not None and sampler_kind(fn) in process.sampler_kinds:
+                plan[key] = fn
+                plan.named.add(key)
+            elif isinstance(name, dict) and fn is not None:
+                raise ValueError(f"the leaf {key!r} runs {' or '.join(process.sampler_kinds)} samplers, not "
+                                 f"{names[key]!r} ({sampler_kind(fn)})")
+            else:
+                plan[key] = process.get_sampler(process.stepwise_sampler)
         return plan
 
     def denoiser(self, model: Callable, like: State | None = None, *, cond: Any = None, guidance: float = 1.0,
@@ -166,11 +170,11 @@ class MixedProcess(Process):
     def run_sampler(self, sampler: "LeafSamplers", denoiser: "MixedDenoiser", x: State, times: Tensor, *,
                     generator=None, callback: Callable | None = None, **options) -> State:
         """Lockstep: per step one (guided) model call on the whole state, then each leaf steps with
-        its own sampler and process; ``options`` go to the leaves running the named sampler."""
+        its own sampler and process; ``options`` go to the leaves running a named sampler."""
         for i in range(len(times) - 1):
             denoiser.fill(x, times[i])
             x = {key: process.run_sampler(sampler[key], denoiser.leaves[key], x[key], times[i:i + 2], generator=generator,
-                                          **(options if sampler[key] is sampler.named else {}))
+                                          **(options if key in sampler.named else {}))
                  for key, process in self.processes.items()}
             if callback is not None:
                 callback({"step": i, "t": float(times[i]), "x": x, "x0": x})
@@ -213,10 +217,23 @@ class MixedProcess(Process):
 
 
 class LeafSamplers(dict):
-    """The sampler of each leaf of a mixed state; ``named`` is the one asked for (None: defaults)."""
+    """The sampler of each leaf of a mixed state; ``named`` holds the leaves that run one asked for."""
 
     stepwise = True  # each leaf's sampler is
-    named: Callable | None = None
+
+    def __init__(self):
+        super().__init__()
+        self.named: set[str] = set()
+
+
+def _stepwise(name: str | None, samplers: dict | None, kinds: tuple[str, ...]) -> Callable | None:
+    if name is None:
+        return None
+    fn = get_sampler(name, samplers, kind=kinds)
+    if not is_stepwise(fn):
+        raise ValueError(f"{name!r} is not a stepwise sampler: the leaves of a mixed state step together, one model call "
+                         "a step; choose one such as ddpm, ddim, euler, flow_euler, ancestral or discrete_flow")
+    return fn
 
 
 class LeafOutput:

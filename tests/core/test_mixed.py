@@ -63,6 +63,11 @@ def test_a_step_is_one_model_call_on_the_whole_state_and_options_reach_the_named
     assert seen == [(["label", "x"], pytest.approx(t)) for t in (1.0, 0.8, 0.6, 0.4, 0.2)]
     plan = process.get_sampler("ddim")
     assert plan["x"].__name__ == "sample_ddim" and plan["label"].__name__ == "sample_discrete_flow"
+    assert plan.named == {"x"}
+    plan = process.get_sampler({"x": "ddpm", "label": "ancestral"})
+    assert plan["x"].__name__ == "sample_ddpm" and plan["label"].__name__ == "sample_ancestral"
+    with pytest.raises(ValueError, match="the leaf 'label' runs categorical samplers, not 'ddim'"):
+        process.get_sampler({"label": "ddim"})
     with pytest.raises(ValueError, match="uniform or quadratic in t, not 'karras'"):
         process.sample(model, example(2), steps=3, spacing="karras")
 
