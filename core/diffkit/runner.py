@@ -187,7 +187,8 @@ class Trainer:
         self.objective.initialise(self.model, self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
-        problems = self.diffusion.check_state(default_collate([self.dataset[0]])["x"])
+        # One item, read as the loop reads items (its global generators seeded, then restored).
+        problems = self.diffusion.check_state(default_collate([SeededItems(self.dataset)[0, 0]])["x"])
         if problems:  # e.g. integer classes under a continuous process: the first step would fail obscurely
             raise TrainingError(f"the data does not suit diffusion.kind = {self.config['diffusion']['kind']!r}: "
                                 f"{problems[0]}")
