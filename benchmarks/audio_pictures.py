@@ -48,7 +48,7 @@ def real_clips(real: str, config: dict) -> tuple[list, list[str]]:
 def generated_clips(folder: Path, config: dict) -> tuple[list, list[str]]:
     files = find_audio_files(folder)
     length, rate = clip_length(config["data"]), int(config["data"]["sample_rate"])
-    waves = [fit_length(load_clip(path, rate, 1, normalise=False), length) for path in files]
+    waves = [fit_length(load_clip(path, rate, 1, normalise="none"), length) for path in files]
     return waves, [path.stem.split("_", 2)[2] for path in files]
 
 

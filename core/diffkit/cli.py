@@ -219,6 +219,8 @@ def _plan_printer(domain: str, data: str | None, preset_line: str):
         resuming = f" (resuming at {plan.start_step:,})" if plan.start_step else ""
         processes = f" x {plan.processes} processes" if plan.processes > 1 else ""
         click.echo(f"domain: {domain}  data: {source} ({plan.dataset_size:,} items)  {preset_line}")
+        for note in plan.data_notes:
+            click.echo(f"  {note}")
         click.echo(f"model: {_count(plan.parameters)} parameters  steps: {plan.steps:,}{resuming}  "
                    f"batch: {plan.batch_size:,}  device: {plan.device}{processes}")
         click.echo(f"run folder: {plan.run_dir}")

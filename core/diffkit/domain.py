@@ -85,6 +85,12 @@ class Domain:
         """The denoiser, ``model(x_t, t, cond=None, **extra) -> prediction``."""
         raise NotImplementedError
 
+    def describe_data(self, dataset: Dataset, config: dict) -> list[str]:
+        """Lines for the plan ``diffkit train`` prints before the first step: the settings this
+        domain chose from the data in :meth:`build_dataset`, each with why (e.g. ``"clip length:
+        0.7 s (98th percentile of 2,409 recordings)"``). None by default."""
+        return []
+
     def fit_data(self, model: nn.Module, dataset: Dataset, config: dict) -> None:
         """Record in the model what sampling needs to know about the data (e.g. the distribution
         of sizes, or the mean and scale a dataset standardised with) as buffers, so that it travels

@@ -21,7 +21,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -81,6 +81,7 @@ class RunPlan:
     device: str
     processes: int
     run_dir: Path
+    data_notes: list[str] = field(default_factory=list)  # what the domain chose from the data, and why
 
 
 @dataclass
@@ -218,7 +219,8 @@ class Trainer:
     def plan(self) -> RunPlan:
         return RunPlan(dataset_size=len(self.dataset), parameters=self.parameter_count,
                        steps=self.train_cfg["steps"], start_step=self.step, batch_size=self.train_cfg["batch_size"],
-                       device=str(self.device), processes=self.world.size, run_dir=self.run_dir)
+                       device=str(self.device), processes=self.world.size, run_dir=self.run_dir,
+                       data_notes=self.domain.describe_data(self.dataset, self.config))
 
     def _check_dataset_size(self) -> None:
         size, batch = len(self.dataset), self.train_cfg["batch_size"]

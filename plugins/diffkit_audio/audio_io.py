@@ -63,21 +63,86 @@ def fit_length(wave: Tensor, length: int, offset: int = 0) -> Tensor:
     return window
 
 
-def peak_normalise(wave: Tensor, peak: float = 0.95) -> Tensor:
+LEVELS = ("loudness", "peak", "none")
+#: RMS of a loudness-normalised clip: 20 dB below full scale.
+TARGET_RMS = 0.1
+#: The largest magnitude a normalised clip may reach.
+PEAK = 0.95
+
+
+def peak_normalise(wave: Tensor, peak: float = PEAK) -> Tensor:
     """Scale so that the largest magnitude is ``peak`` (silence is left as it is)."""
     largest = wave.abs().max()
     return wave if largest <= 0 else wave * (peak / largest)
 
 
-def load_clip(path: str | Path, sample_rate: int, channels: int, normalise: bool = True) -> Tensor:
-    """A whole file as ``(channels, T)`` at ``sample_rate``, peak-normalised when asked."""
+def loudness_normalise(wave: Tensor, rms: float = TARGET_RMS, peak: float = PEAK) -> Tensor:
+    """Scale to a root-mean-square level of ``rms``, or less where that would push the largest
+    magnitude past ``peak`` (silence is left as it is). Unlike the peak, the RMS level follows how
+    loud a recording sounds, whatever one click or plosive reaches."""
+    largest = wave.abs().max()
+    if largest <= 0:
+        return wave
+    level = wave.float().pow(2).mean().sqrt()
+    return wave * min(rms / float(level), peak / float(largest))
+
+
+def check_level(level: str) -> str:
+    """``data.normalize``, checked."""
+    if level not in LEVELS:
+        raise ValueError(f"data.normalize = {level!r}; expected one of {', '.join(LEVELS)}")
+    return level
+
+
+def normalise_level(wave: Tensor, level: str) -> Tensor:
+    """``data.normalize``: ``loudness`` (:func:`loudness_normalise`), ``peak`` or ``none``."""
+    if check_level(level) == "loudness":
+        return loudness_normalise(wave)
+    return peak_normalise(wave) if level == "peak" else wave
+
+
+def frame_levels(wave: Tensor, sample_rate: int, frame_seconds: float = 0.02) -> tuple[Tensor, int, int]:
+    """Energies in dB of half-overlapping frames of ``frame_seconds`` of the channel mean of
+    ``wave (C, T)``: ``(levels (F,), frame, hop)``, sizes in samples (a clip shorter than a frame is one frame)."""
+    mono = wave.float().mean(dim=0)
+    frame = max(1, min(round(frame_seconds * sample_rate), mono.shape[0]))
+    hop = max(1, frame // 2)
+    frames = mono.unfold(0, frame, hop)
+    return 10 * torch.log10(frames.pow(2).mean(dim=1) + 1e-12), frame, hop
+
+
+def trim_silence(wave: Tensor, sample_rate: int, below_db: float) -> Tensor:
+    """``wave (C, T)`` without its leading and trailing 20 ms frames quieter than ``below_db``
+    under the loudest one, keeping a frame of margin each side; ``below_db <= 0`` trims nothing.
+    The threshold is relative, so a recording whose noise floor lies within ``below_db`` of its
+    loudest frame keeps its noise."""
+    if below_db <= 0:
+        return wave
+    levels, frame, hop = frame_levels(wave, sample_rate)
+    loud = torch.nonzero(levels > levels.max() - below_db).flatten()
+    start = max(0, int(loud[0]) * hop - frame)
+    end = min(wave.shape[-1], int(loud[-1]) * hop + 2 * frame)
+    return wave[..., start:end]
+
+
+def load_clip(path: str | Path, sample_rate: int, channels: int, normalise: str = "peak",
+              trim_db: float = 0.0) -> Tensor:
+    """A whole file as ``(channels, T)`` at ``sample_rate``, as :func:`prepare_clip` makes it."""
     wave, rate = read_audio(path)
+    return prepare_clip(wave, rate, sample_rate, channels, normalise, trim_db, path=path)
+
+
+def prepare_clip(wave: Tensor, rate: int, sample_rate: int, channels: int, normalise: str = "peak",
+                 trim_db: float = 0.0, *, path: str | Path = "") -> Tensor:
+    """A decoded recording ``(C, T)`` at ``rate`` -> ``(channels, T')`` at ``sample_rate``:
+    silence trimmed (``trim_db``, :func:`trim_silence`), then its level normalised
+    (``normalise``, :func:`normalise_level`); ``path`` names the file in errors."""
     try:
         wave = match_channels(wave, channels)
     except UnreadableAudio as error:
         raise UnreadableAudio(f"{path}: {error}") from None
-    wave = resample(wave, rate, sample_rate)
-    return peak_normalise(wave) if normalise else wave
+    wave = resample(trim_silence(wave, rate, trim_db), rate, sample_rate)
+    return normalise_level(wave, normalise)
 
 
 def encode_audio(wave: Tensor, sample_rate: int, suffix: str = ".wav") -> bytes:

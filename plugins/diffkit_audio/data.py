@@ -19,16 +19,19 @@ checked and files are decoded when used (for collections larger than memory).
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .audio_io import AUDIO_SUFFIXES, UnreadableAudio, fit_length, load_clip
+from .audio_io import (AUDIO_SUFFIXES, UnreadableAudio, check_level, fit_length, load_clip, prepare_clip,
+                       read_audio)
 
 LABEL_MODES = ("folder", "pattern", "none")
 
@@ -45,13 +48,14 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, sources: list[Tensor | Path], labels: list[int], label_names: list[str], *,
-                 sample_rate: int, length: int, channels: int, random_crop: bool, normalise: bool = True,
-                 scale: float = 1.0):
+                 sample_rate: int, length: int, channels: int, random_crop: bool, normalise: str = "peak",
+                 trim_db: float = 0.0, scale: float = 1.0):
         if len(sources) != len(labels):
             raise ValueError(f"{len(sources)} clips but {len(labels)} labels")
         self.sources, self.labels, self.label_names = sources, labels, label_names
         self.sample_rate, self.length, self.channels = sample_rate, length, channels
-        self.random_crop, self.normalise, self.scale = random_crop, normalise, scale
+        self.random_crop, self.normalise, self.trim_db, self.scale = random_crop, normalise, trim_db, scale
+        self.choices: list[str] = []  # settings chosen from the data, and why (see folder_dataset)
         self.transform = None   # a callable applied to each clip after scaling (the mel encoder)
 
     @property
@@ -66,7 +70,7 @@ class ClipDataset(Dataset):
         source = self.sources[index]
         if isinstance(source, Tensor):
             return source
-        return load_clip(source, self.sample_rate, self.channels, self.normalise)
+        return load_clip(source, self.sample_rate, self.channels, self.normalise, self.trim_db)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         wave = self.waveform(index)
@@ -146,6 +150,9 @@ def folder_dataset(root: str | Path, data_config: dict, *, random_crop: bool,
 
     ``label_names`` fixes the label order (e.g. the training set's); by default it is the
     sorted set of labels found. Files with a label outside ``label_names`` are skipped.
+    ``data.sample_rate`` and ``data.duration`` left at 0 are settled from the recordings
+    (:func:`settle_rate`, :func:`settle_duration`) and written into ``data_config``; the
+    dataset's ``choices`` say what was chosen and why.
     """
     root = Path(root)
     if not root.is_dir():
@@ -153,13 +160,12 @@ def folder_dataset(root: str | Path, data_config: dict, *, random_crop: bool,
     mode = str(data_config["labels"])
     if mode not in LABEL_MODES:
         raise ValueError(f"data.labels = {mode!r}; expected one of {', '.join(LABEL_MODES)}")
+    level, trim_db = check_level(str(data_config["normalize"])), float(data_config["trim_db"])
     regex = pattern_regex(str(data_config["label_pattern"])) if mode == "pattern" else None
     files = find_audio_files(root) if files is None else files
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found under {str(root)!r}")
-    rate, channels = int(data_config["sample_rate"]), int(data_config["channels"])
-    normalise = str(data_config["normalize"]) == "peak"
-    preload = bool(data_config["preload"])
+    channels, preload = int(data_config["channels"]), bool(data_config["preload"])
     labelled, skipped = [], []
     for path in files:
         name = label_of(path, root, mode, regex)
@@ -167,25 +173,84 @@ def folder_dataset(root: str | Path, data_config: dict, *, random_crop: bool,
             skipped.append(f"{path} (name does not match data.label_pattern {data_config['label_pattern']!r})")
             continue
         try:
-            source = load_clip(path, rate, channels, normalise) if preload else probe(path, channels)
+            source = read_audio(path) if preload else probe(path, channels)
         except UnreadableAudio as error:
             skipped.append(str(error))
             continue
-        labelled.append((source, name))
-    names = label_names if label_names is not None else sorted({name for _, name in labelled})
-    index = {name: i for i, name in enumerate(names)}
-    kept = [(wave, index[name]) for wave, name in labelled if name in index]
+        labelled.append((path, source, name))
     warn_skipped(skipped, root)
-    if not kept:
+    if not labelled:
         raise ValueError(f"none of the {len(files)} audio files under {str(root)!r} could be used"
                          + (f"; first problem: {skipped[0]}" if skipped else ""))
-    return ClipDataset([wave for wave, _ in kept], [label for _, label in kept], names,
-                       sample_rate=rate, length=clip_length(data_config), channels=channels,
-                       random_crop=random_crop, normalise=normalise)
+    choices = [settle_rate(data_config, [native for _, (_, native), _ in labelled])]
+    rate = int(data_config["sample_rate"])
+    if preload:  # sources are (waveform, its rate) pairs: prepared once, here
+        labelled = [(path, (prepare_clip(wave, native, rate, channels, level, trim_db, path=path), rate), name)
+                    for path, (wave, native), name in labelled]
+        measured = [wave for _, (wave, _), _ in labelled]
+    else:
+        measured = [load_clip(path, rate, channels, level, trim_db)
+                    for path in evenly_spaced([path for path, _, _ in labelled], DURATION_PROBES)]
+    choices.append(settle_duration(data_config, [wave.shape[-1] / rate for wave in measured], trim_db))
+    names = label_names if label_names is not None else sorted({name for _, _, name in labelled})
+    index = {name: i for i, name in enumerate(names)}
+    kept = [(source, index[name]) for _, (source, _), name in labelled if name in index]
+    dataset = ClipDataset([source for source, _ in kept], [label for _, label in kept], names,
+                          sample_rate=rate, length=clip_length(data_config), channels=channels,
+                          random_crop=random_crop, normalise=level, trim_db=trim_db)
+    dataset.choices = [choice for choice in choices if choice]
+    return dataset
 
 
-def probe(path: Path, channels: int) -> Path:
-    """Check a file's header without decoding it (for ``data.preload = false``)."""
+#: The share of recordings a clip length from the data holds whole (after trimming silence).
+DURATION_PERCENTILE = 98
+#: Recordings decoded to measure durations when the data is not preloaded.
+DURATION_PROBES = 500
+
+
+def settle_rate(data_config: dict, rates: list[int]) -> str:
+    """Set ``data.sample_rate`` from the recordings' own ``rates`` when it is 0: the most common
+    one, at most ``data.max_sample_rate``. Returns what was chosen and why ("" when it was set)."""
+    if int(data_config["sample_rate"]) > 0:
+        return ""
+    counts = Counter(rates)
+    common, count = counts.most_common(1)[0]
+    ceiling = int(data_config["max_sample_rate"])
+    data_config["sample_rate"] = min(common, ceiling)
+    share = f"{count:,} of the {len(rates):,} recordings" if count < len(rates) else f"all {len(rates):,} recordings"
+    if common > ceiling:
+        return (f"sample rate: {ceiling:,} Hz (the recordings' {common:,} Hz, {share}, resampled to "
+                f"data.max_sample_rate; set data.sample_rate to keep more)")
+    return f"sample rate: {common:,} Hz (that of {share})"
+
+
+def settle_duration(data_config: dict, durations: list[float], trim_db: float) -> str:
+    """Set ``data.duration`` from the recordings' ``durations`` (seconds, after trimming) when it
+    is 0: the :data:`DURATION_PERCENTILE` th percentile rounded up to 10 ms, at most
+    ``data.max_duration``. Returns what was chosen and why ("" when it was set)."""
+    if float(data_config["duration"]) > 0:
+        return ""
+    import numpy as np
+
+    longest = float(data_config["max_duration"])
+    chosen = min(math.ceil(float(np.percentile(durations, DURATION_PERCENTILE)) * 100 - 1e-6) / 100, longest)
+    data_config["duration"] = chosen
+    longer = sum(duration > chosen + 1e-9 for duration in durations) / len(durations)
+    trimmed = f" once silence {trim_db:g} dB under the loudest part is trimmed" if trim_db > 0 else ""
+    why = (f"{DURATION_PERCENTILE}th percentile of {len(durations):,} recordings{trimmed}" if chosen < longest
+           else f"data.max_duration; {len(durations):,} recordings measured{trimmed}")
+    return f"clip length: {chosen:g} s ({why}; {longer:.0%} longer, cut to it)"
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """At most ``count`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[round(k * (len(items) - 1) / (count - 1))] for k in range(count)]
+
+
+def probe(path: Path, channels: int) -> tuple[Path, int]:
+    """Check a file's header without decoding it (for ``data.preload = false``): ``(path, its sample rate)``."""
     import soundfile
 
     try:
@@ -196,7 +261,7 @@ def probe(path: Path, channels: int) -> Path:
         raise UnreadableAudio(f"{path}: the file holds no samples")
     if 1 < info.channels < channels:
         raise UnreadableAudio(f"{path}: has {info.channels} channels, fewer than data.channels = {channels}")
-    return path
+    return path, int(info.samplerate)
 
 
 def warn_skipped(skipped: list[str], root: Path, shown: int = 10) -> None:

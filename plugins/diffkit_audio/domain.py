@@ -30,7 +30,7 @@ REPRESENTATIONS = ("mel", "waveform")
 
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
 CPU_PRESET: dict[str, dict[str, Any]] = {
-    "data": {"sample_rate": 8000, "duration": 0.5, "notes_per_class": 32},
+    "data": {"notes_per_class": 32},
     "model": {"representation": "mel", "mel_bins": 64, "mel_fft": 512, "mel_hop": 64, "griffin_lim_iters": 64,
               "base_channels": 32, "channel_mults": [1, 2, 2], "blocks_per_level": 1, "mel_patch": 2,
               "residual_channels": 64, "layers": 12, "dilation_cycle": 6, "embedding_dim": 128,
@@ -42,7 +42,7 @@ CPU_PRESET: dict[str, dict[str, Any]] = {
 # 1 s clips at 16 kHz: an 80-band mel U-Net at image-model width; the waveform settings are
 # DiffWave-base (64 channels, 30 layers, dilation cycle 10).
 GPU_PRESET: dict[str, dict[str, Any]] = {
-    "data": {"sample_rate": 16000, "duration": 1.0, "notes_per_class": 64},
+    "data": {"notes_per_class": 64},
     "model": {"representation": "mel", "mel_bins": 80, "mel_fft": 1024, "mel_hop": 128, "griffin_lim_iters": 100,
               "base_channels": 64, "channel_mults": [1, 2, 2, 2], "blocks_per_level": 2, "mel_patch": 1,
               "residual_channels": 64, "layers": 30, "dilation_cycle": 10, "embedding_dim": 128,
@@ -76,12 +76,16 @@ class AudioDomain(diffkit.Domain):
     def default_config(self) -> dict:
         base = {
             "data": {
-                "sample_rate": 8000,        # Hz; files of other rates are resampled
-                "duration": 0.5,            # seconds per clip; longer files are cropped, shorter padded
+                "sample_rate": 0,           # Hz, 0 = the recordings' own (the bundled notes: 8000); others are resampled
+                "max_sample_rate": 16000,   # the most a rate taken from the recordings may be
+                "duration": 0.0,            # seconds per clip, 0 = from the recordings (the notes: 0.5); longer
+                                            # ones are cropped, shorter ones padded with silence
+                "max_duration": 2.0,        # the most a length taken from the recordings may be
+                "trim_db": 40.0,            # trim leading/trailing silence this far under the loudest part (0 = keep)
                 "channels": 1,              # 1 mixes to mono; 2 keeps stereo (mono files are doubled)
                 "labels": "folder",         # folder | pattern | none
                 "label_pattern": "{label}_{speaker}_{take}",  # file-name fields when labels = "pattern"
-                "normalize": "peak",        # peak | none: scale each file to a peak of 0.95
+                "normalize": "loudness",    # loudness (RMS 0.1, peak at most 0.95) | peak (0.95) | none
                 "random_crop": True,        # random window of long files while training
                 "preload": True,            # decode all files once up front (false: on access)
                 "notes_per_class": 32,      # size of the embedded note set (8 pitches)
@@ -92,8 +96,8 @@ class AudioDomain(diffkit.Domain):
                 "num_classes": 64,          # label capacity; the data may use fewer
                 # mel: a U-Net on normalised log-mel spectrograms, decoded by Griffin-Lim
                 "mel_bins": 64,             # mel bands, 0 Hz to half the sample rate
-                "mel_fft": 512,             # STFT window (samples)
-                "mel_hop": 64,              # samples between frames
+                "mel_fft": 0,               # STFT window (samples); 0 = 64 ms at the sample rate
+                "mel_hop": 0,               # samples between frames; 0 = 16 ms at the sample rate
                 "griffin_lim_iters": 64,    # phase-estimation iterations when decoding
                 "base_channels": 32,        # U-Net width at full resolution
                 "channel_mults": [1, 2, 2], # width multipliers, one per resolution level
@@ -127,6 +131,10 @@ class AudioDomain(diffkit.Domain):
         model = config.get("model")
         if isinstance(model, dict) and "residual_channels" in model and "representation" not in model:
             model["representation"] = "waveform"
+        # Runs saved before silence trimming kept their recordings whole.
+        data = config.get("data")
+        if isinstance(data, dict) and "sample_rate" in data and "trim_db" not in data:
+            data["trim_db"] = 0.0
         return config
 
     def presets(self) -> dict[str, dict]:
@@ -141,7 +149,7 @@ class AudioDomain(diffkit.Domain):
         from .data import folder_dataset, notes_dataset
 
         if data is None:
-            dataset = notes_dataset(config["data"], "train")
+            dataset = notes_dataset(settle_for_notes(config["data"]), "train")
         else:
             dataset = folder_dataset(data, config["data"], random_crop=bool(config["data"]["random_crop"]))
         dataset.scale = float(config["data"].get("scale", 1.0))
@@ -156,10 +164,13 @@ class AudioDomain(diffkit.Domain):
     def build_model(self, config: dict) -> nn.Module:
         from .network import build_diffwave, build_mel_denoiser
 
-        channels = int(config["data"]["channels"])
+        channels = int(settle_for_notes(config["data"])["channels"])  # no data seen: built for the notes
         if representation(config) == "mel":
             return build_mel_denoiser(config["model"], channels, build_codec(config).frames)
         return build_diffwave(config["model"], channels=channels)
+
+    def describe_data(self, dataset, config: dict) -> list[str]:
+        return [*getattr(dataset, "choices", []), representation_line(config)]
 
     def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
         # The label names travel with the weights, so `--cond C4` works with any checkpoint.
@@ -246,6 +257,18 @@ class AudioDomain(diffkit.Domain):
         return WEIGHTS if WEIGHTS.is_dir() else None
 
 
+def settle_for_notes(data_config: dict) -> dict:
+    """``data_config`` with a sample rate and duration left at 0 ("from the data") set to those
+    of the bundled notes, the data a domain without a folder trains on; returned for chaining."""
+    from .notes import NOTES_DURATION, NOTES_RATE
+
+    if not int(data_config["sample_rate"]):
+        data_config["sample_rate"] = NOTES_RATE
+    if not float(data_config["duration"]):
+        data_config["duration"] = NOTES_DURATION
+    return data_config
+
+
 def representation(config: dict) -> str:
     """``model.representation``, checked."""
     value = config["model"].get("representation", "waveform")
@@ -261,9 +284,37 @@ def build_codec(config: dict):
     from .network import mel_frame_multiple
 
     model = config["model"]
-    return MelCodec(int(config["data"]["sample_rate"]), clip_length(config["data"]), n_fft=int(model["mel_fft"]),
-                    hop=int(model["mel_hop"]), n_mels=int(model["mel_bins"]),
+    n_fft, hop = mel_sizes(config)
+    return MelCodec(int(config["data"]["sample_rate"]), clip_length(config["data"]), n_fft=n_fft, hop=hop,
+                    n_mels=int(model["mel_bins"]),
                     frame_multiple=mel_frame_multiple(model), griffin_lim_iters=int(model["griffin_lim_iters"]))
+
+
+#: The STFT window and hop of ``model.mel_fft = 0`` and ``model.mel_hop = 0``, in seconds: a window
+#: that resolves the harmonics of a voice, frames that follow its syllables.
+MEL_WINDOW_SECONDS, MEL_HOP_SECONDS = 0.064, 0.016
+
+
+def mel_sizes(config: dict) -> tuple[int, int]:
+    """``(n_fft, hop)`` in samples: ``model.mel_fft`` and ``model.mel_hop``, or, where 0, 64 ms
+    and 16 ms at ``data.sample_rate``."""
+    rate, model = int(config["data"]["sample_rate"]), config["model"]
+    n_fft = int(model["mel_fft"]) or round(MEL_WINDOW_SECONDS * rate)
+    hop = int(model["mel_hop"]) or round(MEL_HOP_SECONDS * rate)
+    return n_fft, hop
+
+
+def representation_line(config: dict) -> str:
+    """What the model's state is, for the plan of a run."""
+    if representation(config) == "waveform":
+        from .data import clip_length
+
+        return f"representation: waveform, {clip_length(config['data']):,} samples per clip"
+    codec, model = build_codec(config), config["model"]
+    rate = codec.sample_rate
+    return (f"representation: mel, {codec.n_mels} bands x {codec.frames} frames ({1000 * codec.n_fft / rate:.0f} ms "
+            f"window, {1000 * codec.hop / rate:.0f} ms hop), decoded by {model['griffin_lim_iters']} Griffin-Lim "
+            f"iterations (model.representation=waveform models the samples themselves)")
 
 
 def encode_state(wave: Tensor, config: dict) -> Tensor:

@@ -68,7 +68,8 @@ def known_clip(init: str, mask: str | None, data_config: dict, length: int) -> t
         raise FileNotFoundError(f"--init {init!r} is not an audio file")
     rate = int(data_config["sample_rate"])
     try:
-        wave = load_clip(path, rate, int(data_config["channels"]), str(data_config["normalize"]) == "peak")
+        # Levelled as the training clips were, but not trimmed: the spans are times in this file.
+        wave = load_clip(path, rate, int(data_config["channels"]), str(data_config["normalize"]))
     except UnreadableAudio as error:
         raise ValueError(f"--init: cannot read {error}") from None
     if mask is None or not mask.strip():

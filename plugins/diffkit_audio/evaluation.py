@@ -51,7 +51,7 @@ def load_samples(samples: Path, data_config: dict, length: int) -> tuple[Tensor,
     waves, stems, skipped = [], [], []
     for path in files:
         try:
-            waves.append(fit_length(load_clip(path, rate, channels, normalise=False), length))
+            waves.append(fit_length(load_clip(path, rate, channels, normalise="none"), length))
             stems.append(path.stem)
         except UnreadableAudio as error:
             skipped.append(str(error))

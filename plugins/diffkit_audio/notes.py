@@ -21,6 +21,10 @@ PITCHES: dict[str, float] = {
 }
 TIMBRES = ("sine", "clarinet", "saw", "pluck")
 
+#: The notes' own sample rate (Hz) and length (seconds): what ``data.sample_rate = 0`` and
+#: ``data.duration = 0`` mean for them.
+NOTES_RATE, NOTES_DURATION = 8000, 0.5
+
 #: Seeds of the two splits: the training set and the held-out set used beside it in evaluation.
 SPLIT_SEEDS = {"train": 0, "heldout": 1}
 
