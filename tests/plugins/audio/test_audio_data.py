@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from diffkit_audio.audio_io import PEAK, TARGET_RMS, loudness_normalise, trim_silence
 from diffkit_audio.data import folder_dataset, notes_dataset, pattern_regex, split_files
 from diffkit_audio.notes import PITCHES, make_notes
 
@@ -175,3 +176,70 @@ def test_split_is_stable_when_files_are_added(tmp_path):
     assert 20 < len(heldout) < 60 and len(reference) + len(heldout) == 200
     more_reference, more_heldout = split_files(files + [tmp_path / "new.wav"], tmp_path, 0.2)
     assert set(heldout) <= set(more_heldout) and set(reference) <= set(more_reference)
+
+
+def padded_tone(seconds: float, rate: int, *, before: float = 0.3, after: float = 0.3, noise_db: float = -80.0,
+                amplitude: float = 0.5) -> np.ndarray:
+    """A tone of ``seconds`` between silences, over white noise ``noise_db`` under the tone's level."""
+    tone = sine(440, seconds, rate, amplitude)
+    wave = np.concatenate([np.zeros(round(before * rate)), tone, np.zeros(round(after * rate))])
+    noise_rms = amplitude / np.sqrt(2) * 10 ** (noise_db / 20)
+    return (wave + np.random.default_rng(0).normal(0.0, noise_rms, wave.shape)).astype(np.float32)
+
+
+def test_trimming_keeps_the_sound_and_a_frame_either_side():
+    rate, frame = 8000, 160   # 20 ms frames
+    wave = torch.from_numpy(padded_tone(0.2, rate))[None]
+    trimmed = trim_silence(wave, rate, 40.0)
+    # The tone (1,600 samples) whole, plus at most a frame and a half of margin on each side.
+    assert 1600 <= trimmed.shape[-1] <= 1600 + 3 * frame + 2 * frame // 2
+    start = int(torch.nonzero(wave[0].abs() > 0.1)[0])
+    kept_start = int(torch.nonzero(trimmed[0].abs() > 0.1)[0])
+    assert frame // 2 <= kept_start <= 2 * frame and start - kept_start >= 0
+    assert torch.equal(trim_silence(wave, rate, 0.0), wave)
+
+
+def test_a_noise_floor_within_the_threshold_is_kept():
+    rate = 8000
+    wave = torch.from_numpy(padded_tone(0.2, rate, noise_db=-20.0))[None]
+    assert trim_silence(wave, rate, 40.0).shape == wave.shape
+
+
+def test_loudness_normalisation_sets_the_rms_unless_the_peak_would_pass_its_limit():
+    quiet = torch.from_numpy(sine(300, 0.5, RATE, 0.01))[None]
+    assert float(loudness_normalise(quiet).pow(2).mean().sqrt()) == pytest.approx(TARGET_RMS, rel=1e-4)
+    spiky = quiet.clone()
+    spiky[0, 100] = 0.9  # one click: scaling the tone to RMS 0.1 would push it far past full scale
+    levelled = loudness_normalise(spiky)
+    assert float(levelled.abs().max()) == pytest.approx(PEAK, rel=1e-5)
+    assert float(levelled.pow(2).mean().sqrt()) < TARGET_RMS
+    assert torch.equal(loudness_normalise(torch.zeros(1, 10)), torch.zeros(1, 10))
+
+
+def test_rate_and_length_come_from_the_recordings(tmp_path, config):
+    for k, seconds in enumerate([0.2, 0.3, 0.4, 0.5]):
+        write(tmp_path / "a" / f"t{k}.wav", padded_tone(seconds, 16000), 16000)
+    write(tmp_path / "b" / "low.wav", padded_tone(0.25, 8000), 8000)
+    data = dict(config["data"], sample_rate=0, duration=0.0)
+    dataset = folder_dataset(tmp_path, data, random_crop=False)
+    assert data["sample_rate"] == dataset.sample_rate == 16000   # four of the five files
+    # The 98th percentile of the trimmed lengths lies between the two longest (0.4 s, 0.5 s plus margins).
+    assert 0.5 <= data["duration"] <= 0.56 and dataset.length == round(data["duration"] * 16000)
+    assert "16,000 Hz (that of 4 of the 5 recordings)" in dataset.choices[0]
+    assert "98th percentile of 5 recordings" in dataset.choices[1]
+    capped = dict(config["data"], sample_rate=0, duration=0.0, max_sample_rate=8000, max_duration=0.3)
+    dataset = folder_dataset(tmp_path, capped, random_crop=False)
+    assert (capped["sample_rate"], capped["duration"]) == (8000, 0.3)
+    assert "resampled to data.max_sample_rate" in dataset.choices[0] and "data.max_duration" in dataset.choices[1]
+    lazy = dict(config["data"], sample_rate=0, duration=0.0, preload=False)
+    folder_dataset(tmp_path, lazy, random_crop=False)
+    assert (lazy["sample_rate"], lazy["duration"]) == (data["sample_rate"], data["duration"])
+
+
+def test_settings_given_are_kept_and_old_runs_keep_their_recordings_whole(tmp_path, domain, config):
+    write(tmp_path / "a" / "t.wav", padded_tone(0.2, 16000), 16000)
+    data = dict(config["data"])
+    assert folder_dataset(tmp_path, data, random_crop=False).choices == []
+    assert (data["sample_rate"], data["duration"]) == (config["data"]["sample_rate"], config["data"]["duration"])
+    saved = {"data": {key: value for key, value in config["data"].items() if key != "trim_db"}}
+    assert domain.upgrade_config(saved)["data"]["trim_db"] == 0.0
