@@ -501,18 +501,22 @@ def evaluate(ctx, domain, samples, reference, checkpoint, preset, config_file, s
     """Score samples against reference data with the domain's metrics.
 
     The settings the samples were made with (sizes, rates, ...) come from --checkpoint, or from
-    --preset/--config/--set, or are the domain's defaults. The condition they were asked for comes
+    --preset, or are the domain's defaults; --config and --set change them. The condition they were asked for comes
     from --cond, or from the record `diffkit sample` wrote beside them.
     """
     from . import checkpoint as ckpt
-    from .config import resolve_config
+    from .config import apply_user_layers, default_config, limits_of, resolve_config
     from .loading import load_config
     from .records import read_record
 
     plugin_domain = _domain(ctx, domain)
     try:
         if checkpoint:
-            config = load_config(plugin_domain, checkpoint)
+            if preset:
+                raise ValueError("--preset does not go with --checkpoint: the settings are the checkpoint's, "
+                                 "which --config and --set change")
+            config = apply_user_layers(load_config(plugin_domain, checkpoint), default_config(plugin_domain),
+                                       file=config_file, sets=list(sets), limits=limits_of(plugin_domain))
         else:
             config = resolve_config(plugin_domain, preset=preset, file=config_file, sets=list(sets))
         if cond is None:

@@ -31,12 +31,12 @@ REPRESENTATIONS = ("mel", "waveform")
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
 CPU_PRESET: dict[str, dict[str, Any]] = {
     "data": {"notes_per_class": 32},
-    "model": {"representation": "mel", "mel_bins": 64, "mel_fft": 512, "mel_hop": 64, "griffin_lim_iters": 64,
-              "base_channels": 32, "channel_mults": [1, 2, 2], "blocks_per_level": 1, "mel_patch": 2,
+    "model": {"representation": "mel", "mel_bins": 128, "mel_fft": 0, "mel_hop": 0, "griffin_lim_iters": 64,
+              "base_channels": 32, "channel_mults": [1, 2, 2, 2], "blocks_per_level": 1, "mel_patch": 2,
               "residual_channels": 64, "layers": 12, "dilation_cycle": 6, "embedding_dim": 128,
               "hidden_dim": 256, "patch": 8},
-    "train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.995,
-              "checkpoint_every": 250, "preview_every": 500, "preview_count": 8},
+    "train": {"steps": 3000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.995,
+              "checkpoint_every": 500, "preview_every": 1000, "preview_count": 8},
     "sample": {"steps": 30, "batch_size": 64, "guidance": 2.0},
 }
 # 1 s clips at 16 kHz: an 80-band mel U-Net at image-model width; the waveform settings are
@@ -53,10 +53,12 @@ GPU_PRESET: dict[str, dict[str, Any]] = {
 }
 
 LIMITS = {
-    "data.sample_rate": at_least(1), "data.duration": above(0), "data.channels": Limit(1, 2),
+    # 0 = from the data (the sample rate, the clip length, the mel window and hop).
+    "data.sample_rate": at_least(0), "data.duration": at_least(0), "data.channels": Limit(1, 2),
+    "data.max_sample_rate": at_least(1), "data.max_duration": above(0), "data.trim_db": at_least(0),
     "data.notes_per_class": at_least(1), "data.scale": above(0),
-    "model.num_classes": at_least(0), "model.mel_bins": at_least(1), "model.mel_fft": at_least(2),
-    "model.mel_hop": at_least(1), "model.griffin_lim_iters": at_least(1), "model.base_channels": at_least(1),
+    "model.num_classes": at_least(0), "model.mel_bins": at_least(1), "model.mel_fft": at_least(0),
+    "model.mel_hop": at_least(0), "model.griffin_lim_iters": at_least(1), "model.base_channels": at_least(1),
     "model.channel_mults": at_least(1), "model.blocks_per_level": at_least(0),
     "model.attention_resolutions": at_least(1), "model.attention_heads": at_least(1), "model.groups": at_least(1),
     "model.dropout": Limit(0, 1, high_open=True), "model.mel_patch": at_least(1),
@@ -120,7 +122,7 @@ class AudioDomain(diffkit.Domain):
             "sample": {},
             "evaluate": {
                 "mels": 64,                 # mel bands of the log-mel features
-                "classifier_steps": 300,    # updates (batches of 32) training the reference classifier
+                "classifier_steps": 2000,   # updates (batches of 32) training the reference classifier
                 "heldout_fraction": 0.2,    # share of a reference folder kept as held-out real data
             },
         }
