@@ -353,7 +353,7 @@ def _resumed_data(run_dir: Path, data: str | None) -> str | None:
 
 @cli.command()
 @click.option("--domain", default=None, help="The domain to sample (see `diffkit plugins`); with --checkpoint, the one it was trained for by default.")
-@click.option("--checkpoint", default=None, help="A checkpoint file, a run folder (its latest checkpoint) or an exported weights folder; the domain's shipped weights when omitted.")
+@click.option("--checkpoint", default=None, help="A checkpoint file, a run folder (its latest checkpoint), an exported weights folder or the name of shipped weights (e.g. audio-digits); the domain's own shipped weights when omitted.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings merged over the checkpoint's (e.g. a [sample] section); its data, model and diffusion settings must match the weights.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting, e.g. --set sample.spacing=trimmed (repeatable).")
 @click.option("-n", "--num-samples", "n", type=int, default=16, show_default=True, help="How many samples to draw; more than memory can hold until they are written is refused before drawing, with what they would take.")
@@ -390,7 +390,8 @@ def sample(ctx, domain, checkpoint, config_file, sets, n, sampler, steps, guidan
     from .records import record_path, write_record
     from .workers import WorkerDied
 
-    plugin_domain = _domain(ctx, domain or _domain_of_checkpoint(checkpoint))
+    shipped = _registry(ctx).shipped(checkpoint) if checkpoint else None  # e.g. --checkpoint audio-digits
+    plugin_domain = _domain(ctx, domain or (shipped[0].name if shipped else _domain_of_checkpoint(checkpoint)))
     source = checkpoint or plugin_domain.pretrained()
     if source is None:
         raise click.UsageError(f"the {domain} domain ships no weights; pass --checkpoint (a file or a run folder)")

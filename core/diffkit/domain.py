@@ -194,6 +194,13 @@ class Domain:
         ``sample`` gets no ``--checkpoint`` and by ``diffkit.load(name)``."""
         return None
 
+    def pretrained_models(self) -> dict[str, Path]:
+        """Every set of weights the plugin ships, by name: :meth:`pretrained` under the domain's
+        name, and others under their own (e.g. ``{"audio": ..., "audio-digits": ...}``).
+        ``diffkit.load(NAME)``, ``--checkpoint NAME`` and ``--init-from NAME`` find them by name."""
+        default = self.pretrained()
+        return {} if default is None else {self.name: Path(default)}
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 

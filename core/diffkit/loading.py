@@ -18,7 +18,9 @@ from .pretrained import is_pretrained_folder
 def load_checkpoint(domain: Domain, path: str | Path) -> dict:
     """What sampling needs from a checkpoint file, a run folder (its latest checkpoint) or an
     exported folder (:func:`diffkit.checkpoint.load_sampling_state`), checked to belong to
-    ``domain``, its config completed by :func:`diffkit.config.fill_defaults`."""
+    ``domain``, its config completed by :func:`diffkit.config.fill_defaults`. ``path`` may also
+    name weights the domain ships (:meth:`~diffkit.Domain.pretrained_models`)."""
+    path = domain.pretrained_models().get(str(path), path)
     state = ckpt.load_sampling_state(path)
     ckpt.check_domain(state, domain.name, path)
     state["config"] = fill_defaults(domain, state["config"])
@@ -82,16 +84,18 @@ def load_for_sampling(domain: Domain, path: str | Path, device: str | torch.devi
 
 
 def weights_source(domain: Domain, source: str | Path | None, option: str) -> tuple[str, Path]:
-    """How a config names a model's weights, and where they are: the domain's name for its
-    shipped weights (``source`` None or the name), else the absolute path of a checkpoint file,
+    """How a config names a model's weights, and where they are: the name of shipped weights
+    (``source`` None: the domain's own), else the absolute path of a checkpoint file,
     an exported folder or a run folder's latest checkpoint (fixed now: a run that goes on must
     not change the weights named). ``option`` (e.g. ``--checkpoint``) is named in errors."""
+    named = domain.pretrained_models()
     if source is None or str(source) == domain.name:
-        shipped = domain.pretrained()
-        if shipped is None:
+        if domain.name not in named:
             raise FileNotFoundError(f"the {domain.name} domain ships no weights; pass {option} (a run folder, "
                                     "a checkpoint file or an exported folder)")
-        return domain.name, Path(shipped)
+        return domain.name, named[domain.name]
+    if str(source) in named:
+        return str(source), named[str(source)]
     path = Path(source).resolve()
     if not path.exists():
         raise FileNotFoundError(f"{option} {str(source)!r} does not exist (expected a run folder, a checkpoint "

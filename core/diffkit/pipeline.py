@@ -36,10 +36,11 @@ PROVENANCE = ("plugin", "plugin_version", "diffkit_version", "step", "card")
 
 def load(name_or_path: str | Path, device: str | torch.device | None = None, *,
          registry: Registry | None = None) -> Pipeline:
-    """A :class:`Pipeline` for a registered domain's shipped weights (``"image"``), a run folder
-    (its latest checkpoint), a checkpoint file, or an exported weights folder.
+    """A :class:`Pipeline` for shipped weights, by name (a domain's own, ``"image"``, or other
+    weights a plugin ships, ``"audio-digits"``: :meth:`~diffkit.Domain.pretrained_models`), a run
+    folder (its latest checkpoint), a checkpoint file, or an exported weights folder.
 
-    A registered domain name wins over a folder of the same name: write ``"./image"`` for the
+    A name of shipped weights wins over a folder of the same name: write ``"./image"`` for the
     folder. ``device`` defaults to CUDA when available; ``registry`` to the installed plugins."""
     from .config import fill_defaults
     from .loading import model_from_state
@@ -61,13 +62,12 @@ def _resolve(name_or_path: str | Path, registry: Registry) -> tuple[Path, Domain
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"diffkit.load takes a domain's name or a path (str or os.PathLike), got {name_or_path!r} "
                         f"({type(name_or_path).__name__})")
+    shipped = registry.shipped(name_or_path) if isinstance(name_or_path, str) else None
+    if shipped is not None:
+        return shipped[1], shipped[0]
     if isinstance(name_or_path, str) and name_or_path in registry.domains:
-        domain = registry.domains[name_or_path]
-        shipped = domain.pretrained()
-        if shipped is None:
-            raise FileNotFoundError(f"the {name_or_path} domain ships no weights; load a run folder, a checkpoint "
-                                    "or an exported folder instead")
-        return Path(shipped), domain
+        raise FileNotFoundError(f"the {name_or_path} domain ships no weights; load a run folder, a checkpoint "
+                                "or an exported folder instead")
     path = Path(name_or_path)
     if not path.exists():
         known = ", ".join(sorted(registry.domains)) or "none installed"

@@ -17,6 +17,7 @@ import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
@@ -82,6 +83,15 @@ class Registry:
         hint = "".join(f"\n  plugin {p.name} failed to load: {p.error}" for p in failed)
         available = ", ".join(sorted(self.domains)) or "none"
         raise ValueError(f"unknown domain {name!r}; available: {available}{hint}")
+
+    def shipped(self, name: str) -> tuple[Domain, Path] | None:
+        """The domain and folder of the shipped weights called ``name``
+        (:meth:`~diffkit.Domain.pretrained_models`), or None when no domain ships such weights."""
+        for domain in self.domains.values():
+            found = domain.pretrained_models().get(name)
+            if found is not None:
+                return domain, Path(found)
+        return None
 
     def implementations(self, hook_name: str) -> Iterator[tuple[PluginInfo, Any]]:
         """The ``(plugin, function)`` pairs implementing a hook, to call one plugin at a time and

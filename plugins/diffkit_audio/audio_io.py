@@ -111,17 +111,25 @@ def frame_levels(wave: Tensor, sample_rate: int, frame_seconds: float = 0.02) ->
     return 10 * torch.log10(frames.pow(2).mean(dim=1) + 1e-12), frame, hop
 
 
+#: How far above a recording's noise floor (the level 90 % of its 20 ms frames exceed) a frame must
+#: be to count as sound when trimming: noise frames scatter a few dB around their mean level.
+ABOVE_FLOOR_DB = 6.0
+
+
 def trim_silence(wave: Tensor, sample_rate: int, below_db: float) -> Tensor:
-    """``wave (C, T)`` without its leading and trailing 20 ms frames quieter than ``below_db``
-    under the loudest one, keeping a frame of margin each side; ``below_db <= 0`` trims nothing.
-    The threshold is relative, so a recording whose noise floor lies within ``below_db`` of its
-    loudest frame keeps its noise."""
+    """``wave (C, T)`` without its leading and trailing 20 ms frames of silence, keeping two frames
+    of margin each side; ``below_db <= 0`` trims nothing. A frame is silence when it is more than
+    ``below_db`` under the loudest frame, or within :data:`ABOVE_FLOOR_DB` of the noise floor:
+    recordings of words in a noisy room are trimmed to the word (but never to less than the
+    frames within 3 dB of the loudest)."""
     if below_db <= 0:
         return wave
     levels, frame, hop = frame_levels(wave, sample_rate)
-    loud = torch.nonzero(levels > levels.max() - below_db).flatten()
-    start = max(0, int(loud[0]) * hop - frame)
-    end = min(wave.shape[-1], int(loud[-1]) * hop + 2 * frame)
+    loudest, floor = levels.max(), torch.quantile(levels, 0.1)
+    threshold = torch.maximum(loudest - below_db, torch.minimum(floor + ABOVE_FLOOR_DB, loudest - 3.0))
+    sound = torch.nonzero(levels >= threshold).flatten()
+    start = max(0, int(sound[0]) * hop - 2 * frame)
+    end = min(wave.shape[-1], int(sound[-1]) * hop + 3 * frame)
     return wave[..., start:end]
 
 

@@ -236,7 +236,7 @@ def settle_duration(data_config: dict, durations: list[float], trim_db: float) -
     chosen = min(math.ceil(float(np.percentile(durations, DURATION_PERCENTILE)) * 100 - 1e-6) / 100, longest)
     data_config["duration"] = chosen
     longer = sum(duration > chosen + 1e-9 for duration in durations) / len(durations)
-    trimmed = f" once silence {trim_db:g} dB under the loudest part is trimmed" if trim_db > 0 else ""
+    trimmed = " once leading and trailing silence is trimmed" if trim_db > 0 else ""
     why = (f"{DURATION_PERCENTILE}th percentile of {len(durations):,} recordings{trimmed}" if chosen < longest
            else f"data.max_duration; {len(durations):,} recordings measured{trimmed}")
     return f"clip length: {chosen:g} s ({why}; {longer:.0%} longer, cut to it)"

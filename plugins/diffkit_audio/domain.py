@@ -26,6 +26,7 @@ from diffkit import kit
 from diffkit.config import Limit, above, at_least
 
 WEIGHTS = Path(__file__).parent / "weights" / "audio"   # exported folder: safetensors, config, card
+DIGITS_WEIGHTS = Path(__file__).parent / "weights" / "audio-digits"   # spoken digits (FSDD, CC BY-SA 4.0)
 REPRESENTATIONS = ("mel", "waveform")
 
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
@@ -39,11 +40,11 @@ CPU_PRESET: dict[str, dict[str, Any]] = {
               "checkpoint_every": 500, "preview_every": 1000, "preview_count": 8},
     "sample": {"steps": 30, "batch_size": 64, "guidance": 2.0},
 }
-# 1 s clips at 16 kHz: an 80-band mel U-Net at image-model width; the waveform settings are
+# The CPU preset's 128-band mel at image-model width and depth; the waveform settings are
 # DiffWave-base (64 channels, 30 layers, dilation cycle 10).
 GPU_PRESET: dict[str, dict[str, Any]] = {
     "data": {"notes_per_class": 64},
-    "model": {"representation": "mel", "mel_bins": 80, "mel_fft": 1024, "mel_hop": 128, "griffin_lim_iters": 100,
+    "model": {"representation": "mel", "mel_bins": 128, "mel_fft": 0, "mel_hop": 0, "griffin_lim_iters": 100,
               "base_channels": 64, "channel_mults": [1, 2, 2, 2], "blocks_per_level": 2, "mel_patch": 1,
               "residual_channels": 64, "layers": 30, "dilation_cycle": 10, "embedding_dim": 128,
               "hidden_dim": 512, "patch": 1},
@@ -97,12 +98,12 @@ class AudioDomain(diffkit.Domain):
                 "representation": "mel",    # mel | waveform: the state the diffusion runs on
                 "num_classes": 64,          # label capacity; the data may use fewer
                 # mel: a U-Net on normalised log-mel spectrograms, decoded by Griffin-Lim
-                "mel_bins": 64,             # mel bands, 0 Hz to half the sample rate
+                "mel_bins": 128,            # mel bands, 0 Hz to half the sample rate
                 "mel_fft": 0,               # STFT window (samples); 0 = 64 ms at the sample rate
                 "mel_hop": 0,               # samples between frames; 0 = 16 ms at the sample rate
                 "griffin_lim_iters": 64,    # phase-estimation iterations when decoding
                 "base_channels": 32,        # U-Net width at full resolution
-                "channel_mults": [1, 2, 2], # width multipliers, one per resolution level
+                "channel_mults": [1, 2, 2, 2],  # width multipliers, one per resolution level
                 "blocks_per_level": 1,
                 "attention_resolutions": [],  # feature-map heights with self-attention (the middle always has it)
                 "attention_heads": 4,
@@ -257,6 +258,12 @@ class AudioDomain(diffkit.Domain):
 
     def pretrained(self) -> Path | None:
         return WEIGHTS if WEIGHTS.is_dir() else None
+
+    def pretrained_models(self) -> dict[str, Path]:
+        named = super().pretrained_models()
+        if DIGITS_WEIGHTS.is_dir():
+            named["audio-digits"] = DIGITS_WEIGHTS
+        return named
 
 
 def settle_for_notes(data_config: dict) -> dict:

@@ -105,6 +105,28 @@ def test_an_unknown_name_is_an_error_naming_the_domains(tmp_path):
         diffkit.load(str(tmp_path / "nowhere"))
 
 
+def test_weights_shipped_under_another_name_are_found_by_it(toy_run, tmp_path, toy_installed):
+    folder = pretrained.export(toy_run, tmp_path / "other")
+
+    class Shipping(ToyDomain):
+        def pretrained_models(self):
+            return {**super().pretrained_models(), "toy-other": folder}
+
+    class Plugin:
+        @diffkit.hookimpl
+        def diffkit_register_domains(self, register):
+            register(Shipping())
+
+    registry = diffkit.make_plugin_manager(builtins=(), entry_points=False, extra=[Plugin()])
+    assert registry.shipped("toy-other") == (registry.domain("toy"), folder) and registry.shipped("toy") is None
+    named = toy_points(diffkit.load("toy-other", device="cpu", registry=registry).sample(8, seed=2))
+    assert torch.equal(named, toy_points(diffkit.load(folder, device="cpu").sample(8, seed=2)))
+    from diffkit.loading import load_checkpoint, weights_source
+
+    assert weights_source(registry.domain("toy"), "toy-other", "--init-from") == ("toy-other", folder)
+    assert load_checkpoint(registry.domain("toy"), "toy-other")["step"] == 10
+
+
 # -- checkpoint -> export -> load ------------------------------------------------------------------
 
 def test_checkpoint_export_load_gives_identical_samples(toy_run, tmp_path, toy_installed):
