@@ -22,6 +22,7 @@ from diffkit.config import resolve_config
 from diffkit_audio.audio_io import fit_length, load_clip
 from diffkit_audio.data import clip_length, find_audio_files, folder_dataset, notes_dataset
 from diffkit_audio.domain import AudioDomain
+from diffkit_audio.evaluation import LABELLED_STEM
 from diffkit_audio.render import grid_image, spectrogram_image
 
 
@@ -49,7 +50,7 @@ def generated_clips(folder: Path, config: dict) -> tuple[list, list[str]]:
     files = find_audio_files(folder)
     length, rate = clip_length(config["data"]), int(config["data"]["sample_rate"])
     waves = [fit_length(load_clip(path, rate, 1, normalise="none"), length) for path in files]
-    return waves, [path.stem.split("_", 2)[2] for path in files]
+    return waves, [LABELLED_STEM.match(path.stem)["label"] for path in files]
 
 
 def main() -> None:
