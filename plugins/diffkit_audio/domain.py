@@ -152,7 +152,11 @@ class AudioDomain(diffkit.Domain):
         from .data import folder_dataset, notes_dataset
 
         if data is None:
+            given = bool(int(config["data"]["sample_rate"]) and float(config["data"]["duration"]))
             dataset = notes_dataset(settle_for_notes(config["data"]), "train")
+            if not given:
+                dataset.choices = [f"sample rate and clip length: {config['data']['sample_rate']:,} Hz, "
+                                   f"{config['data']['duration']:g} s (those of the bundled notes)"]
         else:
             dataset = folder_dataset(data, config["data"], random_crop=bool(config["data"]["random_crop"]))
         dataset.scale = float(config["data"].get("scale", 1.0))

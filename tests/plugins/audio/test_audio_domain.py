@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile
@@ -137,3 +139,27 @@ def test_data_scale_is_applied_to_the_state_and_undone_by_decode(domain, config,
     soundfile.write(str(path), plain_item["x"][0].numpy(), 8000, subtype="FLOAT")
     known = domain.load_known(str(path), "0.1:0.2", 1, scaled)
     assert torch.allclose(domain.decode(known["x"], known, config=scaled), domain.load_known(str(path), "0.1:0.2", 1, config)["x"])
+
+
+def test_the_plan_says_what_was_chosen_from_the_recordings(tmp_path):
+    from click.testing import CliRunner
+
+    from diffkit.cli import cli
+
+    from audio_helpers import sine, write
+
+    for k, seconds in enumerate([0.2, 0.25, 0.3, 0.35]):
+        wave = np.concatenate([np.zeros(1600, dtype=np.float32), sine(300 + 100 * k, seconds, 16000)])
+        write(tmp_path / "data" / ("low" if k < 2 else "high") / f"{k}.wav", wave, 16000)
+    sets = ["model.mel_bins=32", "model.base_channels=8", "model.channel_mults=[1,2]", "train.batch_size=2",
+            "train.preview_every=0", "train.checkpoint_every=1"]
+    result = CliRunner().invoke(cli, ["train", "--domain", "audio", "--data", str(tmp_path / "data"), "--steps", "1",
+                                      "--out", str(tmp_path / "run"), "--no-progress",
+                                      *[item for assignment in sets for item in ("--set", assignment)]])
+    assert result.exit_code == 0, result.output
+    assert "sample rate: 16,000 Hz (that of all 4 recordings)" in result.output
+    assert "clip length: 0.4" in result.output and "98th percentile of 4 recordings" in result.output
+    # 64 ms and 16 ms at 16 kHz; 0.4x s give 26 frames, padded to a multiple of mel_patch * 2 = 4.
+    assert "representation: mel, 32 bands x 28 frames (64 ms window, 16 ms hop)" in result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert saved["sample_rate"] == 16000 and 0.4 <= saved["duration"] <= 0.5
