@@ -31,14 +31,15 @@ REPRESENTATIONS = ("mel", "waveform")
 
 # The default is the CPU preset, so that `diffkit train --domain audio` runs in minutes anywhere.
 CPU_PRESET: dict[str, dict[str, Any]] = {
-    "data": {"notes_per_class": 32},
+    # Speech keeps its words in 4 kHz of bandwidth, where the model's capacity goes further (measured).
+    "data": {"notes_per_class": 32, "max_sample_rate": 8000},
     "model": {"representation": "mel", "mel_bins": 128, "mel_fft": 0, "mel_hop": 0, "griffin_lim_iters": 64,
               "base_channels": 32, "channel_mults": [1, 2, 2, 2], "blocks_per_level": 1, "mel_patch": 2,
               "residual_channels": 64, "layers": 12, "dilation_cycle": 6, "embedding_dim": 128,
               "hidden_dim": 256, "patch": 8},
     "train": {"steps": 3000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.995,
               "checkpoint_every": 500, "preview_every": 1000, "preview_count": 8},
-    "sample": {"steps": 30, "batch_size": 64, "guidance": 2.0},
+    "sample": {"steps": 30, "batch_size": 64, "guidance": 3.0},
 }
 # The CPU preset's 128-band mel at image-model width and depth; the waveform settings are
 # DiffWave-base (64 channels, 30 layers, dilation cycle 10).
@@ -118,7 +119,8 @@ class AudioDomain(diffkit.Domain):
                 "hidden_dim": 256,
                 "patch": 8,                 # samples folded into channels (1 = classic DiffWave)
             },
-            "diffusion": {"prediction": "v"},
+            # min-SNR weighting: on real speech, asked digits heard 0.75 against 0.51 uniform (docs/benchmarks/audio.md)
+            "diffusion": {"prediction": "v", "weighting": "min_snr"},
             "train": {},
             "sample": {},
             "evaluate": {
