@@ -132,7 +132,7 @@ def built_in_domains():
         ("image", "model.channel_mults=[1,0]",
          "config key 'model.channel_mults' must be a list of numbers each at least 1, got [1, 0]"),
         ("image", "model.dropout=1.0", "config key 'model.dropout' must be in [0, 1), got 1.0"),
-        ("audio", "data.duration=0", "config key 'data.duration' must be greater than 0, got 0"),
+        ("audio", "data.duration=-1", "config key 'data.duration' must be at least 0, got -1"),
         ("molecule", "model.property_drop=2", "config key 'model.property_drop' must be in [0, 1], got 2"),
     ],
 )

@@ -223,7 +223,7 @@ def test_rate_and_length_come_from_the_recordings(tmp_path, config):
     for k, seconds in enumerate([0.2, 0.3, 0.4, 0.5]):
         write(tmp_path / "a" / f"t{k}.wav", padded_tone(seconds, 16000), 16000)
     write(tmp_path / "b" / "low.wav", padded_tone(0.25, 8000), 8000)
-    data = dict(config["data"], sample_rate=0, duration=0.0)
+    data = dict(config["data"], sample_rate=0, duration=0.0, max_sample_rate=16000)
     dataset = folder_dataset(tmp_path, data, random_crop=False)
     assert data["sample_rate"] == dataset.sample_rate == 16000   # four of the five files
     # The 98th percentile of the trimmed lengths lies between the two longest (0.4 s, 0.5 s plus 4 to
@@ -235,7 +235,7 @@ def test_rate_and_length_come_from_the_recordings(tmp_path, config):
     dataset = folder_dataset(tmp_path, capped, random_crop=False)
     assert (capped["sample_rate"], capped["duration"]) == (8000, 0.3)
     assert "resampled to data.max_sample_rate" in dataset.choices[0] and "data.max_duration" in dataset.choices[1]
-    lazy = dict(config["data"], sample_rate=0, duration=0.0, preload=False)
+    lazy = dict(config["data"], sample_rate=0, duration=0.0, max_sample_rate=16000, preload=False)
     folder_dataset(tmp_path, lazy, random_crop=False)
     assert (lazy["sample_rate"], lazy["duration"]) == (data["sample_rate"], data["duration"])
 

@@ -152,7 +152,7 @@ def test_the_plan_says_what_was_chosen_from_the_recordings(tmp_path):
         wave = np.concatenate([np.zeros(1600, dtype=np.float32), sine(300 + 100 * k, seconds, 16000)])
         write(tmp_path / "data" / ("low" if k < 2 else "high") / f"{k}.wav", wave, 16000)
     sets = ["model.mel_bins=32", "model.base_channels=8", "model.channel_mults=[1,2]", "train.batch_size=2",
-            "train.preview_every=0", "train.checkpoint_every=1"]
+            "train.preview_every=0", "train.checkpoint_every=1", "data.max_sample_rate=16000"]
     result = CliRunner().invoke(cli, ["train", "--domain", "audio", "--data", str(tmp_path / "data"), "--steps", "1",
                                       "--out", str(tmp_path / "run"), "--no-progress",
                                       *[item for assignment in sets for item in ("--set", assignment)]])
