@@ -230,11 +230,11 @@ def test_the_conformance_kit_checks_the_objects(tmp_path):
     assert len(missing) == 1 and "one object per sample" in missing[0]
 
 
-@pytest.mark.parametrize("name", ["image", "audio", "molecule"])
+@pytest.mark.parametrize("name", ["image", "audio", "audio-digits", "molecule"])
 def test_shipped_weights_carry_their_card_facts(name):
     from safetensors.torch import load_file
 
-    folder = diffkit.make_plugin_manager(entry_points=False).domain(name).pretrained()
+    _, folder = diffkit.make_plugin_manager(entry_points=False).shipped(name)
     config = json.loads((folder / "config.json").read_text())
     assert set(config["card"]) == set(pretrained.CARD_FIELDS) and config["card"]["scores"]
     tensors = load_file(folder / "model.safetensors")

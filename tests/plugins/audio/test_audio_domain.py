@@ -127,6 +127,28 @@ def test_shipped_weights_are_small_and_sample_every_label(domain, tmp_path):
     assert batch["names"] == ["A4", "C5"] and batch["x"].shape == (2, 1, 4000)
 
 
+def test_the_spoken_digit_weights_are_found_by_name_and_say_the_asked_digits(domain, tmp_path):
+    """`--checkpoint audio-digits` finds the weights trained on recordings at 8 kHz, and the
+    samples carry the asked labels at the rate and length the weights were trained with."""
+    from click.testing import CliRunner
+
+    from diffkit.cli import cli
+
+    out = tmp_path / "digits"
+    result = CliRunner().invoke(cli, ["sample", "--domain", "audio", "--checkpoint", "audio-digits", "-n", "2",
+                                      "--cond", "3,seven", "--steps", "2", "--out", str(out), "--no-progress"])
+    assert result.exit_code != 0 and "seven" in result.output   # labels are the file names' digits
+    result = CliRunner().invoke(cli, ["sample", "--domain", "audio", "--checkpoint", "audio-digits", "-n", "2",
+                                      "--cond", "3,7", "--steps", "2", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((domain.pretrained_models()["audio-digits"] / "config.json").read_text())["config"]
+    wavs = sorted(out.glob("*.wav"))
+    assert [path.name for path in wavs] == ["sample-00000-3.wav", "sample-00001-7.wav"]
+    info = soundfile.info(str(wavs[0]))
+    assert info.samplerate == trained["data"]["sample_rate"] == 8000
+    assert info.frames == round(trained["data"]["duration"] * 8000)
+
+
 def test_data_scale_is_applied_to_the_state_and_undone_by_decode(domain, config, tmp_path):
     scaled = resolve_config(domain, overrides={**{k: config[k] for k in ("model", "evaluate")},
                                                "data": dict(config["data"], scale=4.0)})
