@@ -64,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = resolve_config(AudioDomain(), preset="cpu", sets=args.sets)
-    rate = int(config["data"]["sample_rate"])
     waves, labels = real_clips(args.real, config)
+    rate = int(config["data"]["sample_rate"])   # settled from the recordings by reading them
     wanted = args.labels.split(",") if args.labels else sorted(set(labels), key=labels.index)
     rows = [("real", first_per_label(waves, labels, wanted, args.skip_real))]
     for entry in args.generated:
