@@ -1,37 +1,55 @@
 """Image data: the embedded handwritten digits and folders of the user's pictures.
 
 Pixels are stored as ``uint8`` tensors ``(N, C, H, W)`` and turned into floats in [-1, 1] per item.
-A folder is decoded once and cached under the diffkit cache (:func:`diffkit.kit.cache_dir`), keyed by the
-files' names, sizes and modification times and by the size and channel settings, so a changed
-folder or setting is noticed and decoded again.
+A folder is decoded once, by worker processes, into a store under the diffkit cache
+(:func:`diffkit.kit.cache_dir`, :mod:`diffkit.kit.store`), keyed by the files' names, sizes and
+modification times and by the size and channel settings, so a changed folder or setting is
+noticed and decoded again. Its pixels are then memory-mapped: every training process of a
+machine reads the one copy in the page cache, and a set larger than memory is paged in as read.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffkit.kit import save_torch_atomic
+from diffkit.kit import ItemStore, Skip, open_store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-CACHE_VERSION = 2  # 2: the cache records the files it skipped
+CACHE_VERSION = 3  # 2: the cache records the files it skipped; 3: a memory-mapped store
+#: Pictures a decoding task takes (a shard of the store).
+SHARD_PICTURES = 512
 
 
 @dataclass
 class ImageSet:
-    """Decoded pictures ``(N, C, H, W)`` uint8 with labels ``(N,)`` and the class names."""
+    """Decoded pictures ``(N, C, H, W)`` uint8 with labels ``(N,)`` and the class names.
+
+    ``store``, when set, is where the pixels are mapped from: an image set pickles (e.g. to a
+    DataLoader worker) as its store, not as a copy of the pixels."""
 
     pixels: Tensor
     labels: Tensor
     class_names: list[str]
+    store: ItemStore | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "pixels": None} if self.store is not None else dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.store is not None:
+            self.pixels = _mapped_pixels(self.store)
 
 
 class ImageDataset(Dataset):
@@ -102,27 +120,47 @@ def load_folder(root: str | Path, image_size: int, channels: int, *, cache: Path
     subfolders all pictures form one class named after ``root``. Files that cannot be decoded
     (damaged, truncated, empty, or claiming a size beyond PIL's decompression-bomb limit) are
     skipped with one warning naming them, repeated when the folder is read from the cache; a
-    folder with nothing readable is an error."""
+    folder with nothing readable is an error.
+
+    With ``cache`` the pictures are decoded once into a store there and memory-mapped; without,
+    they are decoded into this process's memory."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image data folder {str(root)!r} does not exist or is not a folder")
+    check_channels(channels)  # before decoding: a wrong setting is not a damaged file
     files, class_names = list_images(root)
     if not files:
         raise ValueError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files found in {str(root)!r}")
-    cache_file = None
+    key = _folder_key(root, files, image_size, channels)
     if cache is not None:
-        cache_file = cache / "datasets" / f"{_folder_key(root, files, image_size, channels)}.pt"
-        if cache_file.is_file():
-            stored = torch.load(cache_file, weights_only=True)
-            _warn_unreadable(root, stored["unreadable"])
-            return ImageSet(stored["pixels"], stored["labels"], list(stored["class_names"]))
-    images, unreadable = _decode_all(root, files, image_size, channels)
+        return _image_set(_decoded(cache / "decoded" / key, root, files, image_size, channels), root, class_names)
+    with tempfile.TemporaryDirectory(prefix="diffkit-images-") as temporary:
+        store = _decoded(Path(temporary) / key, root, files, image_size, channels)
+        images = _image_set(store, root, class_names)
+        return ImageSet(images.pixels.clone(), images.labels, class_names)
+
+
+def _decoded(folder: Path, root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> ItemStore:
+    """The store of the folder's pictures, decoded by worker processes when it is not there yet."""
+    tasks = (files[start:start + SHARD_PICTURES] for start in range(0, len(files), SHARD_PICTURES))
+    decode = functools.partial(decode_pictures, root=root, image_size=image_size, channels=channels)
+    return open_store(folder, tasks, decode, total=-(-len(files) // SHARD_PICTURES),
+                      description=f"decoding {len(files):,} pictures")
+
+
+def _image_set(store: ItemStore, root: Path, class_names: list[str]) -> ImageSet:
+    """The pictures of a store of ``root``, after warning about the files it skipped."""
+    unreadable = [skip.reason for skip in store.skipped]
+    if not len(store):
+        raise ValueError(f"none of the {len(unreadable)} image files in {str(root)!r} could be read"
+                         + (f"; the first: {unreadable[0]}" if unreadable else ""))
     _warn_unreadable(root, unreadable)
-    images.class_names = class_names
-    if cache_file is not None:
-        save_torch_atomic({"pixels": images.pixels, "labels": images.labels, "class_names": class_names,
-                           "unreadable": unreadable}, cache_file)
-    return images
+    labels = torch.from_numpy(np.array(store.array("label")))
+    return ImageSet(_mapped_pixels(store), labels, class_names, store)
+
+
+def _mapped_pixels(store: ItemStore) -> Tensor:
+    return torch.from_numpy(store.array("pixels"))
 
 
 def list_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -146,31 +184,27 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _decode_all(root: Path, files: Sequence[tuple[Path, int]], image_size: int,
-                channels: int) -> tuple[ImageSet, list[str]]:
-    """The pictures that decode, and the files that do not, each as ``"name (error type)"``."""
+def decode_pictures(files: Sequence[tuple[Path, int]], *, root: Path, image_size: int,
+                    channels: int) -> Iterator[dict | Skip]:
+    """``{"pixels": (C, H, W) uint8, "label": int64}`` of each ``(file, label)``, or a
+    :class:`~diffkit.kit.Skip` naming a file that does not decode (``"name (error type)"``)."""
     from PIL import Image
 
-    check_channels(channels)  # before the loop: a wrong setting is not a damaged file
-    pictures, labels, unreadable = [], [], []
     for path, label in files:
         try:
             with Image.open(path) as image:
-                pictures.append(fit_image(image, image_size, channels))
-            labels.append(label)
+                pixels = fit_image(image, image_size, channels)
         except Exception as error:  # PIL raises many types for damaged files (OSError, SyntaxError,
             # DecompressionBombError, struct.error, ...): each such file is skipped alike
-            unreadable.append(f"{path.relative_to(root)} ({type(error).__name__})")
-    if not pictures:
-        raise ValueError(f"none of the {len(files)} image files in {str(root)!r} could be read"
-                         + (f"; the first: {unreadable[0]}" if unreadable else ""))
-    return ImageSet(torch.stack(pictures), torch.tensor(labels, dtype=torch.long), []), unreadable
+            yield Skip(f"{path.relative_to(root)} ({type(error).__name__})")
+            continue
+        yield {"pixels": pixels.numpy(), "label": np.int64(label)}
 
 
 def _warn_unreadable(root: Path, unreadable: Sequence[str], shown: int = 20) -> None:
     if unreadable:
         listed = ", ".join(unreadable[:shown]) + (f" and {len(unreadable) - shown} more" if len(unreadable) > shown else "")
-        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) in {str(root)!r}: {listed}", stacklevel=4)
+        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) in {str(root)!r}: {listed}", stacklevel=5)
 
 
 def _folder_key(root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> str:

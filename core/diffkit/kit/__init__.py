@@ -9,6 +9,8 @@ metrics, written once in the core.
   (with a :class:`FewSamplesWarning` when a set has no more vectors than features).
 * :mod:`~diffkit.kit.reference`: a reference network (e.g. a classifier whose features the
   Fréchet distance uses) trained once per reference set and cached by a hash of its inputs.
+* :mod:`~diffkit.kit.store`: decoded data sets on disk, filled once by worker processes and read
+  through memory maps, so that every process of a machine shares one copy in the page cache.
 * :mod:`~diffkit.kit.conditions`: class labels and continuous values as conditions, their null
   values and per-sample lists, parsed the same way for every domain.
 """
@@ -19,9 +21,11 @@ from .files import (Output, OutputExistsError, check_new, numbered_names, output
                     write_new)
 from .frechet import FewSamplesWarning, frechet_distance, gaussian_frechet_distance
 from .reference import cached_network, content_key
+from .store import ItemStore, Skip, open_store
 
 __all__ = [
-    "FewSamplesWarning", "NULL_LABEL", "Output", "OutputExistsError", "cache_dir", "cached_network", "check_new", "content_key",
-    "draw_labels", "frechet_distance", "gaussian_frechet_distance", "is_unconditional", "label_texts",
-    "numbered_names", "outputs_of", "parse_labels", "parse_values", "save_torch_atomic", "write_atomic", "write_new",
+    "FewSamplesWarning", "ItemStore", "NULL_LABEL", "Output", "OutputExistsError", "Skip", "cache_dir", "cached_network",
+    "check_new", "content_key", "draw_labels", "frechet_distance", "gaussian_frechet_distance", "is_unconditional",
+    "label_texts", "numbered_names", "open_store", "outputs_of", "parse_labels", "parse_values", "save_torch_atomic",
+    "write_atomic", "write_new",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +147,11 @@ def test_every_undecodable_file_is_skipped_alike_and_the_cache_repeats_the_warni
             images = load_folder(root, 8, 1, cache=cache)
         assert [str(w.message) for w in caught] == [expected], read
         assert len(images.labels) == 5
-    assert len(list((cache / "datasets").glob("*.pt"))) == 1
+    assert len(stores(cache)) == 1
+
+
+def stores(cache):
+    return list((cache / "decoded").glob("*/store.json"))
 
 
 def test_a_folder_with_nothing_readable_is_an_error(tmp_path):
@@ -175,15 +180,14 @@ def test_decoded_folders_are_cached_and_a_changed_folder_is_decoded_again(tmp_pa
     root = make_folder(tmp_path / "pets")
     cache = tmp_path / "cache"
     first = load_folder(root, 8, 1, cache=cache)
-    stored = list((cache / "datasets").glob("*.pt"))
-    assert len(stored) == 1
+    assert len(stores(cache)) == 1
     again = load_folder(root, 8, 1, cache=cache)
     assert torch.equal(first.pixels, again.pixels) and again.class_names == first.class_names
     save(root / "cats" / "a.png", gray(255))  # rewritten: size/mtime change the key
     os.utime(root / "cats" / "a.png", ns=(1, 1))
     changed = load_folder(root, 8, 1, cache=cache)
     assert changed.pixels[0].min() >= 250
-    assert len(list((cache / "datasets").glob("*.pt"))) == 2
+    assert len(stores(cache)) == 2
 
 
 def test_build_dataset_reads_a_folder_and_flips_when_asked(domain, config, tmp_path):
@@ -196,3 +200,59 @@ def test_build_dataset_reads_a_folder_and_flips_when_asked(domain, config, tmp_p
     torch.manual_seed(0)
     seen = {tuple(dataset[0]["x"][0, 0, [0, 7]].tolist()) for _ in range(20)}
     assert seen == {(-1.0, 1.0), (1.0, -1.0)}
+
+
+def colour_folder(root, count: int, seed: int = 0):
+    """``count`` random RGB pictures of 10x14 in three classes, and a damaged file."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        save(root / f"class{index % 3}" / f"{index:04d}.png", rng.integers(0, 256, (10, 14, 3)))
+    (root / "class1" / "9999.png").write_bytes(b"damaged")
+    return root
+
+
+def test_a_stored_folder_holds_what_each_file_decodes_to_in_file_order(tmp_path, monkeypatch):
+    import diffkit_image.data as data
+
+    root = colour_folder(tmp_path / "colours", 23)
+    monkeypatch.setattr(data, "SHARD_PICTURES", 4)  # several shards, decoded by two processes
+    monkeypatch.setattr("diffkit.kit.store.available_cpus", lambda: 2)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        stored = load_folder(root, 8, 3, cache=tmp_path / "cache")
+    with pytest.warns(UserWarning, match="class1/9999.png"):
+        in_memory = load_folder(root, 8, 3)
+    files = sorted(root.rglob("0*.png"), key=lambda path: (path.parent.name, path.name))
+    expected = torch.stack([fit_image(Image.open(path), 8, 3) for path in files])
+    assert torch.equal(stored.pixels, expected) and torch.equal(in_memory.pixels, expected)
+    assert stored.labels.tolist() == in_memory.labels.tolist() == [int(path.parent.name[-1]) for path in files]
+    assert stored.store is not None and in_memory.store is None
+
+
+def test_stored_pictures_are_mapped_from_the_cache_and_pickle_as_their_store(tmp_path, domain, config):
+    import pickle
+
+    root = colour_folder(tmp_path / "colours", 40)
+    config["data"].update(channels=3, image_size=16, cache_dir=str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="unreadable"):
+        dataset = domain.build_dataset(config, str(root))
+    pixels = dataset.images.pixels
+    store_file = dataset.images.store.folder / "pixels.npy"
+    assert mapped_file(pixels.data_ptr()) == store_file
+    payload = pickle.dumps(dataset)
+    assert len(payload) < pixels.numel() // 4  # the store's folder travels, not the pixels
+    copy = pickle.loads(payload)
+    assert mapped_file(copy.images.pixels.data_ptr()) == store_file
+    assert all(torch.equal(copy[i]["x"], dataset[i]["x"]) and copy[i]["cond"] == dataset[i]["cond"] for i in range(40))
+
+
+def mapped_file(address: int):
+    """The file mapped at ``address`` of this process (from /proc/self/maps), or None."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    for line in maps.read_text().splitlines():
+        span, _, _, _, _, *path = line.split(maxsplit=5)
+        low, high = (int(bound, 16) for bound in span.split("-"))
+        if low <= address < high:
+            return Path(path[0]) if path and path[0].startswith("/") else None
+    return None
