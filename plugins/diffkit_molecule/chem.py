@@ -115,16 +115,22 @@ def mol_to_graph(mol, vocabulary: Sequence[str]) -> tuple[Tensor, Tensor]:
 def graph_to_mol(atoms: Tensor, bonds: Tensor, vocabulary: Sequence[str]):
     """The unsanitised RDKit molecule of a graph: ``atoms (n,)``, ``bonds (n, n)`` (the upper
     triangle is read). Use :func:`sanitized` to check it."""
-    Chem = rdkit()
-    mol = Chem.RWMol()
-    for index in atoms.tolist():
-        symbol, charge = parse_token(vocabulary[index])
-        atom = Chem.Atom(symbol)
-        atom.SetFormalCharge(charge)
-        mol.AddAtom(atom)
     upper = torch.triu(bonds, diagonal=1)
     rows, cols = upper.nonzero(as_tuple=True)
-    for i, j, kind in zip(rows.tolist(), cols.tolist(), upper[rows, cols].tolist()):
+    return mol_from_parts([parse_token(vocabulary[index]) for index in atoms.tolist()],
+                          list(zip(rows.tolist(), cols.tolist(), upper[rows, cols].tolist())))
+
+
+def mol_from_parts(atoms: Sequence[tuple[str | int, int]], bonds: Sequence[tuple[int, int, int]]):
+    """The unsanitised RDKit molecule of ``atoms`` (element symbol or atomic number, formal
+    charge) and ``bonds`` ``(i, j, index into BOND_TYPES)``."""
+    Chem = rdkit()
+    mol = Chem.RWMol()
+    for element, charge in atoms:
+        atom = Chem.Atom(element)
+        atom.SetFormalCharge(charge)
+        mol.AddAtom(atom)
+    for i, j, kind in bonds:
         mol.AddBond(i, j, getattr(Chem.BondType, _RDKIT_BONDS[kind - 1]))
     return mol.GetMol()
 

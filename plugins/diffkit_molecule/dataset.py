@@ -1,33 +1,45 @@
-"""Molecule datasets: a torch-geometric dataset of graphs, processed once and cached, and the dense
-view the diffusion trains on.
+"""Molecule datasets: molecule files featurised once, in parallel, into a store of graphs
+(:mod:`diffkit.kit.store`), and the dense view the diffusion trains on.
 
-The cache file's name is a hash of the source file (path, size, modification time) and of the
+The store's name is a hash of the source file (path, size, modification time) and of the
 featurisation (:class:`Featurisation`, including :data:`FEATURISATION_VERSION`), so changing
-either processes the data again instead of reusing stale graphs.
+either featurises the data again instead of reusing stale graphs. Each molecule is stored
+sparsely: its atoms as element-and-charge codes, its bonds as ``(i, j, type)`` rows, its
+properties and its place in the file; training processes memory-map it and build one dense item
+at a time, so their memory does not grow with the file.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffkit.kit import write_atomic
+from diffkit.kit import ItemStore, Skip, open_store
 
 from . import chem, properties
-from .sources import entry_unit, read_molecules
-from .state import class_mask, encode, encode_classes, loss_mask, pair_mask
+from .sources import entry_tasks, entry_unit, parse_payload
+from .state import class_mask, encode, encode_classes, loss_mask
 
 #: Bump when the way molecules become graphs changes: old caches are then ignored.
-#: 2: each graph and each skipped entry keeps where it is in the file.
-FEATURISATION_VERSION = 2
+#: 2: each graph and each skipped entry keeps where it is in the file; 3: a memory-mapped store.
+FEATURISATION_VERSION = 3
+#: Entries (SMILES lines) a featurising task takes: a shard of the store.
+SHARD_ENTRIES = 5000
+#: An atom's code in the store: ``atomic number * CHARGE_CODES + formal charge + CHARGE_OFFSET``.
+CHARGE_CODES, CHARGE_OFFSET = 32, 16
+#: Atoms counted at a time when counting over the whole store (bounds the memory it takes).
+COUNT_CHUNK = 1 << 22
 #: Where the skipped entries of each reason are named, this many at most.
 SHOWN_PER_REASON = 5
 #: An element in fewer than this share of a new model's training molecules is named in a warning:
@@ -67,7 +79,7 @@ class Skipped:
         labels = {"unparsable": "unparsable", "oversized": f"over {max_atoms} heavy atoms",
                   "atom_type": f"an atom type outside data.atom_types{outside}", "bond_type": "a bond that is not "
                   "single, double or triple", "round_trip": "not representable as a heavy-atom graph "
-                  "(radicals or unusual hydrogen counts)", "empty": "no atoms"}
+                  "(radicals, unusual hydrogen counts or charges)", "empty": "no atoms"}
         unit = entry_unit(source)
         parts = ", ".join(f"{count} {labels[reason]}{self._places(reason, count, unit)}"
                           for reason, count in self.reasons.most_common())
@@ -82,69 +94,71 @@ class Skipped:
         return f" ({unit}{'s' if count > 1 else ''} {', '.join(map(str, places))}{more})"
 
 
-def featurise(source: Path, spec: Featurisation) -> tuple[list, list[str], Skipped]:
-    """Graphs (torch-geometric ``Data``), the atom vocabulary and what was skipped. Molecules of
-    every size are kept: the size limit is applied when the cached graphs are loaded.
+def featurise(task, *, spec: Featurisation) -> Iterator[dict | Skip]:
+    """The graphs of a task's entries (see :func:`diffkit_molecule.sources.entry_tasks`), or a
+    :class:`~diffkit.kit.Skip` with the reason and the entry's place in the file. Molecules of
+    every size are kept: the size limit and the atom types are applied when the store is read.
 
-    Each graph has ``x (n,)`` atom type indices, ``edge_index (2, 2m)`` and ``edge_attr (2m,)``
-    bond type indices (both directions), ``y (1, P)`` properties and ``smiles`` (canonical)."""
-    skipped = Skipped()
-    kept = []  # (where in the file, prepared mol, canonical smiles)
-    for where, _, mol in read_molecules(source, spec.smiles_column):
-        skipped.total += 1
-        reason, prepared = _screen(mol, spec)
-        if reason:
-            skipped.add(reason, [where])
-        else:
-            kept.append((where, prepared, chem.canonical_smiles(chem.sanitized(prepared))))
-    vocabulary = chem.sort_tokens(t for _, mol, _ in kept for t in chem.mol_tokens(mol))
-    graphs = []
-    for where, mol, smiles in kept:
-        graph, reason = _to_data(mol, smiles, vocabulary, spec, where)
-        if reason:
-            skipped.add(reason, [where])
-        else:
-            graphs.append(graph)
-    return graphs, vocabulary, skipped
+    A graph is ``{"atoms": (n,) int16 codes, "bonds": (m, 3) int16 rows (i < j, bond type index),
+    "properties": (P,) float32, "where": int64}``."""
+    for where, payload in task.entries():
+        graph = molecule_graph(parse_payload(payload), spec)
+        yield Skip(graph, where) if isinstance(graph, str) else {**graph, "where": np.int64(where)}
 
 
-def _screen(mol, spec: Featurisation) -> tuple[str | None, object]:
-    if mol is None or chem.sanitized(mol) is None:
-        return "unparsable", None
-    prepared = chem.prepare(mol)
-    if prepared is None:
-        return "unparsable", None
-    if prepared.GetNumAtoms() == 0:
-        return "empty", None
-    return None, prepared
-
-
-def import_torch_geometric() -> None:
-    """Import torch-geometric, silencing the FutureWarning that recent torch releases raise about
-    its own use of ``torch.jit.script``: a user of diffkit cannot act on it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-        import torch_geometric  # noqa: F401
-
-
-def _to_data(mol, smiles: str, vocabulary: list[str], spec: Featurisation, where: int):
-    import_torch_geometric()
-    from torch_geometric.data import Data
-
+def molecule_graph(mol, spec: Featurisation) -> dict | str:
+    """The stored graph of a parsed molecule (see :func:`featurise`), or why it is left out:
+    ``unparsable``, ``empty``, ``bond_type`` or ``round_trip`` (the heavy-atom graph does not
+    give the molecule back: radicals, or hydrogens that RDKit would not restore)."""
+    Chem = chem.rdkit()
+    if mol is None:
+        return "unparsable"  # the readers sanitise: a molecule RDKit rejects is None
     try:
-        atoms, bonds = chem.mol_to_graph(mol, vocabulary)
-    except KeyError:
-        return None, "atom_type"
-    except ValueError:
-        return None, "bond_type"
-    rebuilt = chem.sanitized(chem.graph_to_mol(atoms, bonds, vocabulary))
-    if rebuilt is None or chem.canonical_smiles(rebuilt) != smiles:
-        return None, "round_trip"
-    edge_index = bonds.nonzero().t().contiguous()
-    y = torch.tensor([properties.compute(rebuilt, spec.properties)], dtype=torch.float32)
-    graph = Data(x=atoms, edge_index=edge_index, edge_attr=bonds[edge_index[0], edge_index[1]], y=y,
-                 num_nodes=len(atoms), smiles=smiles, where=torch.tensor([where]))
-    return graph, None
+        heavy = Chem.RemoveHs(mol) if mol.GetNumAtoms() != mol.GetNumHeavyAtoms() else mol
+        kekule = Chem.Mol(heavy)
+        Chem.Kekulize(kekule, clearAromaticFlags=True)
+    except Exception:  # RDKit raises several exception types for bad molecules
+        return "unparsable"
+    if kekule.GetNumAtoms() == 0:
+        return "empty"
+    # Per atom: element, charge, and whether its hydrogens or electrons were stated rather than
+    # implied (bracket atoms, SDF) or it has an isotope: such an atom may not come back from the
+    # graph. Every other atom gets its hydrogens from its bonds and charge alone, as the graph's does.
+    atoms, stated = [], False
+    for atom in map(kekule.GetAtomWithIdx, range(kekule.GetNumAtoms())):
+        atoms.append((atom.GetAtomicNum(), atom.GetFormalCharge()))
+        stated = stated or bool(atom.GetNoImplicit() or atom.GetNumExplicitHs() or atom.GetNumRadicalElectrons()
+                                or atom.GetIsotope())
+    if any(not -CHARGE_OFFSET <= charge < CHARGE_OFFSET for _, charge in atoms):
+        return "round_trip"  # a charge the atom codes cannot hold (none that chemistry knows)
+    bond_index = _bond_index()
+    bonds = [(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), bond_index.get(bond.GetBondType()))
+             for bond in map(kekule.GetBondWithIdx, range(kekule.GetNumBonds()))]
+    if any(kind is None for _, _, kind in bonds):
+        return "bond_type"
+    graph_mol = heavy
+    if stated:  # rebuild the graph's molecule and compare
+        graph_mol = chem.sanitized(chem.mol_from_parts(atoms, bonds))
+        if graph_mol is None or chem.canonical_smiles(graph_mol) != chem.canonical_smiles(heavy):
+            return "round_trip"
+    codes = [number * CHARGE_CODES + charge + CHARGE_OFFSET for number, charge in atoms]
+    rows = np.array([(min(i, j), max(i, j), kind) for i, j, kind in bonds], dtype=np.int16).reshape(-1, 3)
+    return {"atoms": np.array(codes, dtype=np.int16), "bonds": rows,
+            "properties": np.array(properties.compute(graph_mol, spec.properties), dtype=np.float32)}
+
+
+@functools.lru_cache(maxsize=1)
+def _bond_index() -> dict:
+    """RDKit's bond type -> index into :data:`chem.BOND_TYPES` (single, double and triple only)."""
+    Chem = chem.rdkit()
+    return {getattr(Chem.BondType, name.upper()): index for index, name in enumerate(chem.BOND_TYPES) if index}
+
+
+def atom_token(code: int) -> str:
+    """The atom token (element and charge, see :func:`chem.atom_token`) of a stored atom code."""
+    number, charge = divmod(int(code), CHARGE_CODES)
+    symbol = chem.rdkit().GetPeriodicTable().GetElementSymbol(number)
+    return chem.atom_token(symbol, charge - CHARGE_OFFSET)
 
 
 def cache_key(source: Path, spec: Featurisation) -> str:
@@ -154,99 +168,81 @@ def cache_key(source: Path, spec: Featurisation) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _graph_dataset_class():
-    """Defined lazily so that importing the plugin does not import torch-geometric."""
-    import_torch_geometric()
-    from torch_geometric.data import InMemoryDataset
-
-    class MoleculeGraphs(InMemoryDataset):
-        """The graphs of a molecule file, processed once into ``cache_dir/processed``."""
-
-        def __init__(self, source: Path, spec: Featurisation, cache_dir: Path):
-            self.source, self.spec = Path(source), spec
-            self.key = cache_key(self.source, spec)
-            super().__init__(root=str(cache_dir), log=False)
-            self.load(self.processed_paths[0])
-            info = json.loads(Path(self.processed_paths[1]).read_text())
-            self.vocabulary: list[str] = info["vocabulary"]
-            self.skipped = Skipped(info["total"], Counter(info["skipped"]), info["skipped_where"])
-
-        @property
-        def raw_file_names(self) -> list[str]:
-            return []  # the source lives outside the cache
-
-        @property
-        def processed_file_names(self) -> list[str]:
-            return [f"graphs_{self.key}.pt", f"graphs_{self.key}.json"]
-
-        def download(self) -> None:
-            pass
-
-        def num_nodes_per_graph(self) -> Tensor:
-            """``(M,)`` atom counts, read from the collated storage without building graphs."""
-            if self.slices is None:  # a single graph is stored without slices
-                return torch.tensor([self._data.num_nodes])
-            return (self.slices["x"][1:] - self.slices["x"][:-1]).long()
-
-        def process(self) -> None:
-            graphs, vocabulary, skipped = featurise(self.source, self.spec)
-            if not graphs:
-                raise ValueError("no usable molecules: " + skipped.message(self.source))
-            self.save(graphs, self.processed_paths[0])
-            info = {"vocabulary": vocabulary, "total": skipped.total, "skipped": dict(skipped.reasons),
-                    "skipped_where": skipped.where, "source": str(self.source), "featurisation": asdict(self.spec)}
-            write_atomic(self.processed_paths[1], (json.dumps(info, indent=1) + "\n").encode())
-
-    return MoleculeGraphs
+def molecule_store(source: Path, spec: Featurisation, cache_dir: Path) -> ItemStore:
+    """The store of ``source``'s graphs (see :func:`featurise`), featurised once into
+    ``cache_dir/graphs`` by one worker process per CPU core."""
+    decode = functools.partial(featurise, spec=spec)
+    return open_store(cache_dir / "graphs" / cache_key(source, spec), entry_tasks(source, SHARD_ENTRIES, spec.smiles_column),
+                      decode, variable=("atoms", "bonds"), meta={"source": str(source), "featurisation": asdict(spec)},
+                      description=f"featurising {source.name}")
 
 
-def molecule_graphs(source: Path, spec: Featurisation, cache_dir: Path):
-    """The torch-geometric dataset of ``source`` (see :func:`featurise`), all sizes, processed
-    once into ``cache_dir``."""
-    return _graph_dataset_class()(source, spec, cache_dir)
+@dataclass
+class StoredGraphs:
+    """The molecules of a store that a run uses: ``rows`` of the store, their atoms' codes mapped
+    to indices of ``vocabulary`` by ``types`` (``types[code]``; -1 for codes outside it)."""
+
+    store: ItemStore
+    rows: np.ndarray
+    types: np.ndarray
+    vocabulary: list[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Path,
-                atom_types: list[str] | None = None):
+                atom_types: list[str] | None = None) -> tuple[StoredGraphs, list[str]]:
     """The graphs of ``source`` with at most ``max_atoms`` atoms and, when ``atom_types`` is given,
-    only those types (renumbered to that order). Returns ``(graphs, vocabulary)``. Everything left
+    only those types (numbered in that order). Returns ``(graphs, vocabulary)``. Everything left
     out (unparsable, oversized, ...) is reported in one warning that says where; nothing left is
     an error. Without ``atom_types`` the vocabulary is the data's, and a warning names the elements
     too rare in it to be learnt well (:data:`RARE_ELEMENT_SHARE`)."""
-    graphs = molecule_graphs(source, spec, cache_dir)
-    vocabulary = list(atom_types) if atom_types else list(graphs.vocabulary)
-    sizes = graphs.num_nodes_per_graph()
-    present = _types_present(graphs, sizes)
-    outside = torch.tensor([token not in vocabulary for token in graphs.vocabulary])
+    store = molecule_store(source, spec, cache_dir)
+    skipped = Skipped(len(store) + len(store.skipped))
+    for skip in store.skipped:
+        skipped.add(skip.reason, [skip.where])
+    if not len(store):
+        raise ValueError("no usable molecules: " + skipped.message(source, max_atoms))
+    codes, found = _codes_present(store)
+    tokens = [atom_token(code) for code in codes]
+    data_vocabulary = chem.sort_tokens(tokens)
+    order = [tokens.index(token) for token in data_vocabulary]
+    codes, found = codes[order], found[:, order]  # columns in the data's vocabulary order
+    vocabulary = list(atom_types) if atom_types else data_vocabulary
+    sizes = store.lengths("atoms")
+    outside = np.array([token not in vocabulary for token in data_vocabulary])
     oversized = sizes > max_atoms
-    unknown = (present & outside).any(1) & ~oversized
-    fits = (~oversized & ~unknown).nonzero().flatten()
-    cached = graphs.skipped
-    skipped = Skipped(cached.total, Counter(cached.reasons), {reason: list(at) for reason, at in cached.where.items()})
-    where = graphs._data.where
+    unknown = found[:, outside].any(1) & ~oversized
+    fits = np.flatnonzero(~oversized & ~unknown)
     for reason, flags in (("oversized", oversized), ("atom_type", unknown)):
         if flags.any():
-            skipped.add(reason, where[flags].tolist())
-    skipped.outside = [token for token, used in zip(graphs.vocabulary, present[unknown].any(0).tolist())
-                       if used and token not in vocabulary]
+            skipped.add(reason, store.array("where")[flags].tolist())
+    skipped.outside = [token for token, used in zip(data_vocabulary, found[unknown].any(0)) if used and token not in vocabulary]
     if not len(fits):
         raise ValueError(f"no usable molecules: {skipped.message(source, max_atoms)}; "
                          "raise data.max_atoms to keep larger ones")
     if skipped.reasons:
         warnings.warn(skipped.message(source, max_atoms), stacklevel=3)
     if not atom_types:
-        _warn_rare_elements(present[fits], graphs.vocabulary, source)
-    _renumber_atoms(graphs, vocabulary)
-    selected = graphs.index_select(fits) if len(fits) < len(sizes) else graphs
-    return selected, vocabulary
+        _warn_rare_elements(torch.from_numpy(found[fits]), data_vocabulary, source)
+    types = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+    types[codes] = [vocabulary.index(token) if token in vocabulary else -1 for token in data_vocabulary]
+    return StoredGraphs(store, fits, types, vocabulary), vocabulary
 
 
-def _types_present(graphs, sizes: Tensor) -> Tensor:
-    """``(M, K)``: whether each cached graph holds each atom type of the cached vocabulary."""
-    owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-    present = torch.zeros(len(sizes), len(graphs.vocabulary), dtype=torch.bool)
-    present[owner, graphs._data.x] = True
-    return present
+def _codes_present(store: ItemStore) -> tuple[np.ndarray, np.ndarray]:
+    """The atom codes found in the store ``(K,)``, and ``(M, K)``: whether each molecule holds each."""
+    atoms = store.array("atoms")
+    counts = np.zeros(CHARGE_CODES * 128, dtype=np.int64)
+    for start in range(0, len(atoms), COUNT_CHUNK):
+        counts += np.bincount(atoms[start:start + COUNT_CHUNK], minlength=len(counts))
+    codes = np.flatnonzero(counts)
+    starts = store.offsets("atoms")[:-1]
+    found = np.zeros((len(store), len(codes)), dtype=bool)
+    for column, code in enumerate(codes):  # no molecule is empty, so every segment is non-empty
+        found[:, column] = np.logical_or.reduceat(atoms == code, starts)
+    return codes, found
 
 
 def _warn_rare_elements(present: Tensor, vocabulary: list[str], source: Path) -> None:
@@ -266,52 +262,54 @@ def _warn_rare_elements(present: Tensor, vocabulary: list[str], source: Path) ->
                       f"{named}; to leave those molecules out, set data.atom_types = {others!r}", stacklevel=4)
 
 
-def _renumber_atoms(graphs, vocabulary: list[str]) -> None:
-    """Map the cached atom indices onto ``vocabulary`` in place (in memory only); a type outside
-    it becomes index 0 (its graphs are left out by the caller)."""
-    lookup = torch.tensor([vocabulary.index(t) if t in vocabulary else -1 for t in graphs.vocabulary])
-    storage = graphs._data
-    storage.x = lookup[storage.x].clamp(min=0)
-    graphs.vocabulary = list(vocabulary)
-
-
 class DenseMolecules(Dataset):
-    """Training items from a graph dataset, padded to ``num_nodes`` atoms:
+    """Training items from stored graphs, padded to ``num_nodes`` atoms:
     ``{"x": {"nodes": (N, K), "edges": (N, N, E)}, "mask": {...}, "extra": {"node_mask": (N,)},
     "cond": (P,)}`` (``cond`` only when properties were computed); with ``categorical`` the state
-    and its mask hold class indices, ``{"nodes": (N,), "edges": (N, N)}`` (see :mod:`.state`)."""
+    and its mask hold class indices, ``{"nodes": (N,), "edges": (N, N)}`` (see :mod:`.state`).
+    ``sizes`` and ``properties`` are the molecules' atom counts and properties."""
 
-    def __init__(self, graphs, vocabulary: list[str], num_nodes: int | None = None, *, categorical: bool = False):
-        import_torch_geometric()
-        from torch_geometric.data import Batch
-        from torch_geometric.utils import to_dense_adj, to_dense_batch
-
+    def __init__(self, graphs: StoredGraphs, vocabulary: list[str], num_nodes: int | None = None, *,
+                 categorical: bool = False):
         self.graphs, self.vocabulary, self.categorical = graphs, vocabulary, categorical
-        batch = Batch.from_data_list(list(graphs))
-        self.sizes = torch.bincount(batch.batch, minlength=len(graphs))
+        store = graphs.store
+        self.sizes = torch.from_numpy(store.lengths("atoms")[graphs.rows])
         self.num_nodes = num_nodes or int(self.sizes.max())
-        atoms, _ = to_dense_batch(batch.x + 1, batch.batch, max_num_nodes=self.num_nodes)
-        self.atoms = (atoms - 1).to(torch.int8)  # -1 marks padding
-        self.bonds = to_dense_adj(batch.edge_index, batch.batch, batch.edge_attr,
-                                  max_num_nodes=self.num_nodes).to(torch.int8)
-        self.properties: Tensor = batch.y.float()
-        self.smiles: list[str] = list(batch.smiles)
+        self.properties: Tensor = torch.from_numpy(np.asarray(store.array("properties")[graphs.rows], np.float32))
 
     def __len__(self) -> int:
-        return len(self.atoms)
+        return len(self.graphs)
+
+    def graph(self, index: int) -> tuple[Tensor, Tensor]:
+        """Molecule ``index`` as ``(atoms (n,), bonds (n, n))`` (see :mod:`.chem`)."""
+        store, row = self.graphs.store, int(self.graphs.rows[index])
+        atoms = torch.from_numpy(self.graphs.types[store.item("atoms", row)])
+        rows = torch.from_numpy(store.item("bonds", row).astype(np.int64))
+        bonds = torch.zeros(len(atoms), len(atoms), dtype=torch.long)
+        bonds[rows[:, 0], rows[:, 1]] = rows[:, 2]
+        bonds[rows[:, 1], rows[:, 0]] = rows[:, 2]
+        return atoms, bonds
 
     def class_counts(self) -> tuple[Tensor, Tensor]:
         """How often each atom type occurs among the atoms ``(K,)``, and each bond type (``none``
-        included) among the pairs of distinct atoms of a molecule ``(E,)``."""
-        atoms = self.atoms.long()
-        real = atoms >= 0
-        atom_counts = torch.bincount(atoms[real], minlength=len(self.vocabulary)).double()
-        pairs = pair_mask(real.float()).bool()
-        bond_counts = torch.bincount(self.bonds.long()[pairs], minlength=len(chem.BOND_TYPES)).double()
-        return atom_counts, bond_counts
+        included) among the ordered pairs of distinct atoms of a molecule ``(E,)``."""
+        store, rows = self.graphs.store, self.graphs.rows
+        used = np.zeros(len(store), dtype=bool)
+        used[rows] = True
+        by_code = _counts(store.array("atoms"), np.repeat(used, store.lengths("atoms")), len(self.graphs.types))
+        by_type = np.zeros(len(self.vocabulary))
+        known = self.graphs.types >= 0
+        np.add.at(by_type, self.graphs.types[known], by_code[known])
+        bond_counts = _counts(store.array("bonds")[:, 2], np.repeat(used, store.lengths("bonds")), len(chem.BOND_TYPES))
+        bond_counts = 2 * bond_counts.astype(np.float64)
+        sizes = self.sizes.double()
+        bond_counts[0] = float((sizes * (sizes - 1)).sum()) - bond_counts[1:].sum()
+        return torch.from_numpy(by_type), torch.from_numpy(bond_counts)
 
     def __getitem__(self, index: int) -> dict:
-        atoms, bonds = self.atoms[index].long(), self.bonds[index].long()
+        atoms, bonds = self.graph(index)
+        atoms = torch.cat([atoms, atoms.new_full((self.num_nodes - len(atoms),), -1)])
+        bonds = torch.nn.functional.pad(bonds, (0, self.num_nodes - len(bonds)) * 2)
         if self.categorical:
             state, node_mask = encode_classes(atoms, bonds)
             mask = class_mask(node_mask)
@@ -322,3 +320,12 @@ class DenseMolecules(Dataset):
         if self.properties.shape[1]:
             item["cond"] = self.properties[index]
         return item
+
+
+def _counts(values: np.ndarray, used: np.ndarray, length: int) -> np.ndarray:
+    """``bincount`` of the ``used`` entries of ``values``, a chunk at a time."""
+    counts = np.zeros(length, dtype=np.int64)
+    for start in range(0, len(values), COUNT_CHUNK):
+        chunk = values[start:start + COUNT_CHUNK][used[start:start + COUNT_CHUNK]]
+        counts += np.bincount(chunk.astype(np.int64), minlength=length)[:length]
+    return counts

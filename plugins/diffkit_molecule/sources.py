@@ -1,16 +1,22 @@
 """Reading molecules from files: SMILES lists (.smi, .txt), CSV tables (a SMILES column), SDF;
 each optionally gzip-compressed. Readers yield ``(where, text, mol or None)``: where the entry is
 in the file (its line, or its record in an SDF file; see :func:`entry_unit`), and ``None`` for
-an entry RDKit cannot parse, so that callers can count it and say where it is."""
+an entry RDKit cannot parse, so that callers can count it and say where it is.
+
+:func:`entry_tasks` cuts a file into tasks for worker processes that parse the entries
+themselves: a plain SMILES file into line ranges each worker reads, other files into lists of
+entries read here."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import io
+import itertools
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
 
 from .chem import rdkit
 
@@ -78,10 +84,7 @@ def _open_text(path: Path) -> io.TextIOBase:
 def _smiles_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, first whitespace-separated field)`` of each non-empty, non-comment line."""
     with _open_text(path) as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.split()
-            if fields and not fields[0].startswith("#"):
-                yield number, fields[0]
+        yield from _first_fields(enumerate(file, start=1))
 
 
 def _csv_smiles(path: Path, column: str) -> Iterator[str]:
@@ -110,3 +113,83 @@ def _read_sdf(path: Path) -> Iterator[tuple[int, str, object]]:
         supplier = Chem.ForwardSDMolSupplier(str(path), removeHs=False)
     for index, mol in enumerate(supplier):
         yield index + 1, f"{path.name}#{index}", mol
+
+
+#: What a task holds of an entry: SMILES text, an RDKit molecule's binary form (SDF), or None
+#: (an SDF record RDKit could not read).
+Payload = Union[str, bytes, None]
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """The lines of a plain SMILES file in bytes ``start .. end``, the first being line
+    ``first_line``, read by whoever parses them."""
+
+    path: str
+    start: int
+    end: int
+    first_line: int
+
+    def entries(self) -> Iterator[tuple[int, Payload]]:
+        with open(self.path, "rb") as file:
+            file.seek(self.start)
+            text = file.read(self.end - self.start).decode("utf-8")
+        yield from _first_fields(enumerate(io.StringIO(text, newline=""), start=self.first_line))
+
+
+@dataclass(frozen=True)
+class EntryList:
+    """Entries read from the file already: ``(where, payload)`` pairs."""
+
+    items: tuple[tuple[int, Payload], ...]
+
+    def entries(self) -> Iterator[tuple[int, Payload]]:
+        return iter(self.items)
+
+
+def entry_tasks(path: str | Path, per_task: int, smiles_column: str = "smiles") -> Iterator[LineRange | EntryList]:
+    """A molecule file cut into tasks of ``per_task`` lines (plain SMILES files) or entries (the
+    rest), in file order; each task's ``entries()`` gives ``(where, payload)`` as
+    :func:`read_molecules` would, before parsing (see :func:`parse_payload`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"molecule file {str(path)!r} does not exist")
+    kind = format_of(path)
+    if kind in SMILES_SUFFIXES and not path.name.lower().endswith(".gz"):
+        yield from _line_ranges(path, per_task)
+        return
+    if kind == ".sdf":
+        entries = ((where, mol.ToBinary() if mol is not None else None) for where, _, mol in _read_sdf(path))
+    else:
+        entries = _csv_smiles(path, smiles_column) if kind == ".csv" else _smiles_lines(path)
+    while batch := tuple(itertools.islice(entries, per_task)):
+        yield EntryList(batch)
+
+
+def parse_payload(payload: Payload):
+    """The RDKit molecule of a task's entry, or None when it does not parse."""
+    Chem = rdkit()
+    if isinstance(payload, bytes):
+        return Chem.Mol(payload)
+    return Chem.MolFromSmiles(payload) if payload else None
+
+
+def _line_ranges(path: Path, per_task: int) -> Iterator[LineRange]:
+    """Byte ranges of ``per_task`` lines each, split where the text reader splits lines."""
+    start = position = 0
+    number = 0
+    with _open_text(path) as file:
+        for number, line in enumerate(file, start=1):
+            position += len(line.encode("utf-8"))
+            if number % per_task == 0:
+                yield LineRange(str(path), start, position, number - per_task + 1)
+                start = position
+    if position > start:
+        yield LineRange(str(path), start, position, number - (number % per_task) + 1)
+
+
+def _first_fields(lines) -> Iterator[tuple[int, str]]:
+    for number, line in lines:
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield number, fields[0]

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffkit_molecule import chem, dataset as dataset_module
 from diffkit_molecule.dataset import DenseMolecules, Featurisation, load_graphs
+from diffkit_molecule.sources import bundled_path
 
 
 def build(domain, config, data) -> DenseMolecules:
     return domain.build_dataset(config, str(data))
+
+
+def smiles_of(dataset: DenseMolecules) -> list[str]:
+    """The canonical SMILES of each molecule, rebuilt from its stored graph."""
+    return [chem.canonical_smiles(chem.sanitized(chem.graph_to_mol(*dataset.graph(i), dataset.vocabulary)))
+            for i in range(len(dataset))]
 
 
 def test_invalid_smiles_are_skipped_and_counted_in_one_warning(domain, config, tmp_path, valid_smiles, invalid_smiles):
@@ -58,8 +68,8 @@ def test_chosen_atom_types_renumber_and_skip_the_rest(domain, gaussian_config, t
     config["data"]["atom_types"] = ["O", "C", "F"]
     with pytest.warns(UserWarning, match="1 an atom type outside data.atom_types"):
         dataset = build(domain, config, path)
-    assert sorted(dataset.smiles) == ["CCO", "OCF"]
-    item = dataset[dataset.smiles.index("OCF")]
+    assert sorted(smiles_of(dataset)) == ["CCO", "OCF"]
+    item = dataset[smiles_of(dataset).index("OCF")]
     assert item["x"]["nodes"].argmax(-1).tolist() == [0, 1, 2]  # O, C, F in the chosen order
 
 
@@ -68,7 +78,7 @@ def test_csv_column_option(domain, config, tmp_path):
     path.write_text("name,Structure\na,CCO\nb,c1ccccc1\n")
     config["data"]["smiles_column"] = "structure"
     dataset = build(domain, config, path)
-    assert sorted(dataset.smiles) == ["CCO", "c1ccccc1"]
+    assert sorted(smiles_of(dataset)) == ["CCO", "c1ccccc1"]
     config["data"]["smiles_column"] = "smiles"
     with pytest.raises(ValueError, match="no column 'smiles'.*Structure"):
         build(domain, config, path)
@@ -81,7 +91,7 @@ def test_sdf_input_drops_explicit_hydrogens(domain, config, tmp_path):
         for smiles in ("CCO", "c1ccncc1"):
             writer.write(Chem.AddHs(Chem.MolFromSmiles(smiles)))
     dataset = build(domain, config, path)
-    assert sorted(dataset.smiles) == ["CCO", "c1ccncc1"]
+    assert sorted(smiles_of(dataset)) == ["CCO", "c1ccncc1"]
     assert sorted(dataset.sizes.tolist()) == [3, 6]
 
 
@@ -90,7 +100,7 @@ def test_dense_items_match_the_molecule(domain, gaussian_config, tmp_path):
     path = tmp_path / "two.smi"
     path.write_text("C#N\nCC=O\n")
     dataset = build(domain, config, path)
-    item = dataset[dataset.smiles.index("C#N")]
+    item = dataset[smiles_of(dataset).index("C#N")]
     vocabulary = config["data"]["atom_types"]
     nodes, edges = item["x"]["nodes"], item["x"]["edges"]
     assert nodes.shape == (3, len(vocabulary)) and edges.shape == (3, 3, 4)
@@ -117,8 +127,8 @@ def test_cache_is_invalidated_when_the_featurisation_changes(domain, config, smi
     cache = Path(config["data"]["cache_dir"])
     first = load_graphs(smiles_file, Featurisation(("qed",)), 40, cache)[0]
     second = load_graphs(smiles_file, Featurisation(("qed", "logp")), 40, cache)[0]
-    assert first[0].y.shape == (1, 1) and second[0].y.shape == (1, 2)
-    assert len(list((cache / "processed").glob("graphs_*.pt"))) == 2
+    assert first.store.array("properties").shape == (20, 1) and second.store.array("properties").shape == (20, 2)
+    assert len(list((cache / "graphs").glob("*/store.json"))) == 2
     # Editing the source file invalidates too.
     smiles_file.write_text("CCO\n")
     third = load_graphs(smiles_file, Featurisation(("qed",)), 40, cache)[0]
@@ -192,3 +202,104 @@ def test_elements_too_rare_to_learn_are_named_with_the_atom_types_that_leave_the
         "(Cl, Se, Pt, Hg, U) (lines 201, 202, 203, 204)"]
     assert len(dataset) == 200
 
+
+
+# Beside the valid ones: explicit hydrogens that RDKit restores ([nH], [NH3+]) or not ([CH2]: a
+# radical; [SH2]: a hydrogen count the valence rule does not give), an isotope, a dative bond.
+TRICKY_SMILES = ["c1cc[nH]c1", "[NH3+]CC([O-])=O", "C[CH2]", "[SH2]=O", "[13CH4]", "C[N+](C)(C)[O-]", "[Cu]<-N",
+                 "OCC[13C](=O)[O-]", "[2H]C([2H])Cl", "N[C@@H](C)C(=O)O"]
+
+
+def old_featurisation(smiles: str, names: tuple[str, ...]):
+    """What a molecule became before the store (the graph path: prepare, mol_to_graph, rebuild,
+    compare canonical SMILES, properties of the rebuilt molecule), or the reason it was skipped."""
+    from diffkit_molecule.properties import PROPERTIES
+
+    mol = chem.rdkit().MolFromSmiles(smiles)
+    prepared = chem.prepare(mol) if mol is not None else None
+    if prepared is None:
+        return "unparsable"
+    vocabulary = chem.sort_tokens(chem.mol_tokens(prepared))
+    try:
+        atoms, bonds = chem.mol_to_graph(prepared, vocabulary)
+    except ValueError:
+        return "bond_type"
+    rebuilt = chem.sanitized(chem.graph_to_mol(atoms, bonds, vocabulary))
+    if rebuilt is None or chem.canonical_smiles(rebuilt) != chem.canonical_smiles(chem.sanitized(prepared)):
+        return "round_trip"
+    tokens = [vocabulary[i] for i in atoms.tolist()]
+    return tokens, bonds, [PROPERTIES[name](rebuilt) for name in names]
+
+
+def test_stored_graphs_are_what_the_graph_path_makes_of_each_molecule(valid_smiles):
+    from diffkit_molecule.dataset import atom_token, molecule_graph
+
+    with gzip.open(bundled_path(), "rt") as file:
+        qm9 = [line.split()[0] for line in itertools.islice(file, 300)]
+    names = ("qed", "logp", "mol_weight")
+    kept = 0
+    for smiles in qm9 + valid_smiles + TRICKY_SMILES:
+        expected = old_featurisation(smiles, names)
+        graph = molecule_graph(chem.rdkit().MolFromSmiles(smiles), Featurisation(names))
+        if isinstance(expected, str):
+            assert graph == expected, smiles
+            continue
+        kept += 1
+        tokens, bonds, values = expected
+        assert [atom_token(code) for code in graph["atoms"]] == tokens, smiles
+        dense = torch.zeros_like(bonds)
+        for i, j, kind in graph["bonds"].tolist():
+            assert i < j
+            dense[i, j] = dense[j, i] = kind
+        assert torch.equal(dense, bonds), smiles
+        assert graph["properties"].tolist() == pytest.approx(values, rel=1e-6), smiles
+    assert kept == 300 + len(valid_smiles) + len(TRICKY_SMILES) - 3  # the radical, [SH2]=O and the dative bond
+
+
+def test_a_file_featurised_by_two_processes_in_shards_gives_the_same_dataset(domain, config, tmp_path, monkeypatch,
+                                                                               valid_smiles, invalid_smiles):
+    path = tmp_path / "mixed.smi"
+    lines = ["# header", *valid_smiles[:7], "", *invalid_smiles, *TRICKY_SMILES, *valid_smiles[7:]]
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")  # Windows line ends
+    with pytest.warns(UserWarning) as one_process:
+        single = build(domain, dict(config, data=dict(config["data"])), path)
+    monkeypatch.setattr(dataset_module, "SHARD_ENTRIES", 4)
+    monkeypatch.setattr("diffkit.kit.store.available_cpus", lambda: 2)
+    config["data"]["cache_dir"] = str(tmp_path / "other-cache")
+    with pytest.warns(UserWarning) as two_processes:
+        sharded = build(domain, config, path)
+    assert [str(w.message) for w in one_process] == [str(w.message) for w in two_processes]
+    assert "lines 10, 11, 12, 13" in str(one_process[0].message)  # the invalid SMILES, counted from 1
+    assert len(sharded) == len(single) and sharded.vocabulary == single.vocabulary
+    for i in range(len(single)):
+        assert all(torch.equal(a, b) for a, b in zip(single.graph(i), sharded.graph(i)))
+        assert torch.equal(single.properties[i], sharded.properties[i])
+
+
+def test_class_counts_are_those_of_the_dense_items(domain, config, qm9_sample_file):
+    config["data"]["max_atoms"] = 6  # leaves some out: the counts are of those kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = build(domain, config, qm9_sample_file)
+    atoms, bonds = dataset.class_counts()
+    expected_atoms = torch.zeros(len(dataset.vocabulary), dtype=torch.float64)
+    expected_bonds = torch.zeros(len(chem.BOND_TYPES), dtype=torch.float64)
+    for index in range(len(dataset)):
+        types, adjacency = dataset.graph(index)
+        expected_atoms += torch.bincount(types, minlength=len(dataset.vocabulary))
+        off_diagonal = ~torch.eye(len(types), dtype=torch.bool)
+        expected_bonds += torch.bincount(adjacency[off_diagonal], minlength=len(chem.BOND_TYPES))
+    assert 0 < len(dataset) < 300
+    assert torch.equal(atoms, expected_atoms) and torch.equal(bonds, expected_bonds)
+
+
+def test_properties_share_qeds_descriptors_and_equal_rdkits_functions(valid_smiles):
+    from rdkit.Chem import QED, Crippen, Descriptors
+
+    from diffkit_molecule.properties import compute
+
+    for smiles in valid_smiles:
+        mol = chem.rdkit().MolFromSmiles(smiles)
+        expected = [QED.qed(mol), Crippen.MolLogP(mol), Descriptors.MolWt(mol)]
+        assert compute(mol, ("qed", "logp", "mol_weight")) == expected
+        assert compute(mol, ("mol_weight", "logp")) == expected[:0:-1]
