@@ -57,6 +57,7 @@ class MoleculeDomain(diffkit.Domain):
             "sample": {"sampler": "discrete_flow", "steps": 30, "spacing": "quadratic",
                        "options": {"target_guidance": 0.05}, "precision": "auto", "batch_size": 1000,
                        "resample": 8, "num_atoms": 0},        # num_atoms 0: drawn from the training distribution
+            "evaluate": {"training_data": ""},  # a file of training molecules for novelty ("": the reference)
         }
 
     def upgrade_config(self, config: dict) -> dict:
@@ -266,8 +267,10 @@ class MoleculeDomain(diffkit.Domain):
 
     def evaluate(self, samples: Path, reference: Path | None, config: dict, *, cond: Any = None) -> dict[str, float]:
         """Scores of a SMILES file (or a folder holding ``samples.smi``) against ``reference``
-        (the bundled QM9 subset by default); see :mod:`diffkit_molecule.metrics`. With the asked
-        property values ``cond``, the mean absolute error of each asked property of valid samples."""
+        (the bundled QM9 subset by default); see :mod:`diffkit_molecule.metrics`. Novelty counts
+        against ``evaluate.training_data`` when it names a file (MOSES: its training split),
+        else against ``reference``. With the asked property values ``cond``, the mean absolute
+        error of each asked property of valid samples."""
         from .metrics import evaluate_smiles, property_errors
         from .sources import bundled_path, read_smiles_texts
 
@@ -275,8 +278,11 @@ class MoleculeDomain(diffkit.Domain):
         if samples.is_dir():
             samples = samples / "samples.smi"
         generated = read_smiles_texts(samples, config["data"]["smiles_column"])
-        known = reference_smiles(Path(reference) if reference else bundled_path(), config["data"]["smiles_column"])
-        scores = evaluate_smiles(generated, known)
+        column = config["data"]["smiles_column"]
+        known = reference_smiles(Path(reference) if reference else bundled_path(), column)
+        training_data = config["evaluate"]["training_data"]
+        training = reference_smiles(Path(training_data), column) if training_data else None
+        scores = evaluate_smiles(generated, known, training=training)
         if cond is not None:
             names = list(properties.PROPERTIES)
             asked, _ = kit.parse_values(cond, names, len(generated), extra_keys=("atoms",))

@@ -4,10 +4,14 @@
   of the largest fragment).
 * ``connected``: the fraction of all samples that are valid and in one piece.
 * ``uniqueness``: distinct canonical SMILES among the valid ones, over the valid ones.
-* ``novelty``: distinct valid molecules absent from the reference, over the distinct valid ones.
+* ``novelty``: distinct valid molecules absent from the reference (or from the training molecules,
+  when given), over the distinct valid ones.
 * ``fcd``: the Fréchet ChemNet distance (Preuer et al. 2018) between valid samples and reference,
   with the ChemNet weights the ``fcd-torch`` package ships (skipped when it is not installed).
 * ``w1_<property>``: the Wasserstein-1 distance between the property's distributions.
+* the other MOSES metrics (:mod:`.moses`): ``unique_at_1000``, ``unique_at_10000``, ``snn``,
+  ``fragment_similarity``, ``scaffold_similarity``, ``internal_diversity_1``,
+  ``internal_diversity_2``, ``filters``.
 """
 
 from __future__ import annotations
@@ -134,10 +138,15 @@ def failure_kind(smiles: str) -> str:
     return problem.GetType().removesuffix("Exception").lower()
 
 
-def evaluate_smiles(samples: Sequence[str], reference: Sequence[str], *, with_fcd: bool = True) -> dict[str, float]:
-    """All scores; FCD only when ``fcd-torch`` is installed (a warning says so otherwise)."""
-    scores = basic_scores(samples, reference)
+def evaluate_smiles(samples: Sequence[str], reference: Sequence[str], *, training: Sequence[str] | None = None,
+                    with_fcd: bool = True) -> dict[str, float]:
+    """All scores; novelty against ``training`` when given; FCD only when ``fcd-torch`` is
+    installed (a warning says so otherwise)."""
+    from .moses import moses_scores
+
+    scores = basic_scores(samples, reference if training is None else training)
     scores.update(property_distances(samples, reference))
+    scores.update(moses_scores(samples, reference))
     if with_fcd:
         try:
             import fcd_torch  # noqa: F401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,52 @@ def test_failure_kinds_name_the_atom_and_its_bond_orders():
     bonds[1, 0] = bonds[0, 1] = 2
     (line,) = smiles_lines([graph_to_mol(atoms, bonds, vocabulary)])
     assert metrics.failure_kind(line) == "valence C 5"
+
+
+# -- the MOSES metrics -----------------------------------------------------------------------------
+
+def test_tanimoto_blocks_give_bit_overlaps_worked_out_by_hand(monkeypatch):
+    from diffkit_molecule import moses
+
+    a = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=np.uint8)
+    b = np.array([[1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=np.uint8)
+    monkeypatch.setattr(moses, "PAIRS_PER_BLOCK", 4)  # one row of a at a time
+    rows = np.concatenate([block for _, block in moses.tanimoto_blocks(a, b)])
+    # |a & b| / |a | b|; two empty prints count as the same molecule.
+    assert rows.tolist() == [[0.5, 0.0, 0.0], [0.25, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    assert moses.nearest_similarity(a, b).tolist() == [0.5, 0.5, 1.0]
+    # Internal diversity of [1100], [1111]: T = [[1, .5], [.5, 1]].
+    pair = a[:2]
+    assert moses.internal_diversity(pair, 1) == pytest.approx(1 - 0.75)
+    assert moses.internal_diversity(pair, 2) == pytest.approx(1 - np.sqrt((1 + 0.25) / 2))
+
+
+def test_moses_scores_of_a_set_against_itself_and_against_others():
+    from diffkit_molecule import moses
+
+    drugs = ["CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1O", "c1ccc2c(c1)CCN2C(=O)C1CCCC1",
+             "COc1ccc2[nH]cc(CCN)c2c1", "O=C1CCc2ccccc2N1Cc1ccccc1"]
+    same = moses.moses_scores(drugs, drugs)
+    assert same["snn"] == pytest.approx(1.0)
+    assert same["fragment_similarity"] == pytest.approx(1.0) and same["scaffold_similarity"] == pytest.approx(1.0)
+    assert 0 < same["internal_diversity_1"] < 1 and same["internal_diversity_2"] < same["internal_diversity_1"]
+    copies = moses.moses_scores(drugs[:1] * 5, drugs)
+    assert copies["internal_diversity_1"] == pytest.approx(0.0, abs=1e-12)
+    small = moses.moses_scores(["CCO", "CCCO", "OCCO"], drugs)
+    assert small["snn"] < 0.3 and small["fragment_similarity"] < 0.2
+    assert math.isnan(small["scaffold_similarity"])  # no scaffold of two rings among the small ones
+
+
+def test_filters_reject_charges_other_elements_large_rings_and_alerts_and_keep_plain_drugs():
+    from diffkit_molecule import chem, moses
+
+    Chem = chem.rdkit()
+    rejected = {"C[N+](C)(C)C": "a charge", "CC[Si](C)C": "silicon", "C1CCCCCCC1": "a ring of 8",
+                "CCC=O": "an aldehyde (MCF7)", "CN(C)CN(C)C": "an aminal (MCF18)",
+                "S=C1SC(=Cc2ccccc2)C(=O)N1": "an ene-rhodanine (PAINS)"}
+    for smiles, why in rejected.items():
+        assert not moses.passes_filters(Chem.MolFromSmiles(smiles)), why
+    assert moses._pains().HasMatch(Chem.AddHs(Chem.MolFromSmiles("S=C1SC(=Cc2ccccc2)C(=O)N1")))
+    for smiles in ("CC(=O)Nc1ccc(O)cc1", "O=C(O)c1ccccc1O", "C1CCCCCC1", "CCOC(=O)c1ccccc1Cl"):
+        assert moses.passes_filters(Chem.MolFromSmiles(smiles)), smiles
+    assert moses.moses_scores(["CCC=O", "CCO", "C1CCCCCCC1", "CCN"], ["CCO"])["filters"] == pytest.approx(0.5)
