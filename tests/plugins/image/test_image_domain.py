@@ -67,6 +67,25 @@ def test_resume_is_exact_with_dropout(domain, config, tmp_path, monkeypatch):
     assert_resume_is_exact(domain, config, tmp_path, monkeypatch)
 
 
+def test_resume_is_exact_on_a_stored_folder_with_flips_and_the_stored_items_equal_the_decoded_ones(
+        domain, config, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        save(tmp_path / "shapes" / f"c{i % 2}" / f"{i}.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    config["data"].update(hflip=True, cache_dir=str(tmp_path / "cache"))  # flips: per-item randomness
+    config["train"]["batch_size"] = 16
+    assert_resume_is_exact(domain, config, tmp_path, monkeypatch, data=str(tmp_path / "shapes"))
+    stored = domain.build_dataset(config, str(tmp_path / "shapes"))
+    decoded = domain.build_dataset({**config, "data": {**config["data"], "cache": False}}, str(tmp_path / "shapes"))
+    assert stored.images.store is not None and decoded.images.store is None
+    for index in range(40):
+        torch.manual_seed(index)
+        a = stored[index]
+        torch.manual_seed(index)
+        b = decoded[index]
+        assert torch.equal(a["x"], b["x"]) and a["cond"] == b["cond"]
+
+
 def test_fit_data_records_class_names_and_frequencies(domain, config, tmp_path):
     for name, count in (("ants", 3), ("bees", 1)):
         for i in range(count):
