@@ -57,6 +57,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "compile": False,
         "parallel": "ddp",          # under torchrun: ddp replicates the model, fsdp shards it
         "fsdp_unit_params": 1_000_000,  # fsdp: submodules this large are gathered one at a time
+        "shard_data": False,        # under torchrun: each process draws its share from its own part of the data
         "init_from": "",            # fine-tuning: the weights to start from (a run folder, checkpoint, exported
                                     # folder, or a domain's name for its shipped weights); "" = fresh weights
     },

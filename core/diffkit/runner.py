@@ -5,7 +5,8 @@ drawn for the whole global batch on every process and sliced per rank; each item
 (data augmentation drawn from torch's, numpy's or Python's global generator) is seeded by the
 seed, the step and the item's place in the global batch (:class:`SeededItems`). So a run resumed
 from a checkpoint continues exactly as if it had never stopped, and a run on N processes takes the
-same steps as one process with the same global batch.
+same steps as one process with the same global batch (unless ``train.shard_data`` gives each
+process its own part of the data, see :class:`GlobalBatchSampler`).
 
 What the model draws itself from the global generators (dropout, a random condition drop inside
 the network) is seeded the same way, per micro-batch: by the seed, the step and the micro-batch's
@@ -176,6 +177,8 @@ class Trainer:
         if resume and not existing:
             raise TrainingError(f"nothing to resume: {str(self.run_dir)!r} holds no checkpoints (a run that stopped "
                                 "before its first checkpoint simply starts again, without resume)")
+        if resume and self.train_cfg["shard_data"]:
+            self._check_same_processes()
         if self.world.is_main:
             ckpt.remove_partial_writes(self.run_dir)  # left by a run killed while writing
         torch.manual_seed(self.train_cfg["seed"])
@@ -216,6 +219,15 @@ class Trainer:
         if self.world.is_main:
             self._write_run_files()
 
+    def _check_same_processes(self) -> None:
+        """Under ``train.shard_data`` the steps depend on the number of processes: resuming with
+        another number would not continue the same run."""
+        before = ckpt.read_run_info(self.run_dir).get("processes")
+        if before is not None and before != self.world.size:
+            raise TrainingError(f"{str(self.run_dir)!r} was trained by {before} process(es) with train.shard_data, "
+                                f"which gives each process its own part of the data; resume it with {before} "
+                                f"(this is {self.world.size})")
+
     def plan(self) -> RunPlan:
         return RunPlan(dataset_size=len(self.dataset), parameters=self.parameter_count,
                        steps=self.train_cfg["steps"], start_step=self.step, batch_size=self.train_cfg["batch_size"],
@@ -230,6 +242,10 @@ class Trainer:
         if size < batch:
             raise ValueError(f"the dataset has {size} items, fewer than train.batch_size {batch}; "
                              "lower the batch size (--batch-size) or add data")
+        if self.train_cfg["shard_data"] and size // self.world.size < batch // self.world.size:
+            raise ValueError(f"with train.shard_data each of the {self.world.size} processes draws "
+                             f"{batch // self.world.size} items a step from its part of the {size}, which holds "
+                             f"{size // self.world.size}; lower the batch size or add data")
 
     def _lr_factor(self, step: int) -> float:
         warmup, total = self.train_cfg["warmup_steps"], self.train_cfg["steps"]
@@ -320,7 +336,7 @@ class Trainer:
 
     def _loader(self, start: int, total: int) -> DataLoader:
         sampler = GlobalBatchSampler(len(self.dataset), self.train_cfg["batch_size"], self.train_cfg["seed"],
-                                     start, total, self.world)
+                                     start, total, self.world, shard_data=self.train_cfg["shard_data"])
         workers = self.train_cfg["num_workers"]
         return DataLoader(SeededItems(self.dataset), batch_sampler=sampler, collate_fn=MicroBatches(self.train_cfg["grad_accum"]),
                           num_workers=workers, pin_memory=self.device.type == "cuda",
@@ -491,25 +507,43 @@ class GlobalBatchSampler:
     """Yields this rank's share of the global batches ``start .. total - 1`` as ``(index, seed)``
     pairs: each epoch is a permutation seeded by ``(seed, epoch)``, cut into full batches, so batch
     ``k`` depends only on ``k``; rank ``r`` of ``R`` takes the ``r``-th contiguous ``1 / R`` of
-    each. An item's seed depends on the run's seed, the step and its place in the global batch."""
+    each. An item's seed depends on the run's seed, the step and its place in the global batch.
+
+    With ``shard_data`` rank ``r`` draws its share from its own part of the data set instead (the
+    ``r``-th contiguous ``1 / R`` of the indices), permuted each epoch by ``(seed, epoch, r)``: it
+    reads only that part, and a step depends on the number of processes as well."""
 
     def __init__(self, size: int, batch_size: int, seed: int, start: int, total: int,
-                 world: distributed.World = distributed.World()):
-        self.size, self.batch_size, self.seed, self.start, self.total = size, batch_size, seed, start, total
-        self.per_epoch = size // batch_size
+                 world: distributed.World = distributed.World(), *, shard_data: bool = False):
+        self.batch_size, self.seed, self.start, self.total = batch_size, seed, start, total
         self.share = batch_size // world.size
         self.rank_offset = world.rank * self.share
+        self.rank, self.shard_data = world.rank, shard_data
+        if shard_data:  # this rank's part of the indices
+            self.first = world.rank * size // world.size
+            self.size = (world.rank + 1) * size // world.size - self.first
+            self.per_epoch = self.size // self.share
+        else:
+            self.first, self.size, self.per_epoch = 0, size, size // batch_size
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, order = -1, None
+        places = range(self.rank_offset, self.rank_offset + self.share)
         for step in range(self.start, self.total):
             if step // self.per_epoch != epoch:
                 epoch = step // self.per_epoch
-                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-            offset = (step % self.per_epoch) * self.batch_size + self.rank_offset
-            places = range(self.rank_offset, self.rank_offset + self.share)
+                order = self.first + torch.randperm(self.size, generator=torch.Generator().manual_seed(self._order_seed(epoch)))
+            if self.shard_data:
+                offset = (step % self.per_epoch) * self.share
+            else:
+                offset = (step % self.per_epoch) * self.batch_size + self.rank_offset
             yield [(index, step_seed(self.seed, step, place))
                    for index, place in zip(order[offset:offset + self.share].tolist(), places)]
+
+    def _order_seed(self, epoch: int) -> int:
+        if self.shard_data:
+            return step_seed(self.seed, epoch, -1 - self.rank)  # by (seed, epoch, rank); places are never negative
+        return self.seed * 1_000_003 + epoch
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)

@@ -203,6 +203,40 @@ def test_item_randomness_depends_on_the_step_and_place_not_on_the_process():
     assert len({round(value % 1, 6) for value in first}) == len(first)  # every place draws anew
 
 
+def test_sharded_data_gives_each_rank_its_own_part_and_resumes_exactly():
+    from diffkit.distributed import World
+    from diffkit.runner import GlobalBatchSampler
+
+    size, batch, steps = 23, 6, 12  # parts of 11 and 12 items; 3 a step each: 3 and 4 steps an epoch
+    ranks = [list(GlobalBatchSampler(size, batch, seed=5, start=0, total=steps, world=World(rank=r, size=2),
+                                     shard_data=True)) for r in (0, 1)]
+    parts = [set(range(0, 11)), set(range(11, 23))]
+    for rank, batches in enumerate(ranks):
+        indices = [index for batch_ in batches for index, _ in batch_]
+        assert set(indices) <= parts[rank] and all(len(batch_) == 3 for batch_ in batches)
+        per_epoch = len(parts[rank]) // 3
+        for epoch in range(steps // per_epoch):  # every epoch visits distinct items of the part
+            visited = indices[epoch * per_epoch * 3:(epoch + 1) * per_epoch * 3]
+            assert len(set(visited)) == len(visited)
+        # Exact resume: starting at step 5 yields what the uninterrupted run yields from step 5.
+        again = list(GlobalBatchSampler(size, batch, seed=5, start=5, total=steps, world=World(rank=rank, size=2),
+                                        shard_data=True))
+        assert again == batches[5:]
+    # The items' seeds are those of their places in the global batch, as without sharding.
+    whole = list(GlobalBatchSampler(size, batch, seed=5, start=0, total=steps))
+    assert [[seed for _, seed in a + b] for a, b in zip(*ranks)] == [[seed for _, seed in b] for b in whole]
+
+
+def test_a_sharded_run_resumes_only_with_as_many_processes_and_resumes_exactly(tmp_path, monkeypatch):
+    config = toy_config(steps=12, checkpoint_every=4, shard_data=True)
+    assert_resume_is_exact(DOMAIN, config, tmp_path, monkeypatch, steps=12, every=4, stop=6)
+    run_file = tmp_path / "resumed" / ckpt.RUN_FILE
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "processes": 2}))
+    with pytest.raises(TrainingError, match=r"trained by 2 process\(es\) with train.shard_data.*resume it with 2"):
+        train(DOMAIN, toy_config(steps=16, checkpoint_every=4, shard_data=True), out=tmp_path / "resumed",
+              resume=True, progress=False)
+
+
 # Runs the CLI and, at exit, prints how many of gloo's native threads are still alive: threads that
 # outlive the process group are torn down during interpreter exit, which sometimes aborts the process.
 GLOO_THREAD_PROBE = """
