@@ -95,3 +95,40 @@ def test_scaffold_generation_keeps_the_scaffold(example, tmp_path):
     # the kept atoms and bonds form a three-membered ring, which stays aliphatic: every valid
     # completion contains it
     assert scores["with_scaffold"] == 1.0
+
+
+def test_parquet_shards_give_each_process_only_the_files_of_its_part_and_train(example, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "arrow"))  # where training's part is loaded
+    pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.distributed import World
+    from diffkit.runner import GlobalBatchSampler
+
+    rng = np.random.default_rng(0)
+    for index in range(50):
+        folder = tmp_path / "pictures" / f"c{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{index}.png")
+    shards = example("parquet_shards")
+    files = shards.main(["write", str(tmp_path / "pictures"), str(tmp_path / "shards"), "--per-shard", "10",
+                         "--image-size", "8"])
+    assert [path.name for path in files] == [f"{k:05d}.parquet" for k in range(5)]
+    whole = shards.ParquetPart(tmp_path / "shards", 0, 1, cache_dir=tmp_path / "arrow")
+    parts = [shards.ParquetPart(tmp_path / "shards", rank, 2, cache_dir=tmp_path / "arrow") for rank in (0, 1)]
+    # Rows 0..24 and 25..49: files 0-2 and 2-4 (file 2 holds rows 20..29).
+    assert [[path.name for path in part.files] for part in parts] == [
+        [f"{k:05d}.parquet" for k in (0, 1, 2)], [f"{k:05d}.parquet" for k in (2, 3, 4)]]
+    for rank, part in enumerate(parts):
+        sampler = GlobalBatchSampler(len(part), 10, seed=0, start=0, total=6, world=World(rank=rank, size=2),
+                                     shard_data=True)
+        for batch in sampler:
+            for index, _ in batch:
+                item = part[index]
+                assert torch.equal(item["x"], whole[index]["x"]) and item["cond"] == whole[index]["cond"]
+        with pytest.raises(IndexError, match="outside this process's part"):
+            part[49 if rank == 0 else 0]
+    result = shards.main(["train", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--steps", "3",
+                          "--batch-size", "10"])
+    assert result.step == 3
