@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -165,19 +166,25 @@ def _mapped_pixels(store: ItemStore) -> Tensor:
 
 def list_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     """``([(file, label)], class_names)`` for the pictures under ``root``, in a stable order."""
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and _images_under(p))
+    under = {folder: _images_under(folder) for folder in sorted(root.iterdir()) if folder.is_dir()}
+    subfolders = [folder for folder, found in under.items() if found]
     if not subfolders:
         return [(f, 0) for f in _images_under(root)], [root.resolve().name or "images"]
     loose = [p for p in root.iterdir() if _is_image(p)]
     if loose:
         warnings.warn(f"{len(loose)} pictures directly in {str(root)!r} are ignored: with class "
                       f"subfolders every picture must be in one", stacklevel=3)
-    files = [(f, label) for label, folder in enumerate(subfolders) for f in _images_under(folder)]
+    files = [(f, label) for label, folder in enumerate(subfolders) for f in under[folder]]
     return files, [folder.name for folder in subfolders]
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if _is_image(p))
+    """The picture files under ``folder``, sorted (a walk of the directories, which tells files
+    from folders without a call per file)."""
+    found = []
+    for directory, _, names in os.walk(folder, followlinks=True):
+        found.extend(Path(directory, name) for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(found)
 
 
 def _is_image(path: Path) -> bool:
