@@ -1,0 +1,431 @@
+"""Training on data sets larger than memory: memory, start time and speed of the stored data path
+against the in-memory one.
+
+    python benchmarks/data.py pictures --count 60000 --out /tmp/colour60k
+    python benchmarks/data.py images /tmp/colour1k /tmp/colour60k --markdown table.md
+
+``pictures`` draws the 1,797 handwritten digits of scikit-learn at 64x64 in colour (ink and paper
+colours drawn per picture, the digit moved by a few pixels), one class folder per digit, as PNG.
+
+``images`` trains the image domain on each folder (64x64 RGB, a small U-Net, ``train.log_every
+= 1``) in a fresh process and reports, per data path (``data.cache=true``: the memory-mapped
+store; ``data.cache=false``: decoded into the process's memory):
+
+* the peak anonymous memory (``RssAnon``) of the training process(es), polled every 50 ms; with
+  ``--torchrun`` also for two processes on the larger set, added up;
+* the time from the command's start to its first step: the first start (the store is filled) and
+  the second (it is read);
+* steady steps per second: the median over the log records after the tenth step.
+
+Timings on a shared machine vary with its load: the two paths are run alternately, and the report
+gives every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 64
+TRAIN_SETTINGS = [
+    f"data.image_size={SIZE}", "data.channels=3", "model.base_channels=16", "model.channel_mults=[1,2,2]",
+    "model.attention_resolutions=[]", "train.batch_size=32", "train.log_every=1", "train.checkpoint_every=0",
+    "train.preview_every=0", "train.warmup_steps=10",
+]
+
+
+# -- the pictures -------------------------------------------------------------------------------
+
+def make_pictures(count: int, out: Path, seed: int = 0) -> None:
+    """``count`` 64x64 RGB pictures of the digits in colour under ``out/<digit>/``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    if out.exists():
+        raise SystemExit(f"{out} exists; choose another --out")
+    for label in range(10):
+        (out / str(label)).mkdir(parents=True)
+    ink_share = digits.images / 16.0
+    for index in range(count):
+        source = index % len(digits.images)
+        ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        small = ink_share[source][..., None] * ink + (1 - ink_share[source][..., None]) * paper
+        picture = Image.fromarray(small.round().astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC)
+        shift = rng.integers(-4, 5, 2)
+        picture = Image.fromarray(np.roll(np.asarray(picture), tuple(shift), axis=(0, 1)))
+        picture.save(out / str(digits.target[source]) / f"{index:07d}.png")
+
+
+# -- one training run ---------------------------------------------------------------------------
+
+def resident_anonymous(pid: int) -> int:
+    """``RssAnon`` of a process in bytes (0 once it has ended)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children that have ended (0 once it has ended)."""
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def training_processes(root: int, processes: int) -> list[int]:
+    """The processes that train: ``root`` itself, or under torchrun its direct children (the
+    decoding workers a training process forks for a while are not counted)."""
+    import psutil
+
+    if processes == 1:
+        return [root]
+    try:
+        return [child.pid for child in psutil.Process(root).children()]
+    except psutil.Error:
+        return []
+
+
+def train_once(data: Path, cache: Path, *, stored: bool = True, steps: int, processes: int = 1, domain: str = "image",
+               settings: list[str] | None = None, source: Path | None = None) -> dict:
+    """One ``diffkit train`` run; its peak anonymous memory, time to the first step, steps/s.
+    ``source`` is a checkout whose code runs instead of this one (e.g. before the store)."""
+    with tempfile.TemporaryDirectory() as run:
+        settings = [*(TRAIN_SETTINGS if settings is None else settings), f"data.cache_dir={cache}"]
+        if domain == "image":
+            settings.append(f"data.cache={str(stored).lower()}")
+        command = ["diffkit", "train", "--domain", domain, "--data", str(data), "--out", run,
+                   "--steps", str(steps), "--no-progress", *[part for s in settings for part in ("--set", s)]]
+        if processes > 1:
+            command = ["torchrun", "--nproc_per_node", str(processes), "-m", "diffkit", *command[1:]]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        if source is not None:
+            environment["PYTHONPATH"] = f"{source}/core:{source}/plugins"
+        start = time.time()
+        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peaks: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        logged = {}  # log lines -> the processes' CPU seconds when they were there
+        metrics = Path(run) / "metrics.jsonl"
+        while process.poll() is None:
+            for pid in training_processes(process.pid, processes):
+                peaks[pid] = max(peaks.get(pid, 0), resident_anonymous(pid))
+                cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
+            lines = metrics.read_text().count("\n") if metrics.exists() else 0
+            logged.setdefault(lines, sum(cpu.values()))
+            time.sleep(0.05)
+        if process.returncode:
+            raise RuntimeError(process.stderr.read().decode()[-3000:])
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        batch = json.loads((Path(run) / "config.json").read_text())["train"]["batch_size"]
+    rates = [record["samples_per_s"] / batch for record in records[10:]]
+    steady = [lines for lines in logged if 10 <= lines < len(records)]
+    return {"anon_mb": sum(peaks.values()) / 2**20, "first_step_s": records[0]["time"] - start,
+            "first_step_cpu_s": logged[min(lines for lines in logged if lines >= 1)],
+            "steps_per_s": statistics.median(rates) if rates else float("nan"),
+            "steps_per_cpu_s": (max(steady) - min(steady)) / (logged[max(steady)] - logged[min(steady)])
+            if len(steady) > 1 else float("nan")}
+
+
+def compare_images(small: Path, large: Path, steps: int, torchrun: bool, repeats: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as cache_root:
+        cache = Path(cache_root)
+        for data in (small, large):
+            count = sum(1 for _ in data.rglob("*.png"))
+            first = train_once(data, cache, stored=True, steps=steps)
+            rows.append({"data": f"{count:,}", "path": "store, first start", **first})
+            for _ in range(repeats):  # alternately, so that both see the same load
+                rows.append({"data": f"{count:,}", "path": "store", **train_once(data, cache, stored=True, steps=steps)})
+                rows.append({"data": f"{count:,}", "path": "in memory",
+                             **train_once(data, cache, stored=False, steps=steps)})
+        if torchrun:
+            count = sum(1 for _ in large.rglob("*.png"))
+            for stored, name in ((True, "store"), (False, "in memory")):
+                result = train_once(large, cache, stored=stored, steps=steps, processes=2,
+                                    settings=[*TRAIN_SETTINGS, "train.batch_size=32"])
+                rows.append({"data": f"{count:,}", "path": f"{name}, torchrun x2", **result})
+        shutil.rmtree(cache)
+    return rows
+
+
+# -- storage formats ----------------------------------------------------------------------------
+
+def compare_formats(count: int, reads: int) -> list[dict]:
+    """Write ``count`` random 64x64x3 uint8 items as NumPy ``.npy`` (read memory-mapped),
+    safetensors (``safe_open`` slices) and Arrow IPC (memory-mapped, when pyarrow is installed);
+    time random reads of single items in a fresh process and the anonymous memory they add."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        pixels = np.random.default_rng(0).integers(0, 256, (count, 3, SIZE, SIZE), dtype=np.uint8)
+        for number, (name, write) in enumerate(_FORMAT_WRITERS.items()):
+            path = Path(folder) / f"items{number}"
+            start = time.perf_counter()
+            try:
+                write(path, pixels)
+            except ImportError as error:
+                print(f"{name}: skipped ({error})")
+                continue
+            written = time.perf_counter() - start
+            result = subprocess.run([sys.executable, __file__, "read-format", name, str(path), str(reads)],
+                                    capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(result.stderr[-2000:])
+            rows.append({"format": name, "write_s": written, "file_mb": path.stat().st_size / 2**20,
+                         **json.loads(result.stdout)})
+    return rows
+
+
+def _write_npy(path: Path, pixels: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.save(file, pixels)
+
+
+def _write_safetensors(path: Path, pixels: np.ndarray) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"pixels": pixels}, str(path))
+
+
+def _write_arrow(path: Path, pixels: np.ndarray) -> None:
+    import pyarrow as pa
+
+    flat = pa.FixedSizeBinaryArray.from_buffers(pa.binary(pixels[0].nbytes), len(pixels),
+                                                [None, pa.py_buffer(pixels.tobytes())])
+    table = pa.table({"pixels": flat})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+_FORMAT_WRITERS = {"numpy memmap (.npy)": _write_npy, "safetensors": _write_safetensors, "Arrow IPC": _write_arrow}
+
+
+def read_format(name: str, path: Path, reads: int) -> dict:
+    """Random single-item reads of a file written by ``compare_formats`` (run in a fresh process)."""
+    shape = (3, SIZE, SIZE)
+    if name.startswith("numpy"):
+        array = np.load(path, mmap_mode="c")
+        count, read = len(array), lambda i: np.array(array[i])
+    elif name == "safetensors":
+        from safetensors import safe_open
+
+        handle = safe_open(str(path), "np")
+        sliced = handle.get_slice("pixels")
+        count, read = sliced.get_shape()[0], lambda i: sliced[i:i + 1][0]
+    else:
+        import pyarrow as pa
+
+        column = pa.ipc.open_file(pa.memory_map(str(path))).read_all().column("pixels")
+        count, read = len(column), lambda i: np.frombuffer(column[i].as_py(), np.uint8).reshape(shape)
+    order = np.random.default_rng(1).integers(0, count, reads)
+    before = resident_anonymous(os.getpid())
+    start = time.perf_counter()
+    total = sum(int(read(int(i))[0, 0, 0]) for i in order)
+    seconds = time.perf_counter() - start
+    return {"us_per_read": 1e6 * seconds / reads, "anon_growth_mb": (resident_anonymous(os.getpid()) - before) / 2**20,
+            "checksum": total}
+
+
+# -- streaming formats --------------------------------------------------------------------------
+
+def compare_streaming(pictures: Path, per_shard: int) -> list[dict]:
+    """Rank 0 of 2 reading its half of a picture folder written as Parquet shards (read with
+    ``datasets``, examples/parquet_shards.py) and as WebDataset tar shards (read with
+    ``webdataset``): the set-up before the first item, and items per second over its part."""
+    import importlib.util
+
+    import torch
+    import webdataset as wds
+
+    spec = importlib.util.spec_from_file_location("parquet_shards", Path(__file__).parents[1] / "examples" / "parquet_shards.py")
+    shards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shards)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        files = shards.write_shards(pictures, folder / "parquet", per_shard, SIZE, 3)
+        images = shards.load_folder(pictures, SIZE, 3)
+        (folder / "tar").mkdir()
+        with wds.ShardWriter(str(folder / "tar" / "%05d.tar"), maxcount=per_shard, verbose=0) as sink:
+            for index, (pixels, label) in enumerate(zip(images.pixels, images.labels.tolist())):
+                sink.write({"__key__": f"{index:08d}", "pixels": pixels.numpy().tobytes(), "cls": label})
+        del images
+        start = time.perf_counter()
+        part = shards.ParquetPart(folder / "parquet", 0, 2, cache_dir=folder / "arrow")
+        ready = time.perf_counter() - start
+        order = torch.randperm(part.end - part.first, generator=torch.Generator().manual_seed(0)) + part.first
+        start = time.perf_counter()
+        for index in order.tolist():
+            part[index]
+        rows.append({"format": f"Parquet via datasets ({len(part.files)} of {len(files)} files)",
+                     "setup_s": ready, "items": len(order), "items_per_s": len(order) / (time.perf_counter() - start)})
+        tars = sorted(str(path) for path in (folder / "tar").glob("*.tar"))
+        mine = tars[:len(tars) // 2]  # rank 0's shards
+        start = time.perf_counter()
+        stream = wds.WebDataset(mine, shardshuffle=False).shuffle(1000)
+        count = 0
+        for sample in stream:
+            torch.frombuffer(bytearray(sample["pixels"]), dtype=torch.uint8).reshape(3, SIZE, SIZE)
+            int(sample["cls"])
+            count += 1
+        rows.append({"format": f"WebDataset tar ({len(mine)} of {len(tars)} shards)", "setup_s": 0.0, "items": count,
+                     "items_per_s": count / (time.perf_counter() - start)})
+    return rows
+
+
+# -- molecules ----------------------------------------------------------------------------------
+
+MOLECULE_SETTINGS = ["model.hidden=32", "model.edge_hidden=16", "model.layers=2", "model.heads=4",
+                     "train.batch_size=32", "train.log_every=1", "train.checkpoint_every=0", "train.preview_every=0",
+                     "train.warmup_steps=10"]
+
+
+def write_moses(out: Path) -> None:
+    """MOSES's splits (from the installed ``molsets`` package's data files) as SMILES files."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("moses")
+    if spec is None:
+        raise SystemExit("molsets is not installed: pip install --no-deps --target /tmp/molsets molsets, "
+                         "then PYTHONPATH=/tmp/molsets")
+    folder = Path(spec.submodule_search_locations[0]) / "dataset" / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test", "test_scaffolds"):
+        with gzip.open(folder / f"{split}.csv.gz", "rt") as file:
+            lines = file.read().splitlines()[1:]  # the header: SMILES
+        (out / f"{split}.smi").write_text("\n".join(lines) + "\n")
+        print(f"{out / f'{split}.smi'}: {len(lines):,} molecules")
+
+
+def time_featurisation(source: Path) -> dict:
+    """Featurise ``source`` into a fresh cache: wall and CPU seconds (this process and its workers)."""
+    from diffkit_molecule.dataset import Featurisation, molecule_store
+
+    with tempfile.TemporaryDirectory() as cache:
+        start, cpu_start = time.time(), _cpu_seconds()
+        store = molecule_store(source, Featurisation(("qed", "logp", "mol_weight")), Path(cache))
+        wall, cpu = time.time() - start, _cpu_seconds() - cpu_start
+        entries = len(store) + len(store.skipped)
+    return {"entries": entries, "kept": len(store), "wall_s": wall, "cpu_s": cpu,
+            "cpu_ms_per_molecule": 1000 * cpu / entries}
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def compare_molecules(files: list[Path], steps: int, source: Path | None, cache: Path) -> list[dict]:
+    """For each file: a first start (featurising into ``cache``), a second start, and with
+    ``source`` a start of that checkout's code (its own cache beside)."""
+    rows = []
+    for data in files:
+        count = sum(1 for _ in open(data))
+        for start in ("first start", "second start"):
+            result = train_once(data, cache, steps=steps, domain="molecule", settings=MOLECULE_SETTINGS)
+            rows.append({"data": f"{count:,}", "path": f"store, {start}", **result})
+        if source is not None:
+            result = train_once(data, cache / "before", steps=steps, domain="molecule", settings=MOLECULE_SETTINGS,
+                                source=source)
+            rows.append({"data": f"{count:,}", "path": f"in memory ({source})", **result})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| items | data path | peak anonymous memory (MB) | to the first step: wall s (CPU s) | "
+             "steps/s: wall (per CPU s) |", "|---:|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['data']} | {row['path']} | {row['anon_mb']:.0f} | {row['first_step_s']:.1f} "
+                     f"({row['first_step_cpu_s']:.1f}) | {row['steps_per_s']:.2f} ({row['steps_per_cpu_s']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    pictures = commands.add_parser("pictures", help="make a folder of coloured digits")
+    pictures.add_argument("--count", type=int, required=True)
+    pictures.add_argument("--out", type=Path, required=True)
+    pictures.add_argument("--seed", type=int, default=0)
+    images = commands.add_parser("images", help="train on a small and a large folder, both data paths")
+    images.add_argument("small", type=Path)
+    images.add_argument("large", type=Path)
+    images.add_argument("--steps", type=int, default=60)
+    images.add_argument("--repeats", type=int, default=2)
+    images.add_argument("--torchrun", action="store_true", help="also two processes on the large set")
+    images.add_argument("--markdown", type=Path)
+    formats = commands.add_parser("formats", help="random reads of items in three storage formats")
+    formats.add_argument("--count", type=int, default=20_000)
+    formats.add_argument("--reads", type=int, default=20_000)
+    read = commands.add_parser("read-format")  # the fresh process of `formats`
+    read.add_argument("name")
+    read.add_argument("path", type=Path)
+    read.add_argument("reads", type=int)
+    streaming = commands.add_parser("streaming", help="a rank's part read from Parquet and WebDataset shards")
+    streaming.add_argument("pictures", type=Path)
+    streaming.add_argument("--per-shard", type=int, default=1000)
+    moses = commands.add_parser("moses", help="write MOSES's splits from the molsets package as .smi files")
+    moses.add_argument("--out", type=Path, required=True)
+    featurise = commands.add_parser("featurise", help="time featurising a molecule file into a fresh store")
+    featurise.add_argument("source", type=Path)
+    molecules = commands.add_parser("molecules", help="train on molecule files of growing size")
+    molecules.add_argument("files", type=Path, nargs="+")
+    molecules.add_argument("--steps", type=int, default=30)
+    molecules.add_argument("--before", type=Path, help="a checkout of the code before the store, for comparison")
+    molecules.add_argument("--cache", type=Path, required=True, help="the cache folder (kept: a store is reused)")
+    molecules.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    if args.command == "pictures":
+        make_pictures(args.count, args.out, args.seed)
+        return
+    if args.command == "read-format":
+        print(json.dumps(read_format(args.name, args.path, args.reads)))
+        return
+    if args.command == "formats":
+        for row in compare_formats(args.count, args.reads):
+            print(json.dumps(row))
+        return
+    if args.command == "streaming":
+        for row in compare_streaming(args.pictures, args.per_shard):
+            print(json.dumps(row))
+        return
+    if args.command == "moses":
+        write_moses(args.out)
+        return
+    if args.command == "featurise":
+        print(json.dumps(time_featurisation(args.source), indent=1))
+        return
+    if args.command == "molecules":
+        rows = compare_molecules(args.files, args.steps, args.before, args.cache)
+    else:
+        rows = compare_images(args.small, args.large, args.steps, args.torchrun, args.repeats)
+    table = markdown(rows)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
