@@ -280,15 +280,18 @@ class DenseMolecules(Dataset):
     def __len__(self) -> int:
         return len(self.graphs)
 
-    def graph(self, index: int) -> tuple[Tensor, Tensor]:
-        """Molecule ``index`` as ``(atoms (n,), bonds (n, n))`` (see :mod:`.chem`)."""
+    def graph(self, index: int, width: int | None = None) -> tuple[Tensor, Tensor]:
+        """Molecule ``index`` as ``(atoms (n,), bonds (n, n))`` (see :mod:`.chem`), or padded to
+        ``width`` atoms (atom -1, no bond)."""
         store, row = self.graphs.store, int(self.graphs.rows[index])
-        atoms = torch.from_numpy(self.graphs.types[store.item("atoms", row)])
-        rows = torch.from_numpy(store.item("bonds", row).astype(np.int64))
-        bonds = torch.zeros(len(atoms), len(atoms), dtype=torch.long)
+        codes, rows = store.item("atoms", row), store.item("bonds", row)
+        width = len(codes) if width is None else width
+        atoms = np.full(width, -1, dtype=np.int64)
+        atoms[:len(codes)] = self.graphs.types[codes]
+        bonds = np.zeros((width, width), dtype=np.int64)
         bonds[rows[:, 0], rows[:, 1]] = rows[:, 2]
         bonds[rows[:, 1], rows[:, 0]] = rows[:, 2]
-        return atoms, bonds
+        return torch.from_numpy(atoms), torch.from_numpy(bonds)
 
     def class_counts(self) -> tuple[Tensor, Tensor]:
         """How often each atom type occurs among the atoms ``(K,)``, and each bond type (``none``
@@ -307,9 +310,7 @@ class DenseMolecules(Dataset):
         return torch.from_numpy(by_type), torch.from_numpy(bond_counts)
 
     def __getitem__(self, index: int) -> dict:
-        atoms, bonds = self.graph(index)
-        atoms = torch.cat([atoms, atoms.new_full((self.num_nodes - len(atoms),), -1)])
-        bonds = torch.nn.functional.pad(bonds, (0, self.num_nodes - len(bonds)) * 2)
+        atoms, bonds = self.graph(index, self.num_nodes)
         if self.categorical:
             state, node_mask = encode_classes(atoms, bonds)
             mask = class_mask(node_mask)
