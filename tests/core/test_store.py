@@ -164,3 +164,24 @@ def test_reading_a_store_maps_the_page_cache_instead_of_copying_it(tmp_path):
     assert total == sum(i % 251 for i in range(count)) << 20
     assert file_backed >= (count - 2) << 20  # the data is in the page cache, mapped
     assert anonymous < 8 << 20  # and not copied into the process's own memory
+
+
+def affinity(task):
+    import os
+
+    for _ in task:
+        yield {"cpus": np.array(sorted(os.sched_getaffinity(0)))}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity") or (__import__("os").cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_the_fill_decodes_on_every_cpu_even_when_this_process_is_pinned_to_one(tmp_path):
+    import os
+
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(pinned)})  # as importing torch may leave a process
+    try:
+        store = kit.open_store(tmp_path / "s", [[0], [1], [2], [3]], affinity)
+    finally:
+        os.sched_setaffinity(0, pinned)
+    assert all(store.item("cpus", i).tolist() == list(range(os.cpu_count())) for i in range(4))
