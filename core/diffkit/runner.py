@@ -191,8 +191,9 @@ class Trainer:
         self.objective.initialise(self.model, self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
-        # One item, read as the loop reads items (its global generators seeded, then restored).
-        problems = self.diffusion.check_state(default_collate([SeededItems(self.dataset)[0, 0]])["x"])
+        # One item of this process's, read as the loop reads items (its global generators seeded, then restored).
+        first = data_part(len(self.dataset), self.world)[0] if self.train_cfg["shard_data"] else 0
+        problems = self.diffusion.check_state(default_collate([SeededItems(self.dataset)[first, 0]])["x"])
         if problems:  # e.g. integer classes under a continuous process: the first step would fail obscurely
             raise TrainingError(f"the data does not suit diffusion.kind = {self.config['diffusion']['kind']!r}: "
                                 f"{problems[0]}")
@@ -519,9 +520,8 @@ class GlobalBatchSampler:
         self.share = batch_size // world.size
         self.rank_offset = world.rank * self.share
         self.rank, self.shard_data = world.rank, shard_data
-        if shard_data:  # this rank's part of the indices
-            self.first = world.rank * size // world.size
-            self.size = (world.rank + 1) * size // world.size - self.first
+        if shard_data:
+            self.first, self.size = data_part(size, world)
             self.per_epoch = self.size // self.share
         else:
             self.first, self.size, self.per_epoch = 0, size, size // batch_size
@@ -547,6 +547,13 @@ class GlobalBatchSampler:
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
+
+
+def data_part(size: int, world: distributed.World) -> tuple[int, int]:
+    """``(first index, count)``: the part of ``size`` items that this rank reads under
+    ``train.shard_data``, the ``r``-th contiguous ``1 / R`` of them."""
+    first = world.rank * size // world.size
+    return first, (world.rank + 1) * size // world.size - first
 
 
 def step_seed(seed: int, step: int, place: int) -> int:
