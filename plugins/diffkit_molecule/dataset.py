@@ -38,8 +38,8 @@ FEATURISATION_VERSION = 3
 SHARD_ENTRIES = 5000
 #: An atom's code in the store: ``atomic number * CHARGE_CODES + formal charge + CHARGE_OFFSET``.
 CHARGE_CODES, CHARGE_OFFSET = 32, 16
-#: Atoms counted at a time when counting over the whole store (bounds the memory it takes).
-COUNT_CHUNK = 1 << 22
+#: Molecules counted at a time when counting over the whole store (bounds the memory it takes).
+COUNT_CHUNK = 1 << 16
 #: Where the skipped entries of each reason are named, this many at most.
 SHOWN_PER_REASON = 5
 #: An element in fewer than this share of a new model's training molecules is named in a warning:
@@ -233,16 +233,27 @@ def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Pa
 
 def _codes_present(store: ItemStore) -> tuple[np.ndarray, np.ndarray]:
     """The atom codes found in the store ``(K,)``, and ``(M, K)``: whether each molecule holds each."""
-    atoms = store.array("atoms")
+    atoms, offsets = store.array("atoms"), store.offsets("atoms")
     counts = np.zeros(CHARGE_CODES * 128, dtype=np.int64)
-    for start in range(0, len(atoms), COUNT_CHUNK):
-        counts += np.bincount(atoms[start:start + COUNT_CHUNK], minlength=len(counts))
+    for _, atom_range in _chunks(offsets):
+        counts += np.bincount(atoms[atom_range], minlength=len(counts))
     codes = np.flatnonzero(counts)
-    starts = store.offsets("atoms")[:-1]
+    column = np.zeros(len(counts), dtype=np.int64)
+    column[codes] = np.arange(len(codes))
     found = np.zeros((len(store), len(codes)), dtype=bool)
-    for column, code in enumerate(codes):  # no molecule is empty, so every segment is non-empty
-        found[:, column] = np.logical_or.reduceat(atoms == code, starts)
+    for molecules, atom_range in _chunks(offsets):
+        owner = np.repeat(np.arange(molecules.start, molecules.stop), np.diff(offsets[molecules.start:molecules.stop + 1]))
+        found[owner, column[atoms[atom_range]]] = True
     return codes, found
+
+
+def _chunks(offsets: np.ndarray) -> Iterator[tuple[slice, slice]]:
+    """``(molecules, their entries)`` of a variable field with these offsets, :data:`COUNT_CHUNK`
+    molecules at a time."""
+    count = len(offsets) - 1
+    for start in range(0, count, COUNT_CHUNK):
+        stop = min(start + COUNT_CHUNK, count)
+        yield slice(start, stop), slice(int(offsets[start]), int(offsets[stop]))
 
 
 def _warn_rare_elements(present: Tensor, vocabulary: list[str], source: Path) -> None:
@@ -299,11 +310,11 @@ class DenseMolecules(Dataset):
         store, rows = self.graphs.store, self.graphs.rows
         used = np.zeros(len(store), dtype=bool)
         used[rows] = True
-        by_code = _counts(store.array("atoms"), np.repeat(used, store.lengths("atoms")), len(self.graphs.types))
+        by_code = _counts(store.array("atoms"), store.offsets("atoms"), used, len(self.graphs.types))
         by_type = np.zeros(len(self.vocabulary))
         known = self.graphs.types >= 0
         np.add.at(by_type, self.graphs.types[known], by_code[known])
-        bond_counts = _counts(store.array("bonds")[:, 2], np.repeat(used, store.lengths("bonds")), len(chem.BOND_TYPES))
+        bond_counts = _counts(store.array("bonds")[:, 2], store.offsets("bonds"), used, len(chem.BOND_TYPES))
         bond_counts = 2 * bond_counts.astype(np.float64)
         sizes = self.sizes.double()
         bond_counts[0] = float((sizes * (sizes - 1)).sum()) - bond_counts[1:].sum()
@@ -323,10 +334,11 @@ class DenseMolecules(Dataset):
         return item
 
 
-def _counts(values: np.ndarray, used: np.ndarray, length: int) -> np.ndarray:
-    """``bincount`` of the ``used`` entries of ``values``, a chunk at a time."""
+def _counts(values: np.ndarray, offsets: np.ndarray, used: np.ndarray, length: int) -> np.ndarray:
+    """``bincount`` of the entries of the ``used`` molecules of a variable field, a chunk of
+    molecules at a time."""
     counts = np.zeros(length, dtype=np.int64)
-    for start in range(0, len(values), COUNT_CHUNK):
-        chunk = values[start:start + COUNT_CHUNK][used[start:start + COUNT_CHUNK]]
-        counts += np.bincount(chunk.astype(np.int64), minlength=length)[:length]
+    for molecules, entries in _chunks(offsets):
+        chosen = np.repeat(used[molecules], np.diff(offsets[molecules.start:molecules.stop + 1]))
+        counts += np.bincount(values[entries][chosen].astype(np.int64), minlength=length)[:length]
     return counts

@@ -264,6 +264,7 @@ def test_a_file_featurised_by_two_processes_in_shards_gives_the_same_dataset(dom
     with pytest.warns(UserWarning) as one_process:
         single = build(domain, dict(config, data=dict(config["data"])), path)
     monkeypatch.setattr(dataset_module, "SHARD_ENTRIES", 4)
+    monkeypatch.setattr(dataset_module, "COUNT_CHUNK", 3)
     monkeypatch.setattr("diffkit.kit.store.available_cpus", lambda: 2)
     config["data"]["cache_dir"] = str(tmp_path / "other-cache")
     with pytest.warns(UserWarning) as two_processes:
@@ -276,7 +277,8 @@ def test_a_file_featurised_by_two_processes_in_shards_gives_the_same_dataset(dom
         assert torch.equal(single.properties[i], sharded.properties[i])
 
 
-def test_class_counts_are_those_of_the_dense_items(domain, config, qm9_sample_file):
+def test_class_counts_are_those_of_the_dense_items(domain, config, qm9_sample_file, monkeypatch):
+    monkeypatch.setattr(dataset_module, "COUNT_CHUNK", 7)  # counted in many chunks of molecules
     config["data"]["max_atoms"] = 6  # leaves some out: the counts are of those kept
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
