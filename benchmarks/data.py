@@ -337,6 +337,48 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def check_moses_metrics(train: Path, test: Path, count: int = 1500) -> dict:
+    """Our MOSES metrics beside molsets' own code on the same molecules: ``count`` of MOSES's
+    training molecules, as many of the bundled QM9 subset and a few that fail the filters, against
+    2 x ``count`` test molecules. molsets 0.3.1 needs two shims on today's libraries: its
+    ``rdkit.six`` import and pandas' removed ``DataFrame.append``."""
+    import gzip
+    import itertools
+    import random
+    import types
+
+    import pandas
+
+    sys.modules.setdefault("rdkit.six", types.SimpleNamespace(iteritems=lambda d: iter(d.items())))
+    pandas.DataFrame.append = lambda self, other, sort=True: pandas.concat([self, other], sort=sort)
+    from moses.metrics import metrics as theirs_metrics, utils as theirs
+    from rdkit import Chem
+
+    from diffkit_molecule import moses as ours
+    from diffkit_molecule.sources import bundled_path
+
+    rng = random.Random(0)
+    with gzip.open(bundled_path(), "rt") as file:
+        qm9 = [line.split()[0] for line in itertools.islice(file, count)]
+    generated = rng.sample(train.read_text().split(), count) + qm9 + ["C[N+](C)(C)C", "CC(=O)Cl", "C1CCCCCCCC1"]
+    reference = rng.sample(test.read_text().split(), 2 * count)
+    mine, refs = [Chem.MolFromSmiles(s) for s in generated], [Chem.MolFromSmiles(s) for s in reference]
+    prints = ours.fingerprints(mine)
+    return {
+        "molecules": len(generated),
+        "filters_agree": sum(theirs.mol_passes_filters(m) == ours.passes_filters(m) for m in mine),
+        "filters_pass": sum(ours.passes_filters(m) for m in mine),
+        "snn": (theirs_metrics.SNNMetric()(gen=generated, ref=reference),
+                float(ours.nearest_similarity(prints, ours.fingerprints(refs)).mean())),
+        "fragment_similarity": (theirs_metrics.FragMetric()(gen=generated, ref=reference),
+                                ours.cosine_similarity(ours.fragments(mine), ours.fragments(refs))),
+        "scaffold_similarity": (theirs_metrics.ScafMetric()(gen=generated, ref=reference),
+                                ours.cosine_similarity(ours.scaffolds(mine), ours.scaffolds(refs))),
+        "internal_diversity_1": (theirs_metrics.internal_diversity(generated, p=1), ours.internal_diversity(prints, 1)),
+        "internal_diversity_2": (theirs_metrics.internal_diversity(generated, p=2), ours.internal_diversity(prints, 2)),
+    }
+
+
 def compare_molecules(files: list[Path], steps: int, source: Path | None, cache: Path) -> list[dict]:
     """For each file: a first start (featurising into ``cache``), a second start, and with
     ``source`` a start of that checkout's code (its own cache beside)."""
@@ -390,6 +432,9 @@ def main() -> None:
     moses.add_argument("--out", type=Path, required=True)
     featurise = commands.add_parser("featurise", help="time featurising a molecule file into a fresh store")
     featurise.add_argument("source", type=Path)
+    check = commands.add_parser("moses-check", help="our MOSES metrics beside molsets' code")
+    check.add_argument("train", type=Path)
+    check.add_argument("test", type=Path)
     molecules = commands.add_parser("molecules", help="train on molecule files of growing size")
     molecules.add_argument("files", type=Path, nargs="+")
     molecules.add_argument("--steps", type=int, default=30)
@@ -413,6 +458,9 @@ def main() -> None:
         return
     if args.command == "moses":
         write_moses(args.out)
+        return
+    if args.command == "moses-check":
+        print(json.dumps(check_moses_metrics(args.train, args.test), indent=1))
         return
     if args.command == "featurise":
         print(json.dumps(time_featurisation(args.source), indent=1))

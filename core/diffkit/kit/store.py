@@ -54,7 +54,7 @@ class Skip:
 class ItemStore:
     """The items of a filled store (see the module docstring), memory-mapped when first read.
 
-    ``meta`` is what the filler recorded about the set (e.g. class names); ``skipped`` the
+    ``meta`` is what the filler recorded about the set (e.g. its source and settings); ``skipped`` the
     :class:`Skip` entries of the fill, in the order of the tasks. A store pickles as its folder
     (a DataLoader worker maps the files again instead of receiving a copy)."""
 
