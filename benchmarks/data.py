@@ -379,16 +379,19 @@ def check_moses_metrics(train: Path, test: Path, count: int = 1500) -> dict:
     }
 
 
-def compare_molecules(files: list[Path], steps: int, source: Path | None, cache: Path) -> list[dict]:
-    """For each file: a first start (featurising into ``cache``), a second start, and with
-    ``source`` a start of that checkout's code (its own cache beside)."""
+def compare_molecules(files: list[Path], steps: int, source: Path | None, cache: Path, repeats: int) -> list[dict]:
+    """For each file: a first start (featurising into ``cache``) and a second start; with
+    ``source``, ``repeats`` starts of this code and of that checkout's (its own cache beside) in
+    turn, so that both see the same load."""
     rows = []
     for data in files:
         count = sum(1 for _ in open(data))
         for start in ("first start", "second start"):
             result = train_once(data, cache, steps=steps, domain="molecule", settings=MOLECULE_SETTINGS)
             rows.append({"data": f"{count:,}", "path": f"store, {start}", **result})
-        if source is not None:
+        for _ in range(repeats if source is not None else 0):
+            result = train_once(data, cache, steps=steps, domain="molecule", settings=MOLECULE_SETTINGS)
+            rows.append({"data": f"{count:,}", "path": "store", **result})
             result = train_once(data, cache / "before", steps=steps, domain="molecule", settings=MOLECULE_SETTINGS,
                                 source=source)
             rows.append({"data": f"{count:,}", "path": f"in memory ({source})", **result})
@@ -439,6 +442,7 @@ def main() -> None:
     molecules.add_argument("files", type=Path, nargs="+")
     molecules.add_argument("--steps", type=int, default=30)
     molecules.add_argument("--before", type=Path, help="a checkout of the code before the store, for comparison")
+    molecules.add_argument("--repeats", type=int, default=1, help="runs of each code, in turn, with --before")
     molecules.add_argument("--cache", type=Path, required=True, help="the cache folder (kept: a store is reused)")
     molecules.add_argument("--markdown", type=Path)
     args = parser.parse_args()
@@ -466,7 +470,7 @@ def main() -> None:
         print(json.dumps(time_featurisation(args.source), indent=1))
         return
     if args.command == "molecules":
-        rows = compare_molecules(args.files, args.steps, args.before, args.cache)
+        rows = compare_molecules(args.files, args.steps, args.before, args.cache, args.repeats)
     else:
         rows = compare_images(args.small, args.large, args.steps, args.torchrun, args.repeats)
     table = markdown(rows)
