@@ -155,7 +155,8 @@ def compare_images(small: Path, large: Path, steps: int, torchrun: bool, repeats
             first = train_once(data, cache, stored=True, steps=steps)
             rows.append({"data": f"{count:,}", "path": "store, first start", **first})
             for _ in range(repeats):  # alternately, so that both see the same load
-                rows.append({"data": f"{count:,}", "path": "store", **train_once(data, cache, stored=True, steps=steps)})
+                result = train_once(data, cache, stored=True, steps=steps)
+                rows.append({"data": f"{count:,}", "path": "store", **result})
                 rows.append({"data": f"{count:,}", "path": "in memory",
                              **train_once(data, cache, stored=False, steps=steps)})
         if torchrun:
@@ -256,7 +257,8 @@ def compare_streaming(pictures: Path, per_shard: int) -> list[dict]:
     import torch
     import webdataset as wds
 
-    spec = importlib.util.spec_from_file_location("parquet_shards", Path(__file__).parents[1] / "examples" / "parquet_shards.py")
+    example = Path(__file__).parents[1] / "examples" / "parquet_shards.py"
+    spec = importlib.util.spec_from_file_location("parquet_shards", example)
     shards = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shards)
     rows = []

@@ -532,7 +532,8 @@ class GlobalBatchSampler:
         for step in range(self.start, self.total):
             if step // self.per_epoch != epoch:
                 epoch = step // self.per_epoch
-                order = self.first + torch.randperm(self.size, generator=torch.Generator().manual_seed(self._order_seed(epoch)))
+                generator = torch.Generator().manual_seed(self._order_seed(epoch))
+                order = self.first + torch.randperm(self.size, generator=generator)
             if self.shard_data:
                 offset = (step % self.per_epoch) * self.share
             else:

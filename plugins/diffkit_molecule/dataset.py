@@ -39,7 +39,7 @@ SHARD_ENTRIES = 5000
 #: An atom's code in the store: ``atomic number * CHARGE_CODES + formal charge + CHARGE_OFFSET``.
 CHARGE_CODES, CHARGE_OFFSET = 32, 16
 #: Molecules counted at a time when counting over the whole store (bounds the memory it takes).
-COUNT_CHUNK = 1 << 16
+COUNT_CHUNK = 1 << 13
 #: Where the skipped entries of each reason are named, this many at most.
 SHOWN_PER_REASON = 5
 #: An element in fewer than this share of a new model's training molecules is named in a warning:
@@ -172,8 +172,9 @@ def molecule_store(source: Path, spec: Featurisation, cache_dir: Path) -> ItemSt
     """The store of ``source``'s graphs (see :func:`featurise`), featurised once into
     ``cache_dir/graphs`` by one worker process per CPU core."""
     decode = functools.partial(featurise, spec=spec)
-    return open_store(cache_dir / "graphs" / cache_key(source, spec), entry_tasks(source, SHARD_ENTRIES, spec.smiles_column),
-                      decode, variable=("atoms", "bonds"), meta={"source": str(source), "featurisation": asdict(spec)},
+    tasks = entry_tasks(source, SHARD_ENTRIES, spec.smiles_column)
+    return open_store(cache_dir / "graphs" / cache_key(source, spec), tasks, decode, variable=("atoms", "bonds"),
+                      meta={"source": str(source), "featurisation": asdict(spec)},
                       description=f"featurising {source.name}")
 
 
@@ -218,7 +219,8 @@ def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Pa
     for reason, flags in (("oversized", oversized), ("atom_type", unknown)):
         if flags.any():
             skipped.add(reason, store.array("where")[flags].tolist())
-    skipped.outside = [token for token, used in zip(data_vocabulary, found[unknown].any(0)) if used and token not in vocabulary]
+    skipped.outside = [token for token, used in zip(data_vocabulary, found[unknown].any(0))
+                       if used and token not in vocabulary]
     if not len(fits):
         raise ValueError(f"no usable molecules: {skipped.message(source, max_atoms)}; "
                          "raise data.max_atoms to keep larger ones")
@@ -242,7 +244,8 @@ def _codes_present(store: ItemStore) -> tuple[np.ndarray, np.ndarray]:
     column[codes] = np.arange(len(codes))
     found = np.zeros((len(store), len(codes)), dtype=bool)
     for molecules, atom_range in _chunks(offsets):
-        owner = np.repeat(np.arange(molecules.start, molecules.stop), np.diff(offsets[molecules.start:molecules.stop + 1]))
+        sizes = np.diff(offsets[molecules.start:molecules.stop + 1])
+        owner = np.repeat(np.arange(molecules.start, molecules.stop), sizes)
         found[owner, column[atoms[atom_range]]] = True
     return codes, found
 

@@ -77,7 +77,8 @@ def fingerprints(mols: Sequence) -> np.ndarray:
     from rdkit.Chem import rdFingerprintGenerator
 
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_BITS)
-    return np.array([generator.GetFingerprintAsNumPy(mol) for mol in mols], dtype=np.uint8).reshape(-1, FINGERPRINT_BITS)
+    prints = [generator.GetFingerprintAsNumPy(mol) for mol in mols]
+    return np.array(prints, dtype=np.uint8).reshape(-1, FINGERPRINT_BITS)
 
 
 def tanimoto_blocks(a: np.ndarray, b: np.ndarray):
