@@ -4,7 +4,7 @@
     python examples/parquet_shards.py write PICTURES_FOLDER /shared/shards --per-shard 5000
     torchrun --nproc_per_node 8 examples/parquet_shards.py train /shared/shards --out run --steps 1000
 
-``write`` decodes a folder of pictures as ``diffkit train --domain image`` does and writes them
+``write`` decodes a folder of pictures as ``diffkit train --domain image`` fits them and writes them
 as Parquet files of ``--per-shard`` rows (pixels and label). ``train`` trains the image domain with
 ``train.shard_data``: process ``r`` of ``R`` draws its share of every global batch from rows
 ``r N / R .. (r + 1) N / R``, so it loads only the files holding those rows (read once from the
