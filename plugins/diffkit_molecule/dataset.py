@@ -170,7 +170,7 @@ def cache_key(source: Path, spec: Featurisation) -> str:
 
 def molecule_store(source: Path, spec: Featurisation, cache_dir: Path) -> ItemStore:
     """The store of ``source``'s graphs (see :func:`featurise`), featurised once into
-    ``cache_dir/graphs`` by one worker process per CPU core."""
+    ``cache_dir/graphs`` by one worker process per CPU this process may use."""
     decode = functools.partial(featurise, spec=spec)
     tasks = entry_tasks(source, SHARD_ENTRIES, spec.smiles_column)
     return open_store(cache_dir / "graphs" / cache_key(source, spec), tasks, decode, variable=("atoms", "bonds"),

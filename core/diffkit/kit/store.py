@@ -54,7 +54,7 @@ class Skip:
 class ItemStore:
     """The items of a filled store (see the module docstring), memory-mapped when first read.
 
-    ``meta`` is what the filler recorded about the set (e.g. its source and settings); ``skipped`` the
+    ``meta`` is what the filler recorded about the set (e.g. class names); ``skipped`` the
     :class:`Skip` entries of the fill, in the order of the tasks. A store pickles as its folder
     (a DataLoader worker maps the files again instead of receiving a copy)."""
 
@@ -109,8 +109,8 @@ def open_store(folder: str | Path, tasks: Iterable, decode: Callable[[Any], Iter
     ``tasks`` are picklable descriptions of the shards, in order (a generator is fine: only a few
     are held at a time); ``decode(task)`` yields their items (dicts of NumPy arrays with the same
     keys and dtypes) or :class:`Skip` entries. ``variable`` names the fields whose items differ in
-    their first dimension. ``workers`` processes decode (default: one per CPU of the
-    machine); ``total`` (the number of tasks) and ``description`` label the progress bar, shown on a
+    their first dimension. ``workers`` processes decode (default: one per CPU this process may
+    use); ``total`` (the number of tasks) and ``description`` label the progress bar, shown on a
     terminal. ``decode`` must be picklable (a module-level function or a ``functools.partial`` of
     one). An error ``decode`` raises stops the fill and is raised here; the shards finished by
     then are kept for the next try."""
@@ -125,10 +125,11 @@ def open_store(folder: str | Path, tasks: Iterable, decode: Callable[[Any], Iter
 
 
 def available_cpus() -> int:
-    """The CPUs of the machine. (Not this process's affinity: importing torch may pin a process
-    to a single CPU, which would leave one worker, and the workers leave that pin, see
-    :func:`_worker_start`.)"""
-    return os.cpu_count() or 1
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _complete(folder: Path) -> bool:
@@ -195,7 +196,7 @@ def _process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecut
         # Python 3.12+ warns on any fork of a threaded process; the workers only decode data and
         # take none of the locks the parent's idle threads could hold.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread)
         try:
             yield pool
         except BaseException:
@@ -204,14 +205,11 @@ def _process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecut
         pool.shutdown(wait=True)
 
 
-def _worker_start() -> None:
-    """Workers decode one item at a time, so intra-op threads would only compete with each other;
-    and each may run on any CPU, whatever CPU its parent was pinned to."""
+def _one_thread() -> None:
+    """Workers decode one item at a time: intra-op threads would only compete with each other."""
     import torch
 
     torch.set_num_threads(1)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, range(available_cpus()))
 
 
 def _decode_shard(decode: Callable, task: Any, partial: Path, number: int, variable: set[str]) -> None:
