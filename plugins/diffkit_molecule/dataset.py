@@ -307,6 +307,22 @@ class DenseMolecules(Dataset):
         bonds[rows[:, 1], rows[:, 0]] = rows[:, 2]
         return torch.from_numpy(atoms), torch.from_numpy(bonds)
 
+    def graph_data(self, index: int):
+        """Molecule ``index`` as a torch-geometric ``Data``, for its models, transforms and loaders
+        (:class:`GraphData`): ``x (n,)`` atom type indices into ``vocabulary``, ``edge_index (2, 2m)``
+        and ``edge_attr (2m,)`` bond type indices (each bond in both directions, sorted), ``y (1, P)``
+        the properties and ``where`` the molecule's place in the file (see :mod:`.sources`)."""
+        import_torch_geometric()
+        from torch_geometric.data import Data
+        from torch_geometric.utils import to_undirected
+
+        store, row = self.graphs.store, int(self.graphs.rows[index])
+        rows = torch.from_numpy(store.item("bonds", row).astype(np.int64))
+        atoms = torch.from_numpy(self.graphs.types[store.item("atoms", row)])
+        edge_index, edge_attr = to_undirected(rows[:, :2].t(), rows[:, 2], num_nodes=len(atoms))
+        return Data(x=atoms, edge_index=edge_index, edge_attr=edge_attr, y=self.properties[index][None],
+                    where=torch.tensor([int(store.item("where", row))]), num_nodes=len(atoms))
+
     def class_counts(self) -> tuple[Tensor, Tensor]:
         """How often each atom type occurs among the atoms ``(K,)``, and each bond type (``none``
         included) among the ordered pairs of distinct atoms of a molecule ``(E,)``."""
@@ -335,6 +351,29 @@ class DenseMolecules(Dataset):
         if self.properties.shape[1]:
             item["cond"] = self.properties[index]
         return item
+
+
+class GraphData(Dataset):
+    """The molecules of a :class:`DenseMolecules` as torch-geometric ``Data``
+    (:meth:`DenseMolecules.graph_data`), read from the store one at a time, e.g. for
+    ``torch_geometric.loader.DataLoader(GraphData(dataset), batch_size=32)``."""
+
+    def __init__(self, molecules: DenseMolecules):
+        self.molecules = molecules
+
+    def __len__(self) -> int:
+        return len(self.molecules)
+
+    def __getitem__(self, index: int):
+        return self.molecules.graph_data(index)
+
+
+def import_torch_geometric() -> None:
+    """Import torch-geometric, silencing the FutureWarning that recent torch releases raise about
+    its own use of ``torch.jit.script``: a user of diffkit cannot act on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import torch_geometric  # noqa: F401
 
 
 def _counts(values: np.ndarray, offsets: np.ndarray, used: np.ndarray, length: int) -> np.ndarray:

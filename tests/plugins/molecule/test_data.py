@@ -305,3 +305,36 @@ def test_properties_share_qeds_descriptors_and_equal_rdkits_functions(valid_smil
         expected = [QED.qed(mol), Crippen.MolLogP(mol), Descriptors.MolWt(mol)]
         assert compute(mol, ("qed", "logp", "mol_weight")) == expected
         assert compute(mol, ("mol_weight", "logp")) == expected[:0:-1]
+
+
+def test_graph_data_densified_by_torch_geometric_are_the_training_graphs(domain, config, qm9_sample_file):
+    from diffkit_molecule.dataset import GraphData
+
+    dataset_module.import_torch_geometric()
+    from torch_geometric.loader import DataLoader
+    from torch_geometric.utils import is_undirected, to_dense_adj, to_dense_batch
+
+    config["data"]["max_atoms"] = 6  # leaves some out: graph_data follows the rows kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = build(domain, config, qm9_sample_file)
+    width = dataset.num_nodes
+    lines = qm9_sample_file.read_text().splitlines()
+    checked = 0
+    for batch in DataLoader(GraphData(dataset), batch_size=64):
+        atoms, _ = to_dense_batch(batch.x + 1, batch.batch, max_num_nodes=width)
+        bonds = to_dense_adj(batch.edge_index, batch.batch, batch.edge_attr, max_num_nodes=width)
+        for k in range(batch.num_graphs):
+            expected_atoms, expected_bonds = dataset.graph(checked + k, width)
+            assert torch.equal(atoms[k] - 1, expected_atoms) and torch.equal(bonds[k].long(), expected_bonds)
+            graph = batch.get_example(k)
+            assert is_undirected(graph.edge_index, graph.edge_attr)
+            assert torch.equal(graph.y[0], dataset.properties[checked + k])
+            rebuilt = chem.graph_to_mol(graph.x, to_dense_adj(graph.edge_index, None, graph.edge_attr,
+                                                              max_num_nodes=graph.num_nodes)[0].long(),
+                                        dataset.vocabulary)
+            smiles = lines[int(graph.where) - 1].split()[0]  # its line in the file, counted from 1
+            assert chem.canonical_smiles(chem.sanitized(rebuilt)) == chem.canonical_smiles(
+                chem.rdkit().MolFromSmiles(smiles))
+        checked += batch.num_graphs
+    assert 0 < checked == len(dataset) < 300
