@@ -13,27 +13,44 @@ recordings in ``_background_noise_``). Labels come from
 
 Files that cannot be decoded, hold no samples or do not match the pattern are skipped with one
 warning that names them; an error is raised when nothing is left. With ``data.preload`` (the
-default) every file is decoded and resampled once, up front; without it only the headers are
-checked and files are decoded when used (for collections larger than memory).
+default) every file is decoded, trimmed, resampled and levelled once, up front, by worker
+processes, into a store (:mod:`diffkit.kit.store`): with ``data.cache`` (the default) under the
+diffkit cache, keyed by the files' names, sizes and modification times and by the settings that
+shape the clips, and memory-mapped, so every training process of a machine reads one copy through
+the page cache and a later start decodes nothing; without it, into this process's memory. The
+rates a rate from the data is settled from are read from the headers once, by workers, into a
+store of their own. Without ``data.preload`` only the headers are checked and files are decoded
+when used.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import contextlib
 import math
 import re
+import tempfile
 import warnings
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .audio_io import (AUDIO_SUFFIXES, UnreadableAudio, check_level, fit_length, load_clip, prepare_clip,
-                       read_audio)
+from diffkit.kit import ItemStore, Skip, cache_dir, open_store
+
+from .audio_io import AUDIO_SUFFIXES, UnreadableAudio, check_level, fit_length, load_clip
 
 LABEL_MODES = ("folder", "pattern", "none")
+CACHE_VERSION = 1
+#: Recordings a decoding task takes (a shard of the store).
+SHARD_RECORDINGS = 256
 
 
 class ClipDataset(Dataset):
@@ -41,13 +58,13 @@ class ClipDataset(Dataset):
     waveform times ``scale`` (the state the model sees, see ``data.scale``), or what
     ``transform`` makes of it when set (the mel representation's encoder).
 
-    ``sources`` are waveforms ``(C, T_i)`` already at the target rate, or paths decoded on
-    access (for folders too large to hold in memory). Clips longer than ``length`` are cropped at
+    ``sources`` are waveforms ``(C, T_i)`` already at the target rate (a list, or
+    :class:`StoredClips`), or paths decoded on access. Clips longer than ``length`` are cropped at
     a random offset when ``random_crop`` (training) and from the start otherwise; shorter ones
     are zero-padded at the end.
     """
 
-    def __init__(self, sources: list[Tensor | Path], labels: list[int], label_names: list[str], *,
+    def __init__(self, sources: Sequence[Tensor | Path], labels: list[int], label_names: list[str], *,
                  sample_rate: int, length: int, channels: int, random_crop: bool, normalise: str = "peak",
                  trim_db: float = 0.0, scale: float = 1.0):
         if len(sources) != len(labels):
@@ -171,35 +188,179 @@ def folder_dataset(root: str | Path, data_config: dict, *, random_crop: bool,
         name = label_of(path, root, mode, regex)
         if name is None:
             skipped.append(f"{path} (name does not match data.label_pattern {data_config['label_pattern']!r})")
-            continue
-        try:
-            source = read_audio(path) if preload else probe(path, channels)
-        except UnreadableAudio as error:
-            skipped.append(str(error))
-            continue
-        labelled.append((path, source, name))
-    warn_skipped(skipped, root)
-    if not labelled:
-        raise ValueError(f"none of the {len(files)} audio files under {str(root)!r} could be used"
-                         + (f"; first problem: {skipped[0]}" if skipped else ""))
-    choices = [settle_rate(data_config, [native for _, (_, native), _ in labelled])]
+        else:
+            labelled.append((path, name))
+    choices, usable = [], list(range(len(labelled)))  # of labelled
+    key = files_key(root, [path for path, _ in labelled], data_config)
+    checked = not preload or int(data_config["sample_rate"]) <= 0  # the headers say each file's rate
+    if checked:
+        rates, problems = header_rates(labelled, key, data_config)
+        skipped += problems
+        usable = [number for number, native in enumerate(rates) if native]
+        _check_any_left(usable, files, skipped, root)
+        choices.append(settle_rate(data_config, [rates[number] for number in usable]))
     rate = int(data_config["sample_rate"])
-    if preload:  # sources are (waveform, its rate) pairs: prepared once, here
-        labelled = [(path, (prepare_clip(wave, native, rate, channels, level, trim_db, path=path), rate), name)
-                    for path, (wave, native), name in labelled]
-        measured = [wave for _, (wave, _), _ in labelled]
+    if preload:
+        clips = decoded_clips([(number, labelled[number][0]) for number in usable], f"{key} {checked}", data_config)
+        skipped += [skip.reason for skip in clips.skipped]
+        _check_any_left(clips, files, skipped, root)
+        sources, clip_labels = clips, [labelled[number][1] for number in clips.files]
+        durations = (clips.lengths() / rate).tolist()
     else:
-        measured = [load_clip(path, rate, channels, level, trim_db)
-                    for path in evenly_spaced([path for path, _, _ in labelled], DURATION_PROBES)]
-    choices.append(settle_duration(data_config, [wave.shape[-1] / rate for wave in measured], trim_db))
-    names = label_names if label_names is not None else sorted({name for _, _, name in labelled})
+        sources, clip_labels = [labelled[k][0] for k in usable], [labelled[k][1] for k in usable]
+        durations = [load_clip(path, rate, channels, level, trim_db).shape[-1] / rate
+                     for path in evenly_spaced(sources, DURATION_PROBES)]
+    warn_skipped(skipped, root)
+    choices.append(settle_duration(data_config, durations, trim_db))
+    names = label_names if label_names is not None else sorted(set(clip_labels))
     index = {name: i for i, name in enumerate(names)}
-    kept = [(source, index[name]) for _, (source, _), name in labelled if name in index]
-    dataset = ClipDataset([source for source, _ in kept], [label for _, label in kept], names,
+    kept = [k for k, name in enumerate(clip_labels) if name in index]
+    if len(kept) < len(clip_labels):
+        sources = sources.subset(kept) if isinstance(sources, StoredClips) else [sources[k] for k in kept]
+    dataset = ClipDataset(sources, [index[clip_labels[k]] for k in kept], names,
                           sample_rate=rate, length=clip_length(data_config), channels=channels,
                           random_crop=random_crop, normalise=level, trim_db=trim_db)
     dataset.choices = [choice for choice in choices if choice]
     return dataset
+
+
+def _check_any_left(usable: Sequence, files: list[Path], skipped: list[str], root: Path) -> None:
+    """An error naming the first problem, after the warning that lists them all, when none of
+    ``files`` is ``usable``."""
+    if not len(usable):
+        warn_skipped(skipped, root)
+        raise ValueError(f"none of the {len(files)} audio files under {str(root)!r} could be used"
+                         + (f"; first problem: {skipped[0]}" if skipped else ""))
+
+
+# -- decoded clips in a store -------------------------------------------------------------------
+
+@dataclass
+class StoredClips:
+    """Decoded clips, item ``i`` being row ``rows[i]`` of a store of recordings: ``(C, T)`` tensors
+    at the data's rate, read from ``samples`` (every clip's ``(T, C)`` samples, concatenated) at
+    ``offsets``. With ``store`` set they are its memory map, and the clips pickle (e.g. to a
+    DataLoader worker) as the store, not as a copy; without, they are held in this process.
+    ``files`` gives each item's number among the recordings given to :func:`decoded_clips`, and
+    ``skipped`` names those that did not decode."""
+
+    samples: np.ndarray
+    offsets: np.ndarray
+    rows: np.ndarray
+    files: np.ndarray
+    skipped: list[Skip]
+    store: ItemStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Tensor:
+        row = int(self.rows[index])
+        return torch.from_numpy(self.samples[self.offsets[row]:self.offsets[row + 1]]).T
+
+    def lengths(self) -> np.ndarray:
+        """``(N,)``: each clip's samples per channel."""
+        return np.diff(self.offsets)[self.rows]
+
+    def subset(self, kept: Sequence[int]) -> StoredClips:
+        """The items ``kept``, in that order."""
+        kept = np.asarray(kept, dtype=np.int64)
+        return StoredClips(self.samples, self.offsets, self.rows[kept], self.files[kept], self.skipped, self.store)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "samples": None, "offsets": None} if self.store is not None else dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.store is not None:
+            self.samples, self.offsets = self.store.array("wave"), self.store.offsets("wave")
+
+
+def files_key(root: Path, files: Sequence[Path], data_config: dict) -> str:
+    """A key of the recordings (names, sizes, modification times) and of ``data.channels``."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {root.resolve()} {data_config['channels']}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"\n{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _store(kind: str, key: str, numbered: list[tuple[int, Path]], decode, data_config: dict,
+           **options) -> Iterator[ItemStore]:
+    """The store ``<cache>/audio/<kind>/<key>`` of what ``decode`` makes of the ``(number, file)``
+    pairs, filled by worker processes when it is not there; without ``data.cache`` one in a
+    temporary folder, removed on leaving."""
+    tasks = (numbered[start:start + SHARD_RECORDINGS] for start in range(0, len(numbered), SHARD_RECORDINGS))
+    options.update(total=-(-len(numbered) // SHARD_RECORDINGS))
+    if data_config["cache"]:
+        yield open_store(cache_dir("audio", {"data": data_config}) / kind / key, tasks, decode, **options)
+        return
+    with tempfile.TemporaryDirectory(prefix="diffkit-audio-") as temporary:
+        yield open_store(Path(temporary) / key, tasks, decode, **options)
+
+
+def header_rates(labelled: list[tuple[Path, str]], key: str, data_config: dict) -> tuple[list[int], list[str]]:
+    """Each file's sample rate, read from its header (0 for one whose header does not read or
+    does not suit ``data.channels``), and the problems; kept in a store, so a later start reads
+    no header."""
+    decode = functools.partial(read_headers, channels=int(data_config["channels"]))
+    rates = [0] * len(labelled)
+    with _store("headers", key, [(number, path) for number, (path, _) in enumerate(labelled)], decode, data_config,
+                description=f"reading {len(labelled):,} headers") as store:
+        if len(store):
+            for number, rate in zip(store.array("file").tolist(), store.array("rate").tolist()):
+                rates[number] = rate
+        return rates, [skip.reason for skip in store.skipped]
+
+
+def read_headers(files: Sequence[tuple[int, Path]], *, channels: int) -> Iterator[dict | Skip]:
+    """``{"file": int64, "rate": int64}`` of each ``(number, file)`` (:func:`probe`), or a
+    :class:`~diffkit.kit.Skip` naming a file whose header does not read."""
+    for number, path in files:
+        try:
+            yield {"file": np.int64(number), "rate": np.int64(probe(path, channels)[1])}
+        except UnreadableAudio as error:
+            yield Skip(str(error))
+
+
+def decoded_clips(numbered: list[tuple[int, Path]], key: str, data_config: dict) -> StoredClips:
+    """The recordings ``(number, file)`` as training reads them (:func:`load_clip` at
+    ``data.sample_rate``), decoded once by worker processes into a store named by ``key`` (of the
+    files) and the settings that shape the clips; copied into this process's memory without
+    ``data.cache``."""
+    settings = [data_config[name] for name in ("sample_rate", "normalize", "trim_db")]
+    decode = functools.partial(decode_recordings, rate=int(data_config["sample_rate"]),
+                               channels=int(data_config["channels"]), level=check_level(str(data_config["normalize"])),
+                               trim_db=float(data_config["trim_db"]))
+    key = hashlib.sha256(f"{key} {settings}".encode()).hexdigest()[:24]
+    with _store("decoded", key, numbered, decode, data_config, variable=("wave",),
+                description=f"decoding {len(numbered):,} recordings") as store:
+        clips = _mapped_clips(store)
+        if not data_config["cache"]:
+            clips.samples, clips.offsets, clips.store = np.array(clips.samples), np.array(clips.offsets), None
+        return clips
+
+
+def _mapped_clips(store: ItemStore) -> StoredClips:
+    if not len(store):  # every file was skipped: the store holds no fields
+        empty = np.zeros(0, dtype=np.int64)
+        return StoredClips(np.zeros((0, 1), np.float32), np.zeros(1, np.int64), empty, empty, store.skipped)
+    return StoredClips(store.array("wave"), store.offsets("wave"), np.arange(len(store)),
+                       np.array(store.array("file")), store.skipped, store)
+
+
+def decode_recordings(files: Sequence[tuple[int, Path]], *, rate: int, channels: int, level: str,
+                      trim_db: float) -> Iterator[dict | Skip]:
+    """``{"wave": (T, C) float32, "file": int64}`` of each ``(number, file)``, prepared as
+    :func:`load_clip` prepares it, or a :class:`~diffkit.kit.Skip` naming a file that does not decode."""
+    for number, path in files:
+        try:
+            wave = load_clip(path, rate, channels, level, trim_db)
+        except UnreadableAudio as error:
+            yield Skip(str(error))
+            continue
+        yield {"wave": np.ascontiguousarray(wave.T.numpy(), dtype=np.float32), "file": np.int64(number)}
 
 
 #: The share of recordings a clip length from the data holds whole (after trimming silence).

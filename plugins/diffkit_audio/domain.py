@@ -92,6 +92,8 @@ class AudioDomain(diffkit.Domain):
                 "normalize": "loudness",    # loudness (RMS 0.1, peak at most 0.95) | peak (0.95) | none
                 "random_crop": True,        # random window of long files while training
                 "preload": True,            # decode all files once up front (false: on access)
+                "cache": True,              # preloaded clips: kept decoded under the cache (data.cache_dir) and
+                                            # memory-mapped (false: decoded into each process's memory)
                 "notes_per_class": 32,      # size of the embedded note set (8 pitches)
                 "scale": 1.0,               # the model's state is the waveform times this
             },

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
 from diffkit_audio.audio_io import PEAK, TARGET_RMS, loudness_normalise, trim_silence
-from diffkit_audio.data import folder_dataset, notes_dataset, pattern_regex, split_files
+from diffkit_audio import data as data_module
+from diffkit_audio.data import folder_dataset, notes_dataset, pattern_regex, read_headers, split_files
 from diffkit_audio.notes import PITCHES, make_notes
 
 from audio_helpers import RATE, peak_frequency, sine, write
@@ -168,6 +171,48 @@ def test_lazy_loading_reads_on_access(tmp_path, config):
     assert len(lazy) == len(eager)
     for i in range(len(eager)):
         assert torch.allclose(lazy[i]["x"], eager[i]["x"])
+
+
+def refuse_to_decode(files, **settings):
+    raise RuntimeError("decoded again")
+
+
+def refuse_to_read_headers(files, **settings):
+    raise RuntimeError("headers read again")
+
+
+def test_preloaded_clips_are_decoded_once_into_a_store_that_later_starts_map(tmp_path, config, monkeypatch):
+    # The rate is taken from the files' headers, which are kept too.
+    root, data = tmp_path / "data", dict(config["data"], cache_dir=str(tmp_path / "cache"), sample_rate=0)
+    make_mixed_folder(root)
+    with pytest.warns(UserWarning) as first:
+        stored = folder_dataset(root, dict(data), random_crop=False)
+    with pytest.warns(UserWarning):
+        lazy = folder_dataset(root, dict(data, preload=False), random_crop=False)
+        in_memory = folder_dataset(root, dict(data, cache=False), random_crop=False)
+    monkeypatch.setattr(data_module, "decode_recordings", refuse_to_decode)
+    monkeypatch.setattr(data_module, "read_headers", refuse_to_read_headers)
+    with pytest.warns(UserWarning) as second:
+        again = folder_dataset(root, dict(data), random_crop=False)
+    assert [str(w.message) for w in second] == [str(w.message) for w in first]  # the bad files named again
+    assert len(stored) == 4
+    for other in (again, lazy, in_memory):
+        assert other.labels == stored.labels
+        assert all(torch.equal(other.waveform(i), stored.waveform(i)) for i in range(len(stored)))
+    # To a DataLoader worker the stored clips travel as the store's folder, mapped again there.
+    samples = sum(stored.waveform(i).numel() for i in range(len(stored))) * 4
+    assert len(pickle.dumps(stored.sources)) < samples / 4 and len(pickle.dumps(in_memory.sources)) > samples
+    restored = pickle.loads(pickle.dumps(stored.sources))
+    assert all(torch.equal(restored[i], stored.waveform(i)) for i in range(len(stored)))
+    # Another setting that shapes the clips, or a changed file, is decoded again.
+    with pytest.raises(RuntimeError, match="decoded again"):
+        folder_dataset(root, dict(data, trim_db=20.0), random_crop=False)
+    write(root / "low" / "native.wav", sine(250, 0.1, RATE), RATE)
+    with pytest.raises(RuntimeError, match="headers read again"):
+        folder_dataset(root, dict(data), random_crop=False)
+    monkeypatch.setattr(data_module, "read_headers", read_headers)
+    with pytest.raises(RuntimeError, match="decoded again"):
+        folder_dataset(root, dict(data), random_crop=False)
 
 
 def test_split_is_stable_when_files_are_added(tmp_path):
