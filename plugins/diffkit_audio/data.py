@@ -29,6 +29,7 @@ import functools
 import hashlib
 import contextlib
 import math
+import os
 import re
 import tempfile
 import warnings
@@ -125,15 +126,14 @@ def notes_dataset(data_config: dict, split: str = "train") -> ClipDataset:
 
 
 def find_audio_files(root: Path) -> list[Path]:
-    """Audio files under ``root`` (recursively, sorted), skipping ``_*`` and ``.*`` folders."""
+    """Audio files under ``root`` (recursively, sorted as paths), skipping ``_*`` and ``.*``
+    folders (a walk of the directories, which tells files from folders without a call per file)."""
     found = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(("_", ".")) for part in relative.parts[:-1]):
-            continue
-        if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
-            found.append(path)
-    return found
+    for directory, folders, names in os.walk(root):
+        folders[:] = [name for name in folders if not name.startswith(("_", "."))]
+        relative = os.path.relpath(directory, root).split(os.sep) if directory != str(root) else []
+        found.extend([*relative, name] for name in names if name.lower().endswith(AUDIO_SUFFIXES))
+    return [root.joinpath(*parts) for parts in sorted(found)]
 
 
 def pattern_regex(pattern: str) -> re.Pattern:
