@@ -6,6 +6,10 @@ against the in-memory one.
 
 ``pictures`` draws the 1,797 handwritten digits of scikit-learn at 64x64 in colour (ink and paper
 colours drawn per picture, the digit moved by a few pixels), one class folder per digit, as PNG.
+``clips`` makes spoken digits from the free-spoken-digit recordings: each a recording between
+silences of random length, at a random gain, under white noise 20 to 40 dB down, one class folder
+per digit, as 16-bit WAV at 8 kHz; ``audio`` trains the audio domain on two such folders as
+``images`` does on pictures.
 
 ``images`` trains the image domain on each folder (64x64 RGB, a small U-Net, ``train.log_every
 = 1``) in a fresh process and reports, per data path (``data.cache=true``: the memory-mapped
@@ -42,6 +46,9 @@ TRAIN_SETTINGS = [
     "model.attention_resolutions=[]", "train.batch_size=32", "train.log_every=1", "train.checkpoint_every=0",
     "train.preview_every=0", "train.warmup_steps=10",
 ]
+#: The audio domain's CPU preset (the mel U-Net) at its settings from the data, batch 32.
+AUDIO_SETTINGS = ["train.batch_size=32", "train.log_every=1", "train.checkpoint_every=0", "train.preview_every=0",
+                  "train.warmup_steps=10"]
 
 
 # -- the pictures -------------------------------------------------------------------------------
@@ -66,6 +73,32 @@ def make_pictures(count: int, out: Path, seed: int = 0) -> None:
         shift = rng.integers(-4, 5, 2)
         picture = Image.fromarray(np.roll(np.asarray(picture), tuple(shift), axis=(0, 1)))
         picture.save(out / str(digits.target[source]) / f"{index:07d}.png")
+
+
+def make_clips(source: Path, count: int, out: Path, seed: int = 0) -> None:
+    """``count`` WAV files under ``out/<digit>/`` made from the recordings ``<digit>_*.wav`` in
+    ``source`` (8 kHz): silence before and after (0 to 0.3 s each), a gain of -20 to +6 dB
+    (clipped at full scale) and white noise 20 to 40 dB under the recording's RMS."""
+    import soundfile
+
+    if out.exists():
+        raise SystemExit(f"{out} exists; choose another --out")
+    recordings = sorted(source.glob("*.wav"))
+    if not recordings:
+        raise SystemExit(f"no .wav recordings in {source}")
+    for label in sorted({path.name.split("_")[0] for path in recordings}):
+        (out / label).mkdir(parents=True)
+    waves = [soundfile.read(str(path), dtype="float32")[0] for path in recordings]
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        which = index % len(recordings)
+        wave = waves[which]
+        before, after = rng.integers(0, 2400, 2)
+        noise = float(np.sqrt(np.mean(wave ** 2))) * 10 ** (-rng.uniform(20, 40) / 20)
+        clip = np.concatenate([np.zeros(before), wave, np.zeros(after)]) + rng.normal(0, noise, before + len(wave) + after)
+        clip = np.clip(clip * 10 ** (rng.uniform(-20, 6) / 20), -1, 1)
+        soundfile.write(str(out / recordings[which].name.split("_")[0] / f"{index:07d}.wav"), clip, 8000,
+                        subtype="PCM_16")
 
 
 # -- one training run ---------------------------------------------------------------------------
@@ -111,7 +144,7 @@ def train_once(data: Path, cache: Path, *, stored: bool = True, steps: int, proc
     ``source`` is a checkout whose code runs instead of this one (e.g. before the store)."""
     with tempfile.TemporaryDirectory() as run:
         settings = [*(TRAIN_SETTINGS if settings is None else settings), f"data.cache_dir={cache}"]
-        if domain == "image":
+        if domain in ("image", "audio"):
             settings.append(f"data.cache={str(stored).lower()}")
         command = ["diffkit", "train", "--domain", domain, "--data", str(data), "--out", run,
                    "--steps", str(steps), "--no-progress", *[part for s in settings for part in ("--set", s)]]
@@ -146,24 +179,27 @@ def train_once(data: Path, cache: Path, *, stored: bool = True, steps: int, proc
             if len(steady) > 1 else float("nan")}
 
 
-def compare_images(small: Path, large: Path, steps: int, torchrun: bool, repeats: int) -> list[dict]:
+def compare_folders(small: Path, large: Path, steps: int, torchrun: bool, repeats: int,
+                    domain: str = "image") -> list[dict]:
+    """Both data paths of the image or audio domain on a small and a large folder."""
+    settings = TRAIN_SETTINGS if domain == "image" else AUDIO_SETTINGS
     rows = []
     with tempfile.TemporaryDirectory() as cache_root:
         cache = Path(cache_root)
         for data in (small, large):
-            count = sum(1 for _ in data.rglob("*.png"))
-            first = train_once(data, cache, stored=True, steps=steps)
+            count = sum(1 for path in data.rglob("*") if path.is_file())
+            first = train_once(data, cache, stored=True, steps=steps, domain=domain, settings=settings)
             rows.append({"data": f"{count:,}", "path": "store, first start", **first})
             for _ in range(repeats):  # alternately, so that both see the same load
-                result = train_once(data, cache, stored=True, steps=steps)
+                result = train_once(data, cache, stored=True, steps=steps, domain=domain, settings=settings)
                 rows.append({"data": f"{count:,}", "path": "store", **result})
                 rows.append({"data": f"{count:,}", "path": "in memory",
-                             **train_once(data, cache, stored=False, steps=steps)})
+                             **train_once(data, cache, stored=False, steps=steps, domain=domain, settings=settings)})
         if torchrun:
-            count = sum(1 for _ in large.rglob("*.png"))
+            count = sum(1 for path in large.rglob("*") if path.is_file())
             for stored, name in ((True, "store"), (False, "in memory")):
-                result = train_once(large, cache, stored=stored, steps=steps, processes=2,
-                                    settings=[*TRAIN_SETTINGS, "train.batch_size=32"])
+                result = train_once(large, cache, stored=stored, steps=steps, processes=2, domain=domain,
+                                    settings=settings)
                 rows.append({"data": f"{count:,}", "path": f"{name}, torchrun x2", **result})
         shutil.rmtree(cache)
     return rows
@@ -423,6 +459,18 @@ def main() -> None:
     images.add_argument("--repeats", type=int, default=2)
     images.add_argument("--torchrun", action="store_true", help="also two processes on the large set")
     images.add_argument("--markdown", type=Path)
+    clips = commands.add_parser("clips", help="make a folder of spoken digits with noise and gain")
+    clips.add_argument("--source", type=Path, required=True, help="the free-spoken-digit recordings")
+    clips.add_argument("--count", type=int, required=True)
+    clips.add_argument("--out", type=Path, required=True)
+    clips.add_argument("--seed", type=int, default=0)
+    audio = commands.add_parser("audio", help="train on a small and a large folder of clips, both data paths")
+    audio.add_argument("small", type=Path)
+    audio.add_argument("large", type=Path)
+    audio.add_argument("--steps", type=int, default=60)
+    audio.add_argument("--repeats", type=int, default=2)
+    audio.add_argument("--torchrun", action="store_true", help="also two processes on the large set")
+    audio.add_argument("--markdown", type=Path)
     formats = commands.add_parser("formats", help="random reads of items in three storage formats")
     formats.add_argument("--count", type=int, default=20_000)
     formats.add_argument("--reads", type=int, default=20_000)
@@ -451,6 +499,9 @@ def main() -> None:
     if args.command == "pictures":
         make_pictures(args.count, args.out, args.seed)
         return
+    if args.command == "clips":
+        make_clips(args.source, args.count, args.out, args.seed)
+        return
     if args.command == "read-format":
         print(json.dumps(read_format(args.name, args.path, args.reads)))
         return
@@ -474,7 +525,8 @@ def main() -> None:
     if args.command == "molecules":
         rows = compare_molecules(args.files, args.steps, args.before, args.cache, args.repeats)
     else:
-        rows = compare_images(args.small, args.large, args.steps, args.torchrun, args.repeats)
+        rows = compare_folders(args.small, args.large, args.steps, args.torchrun, args.repeats,
+                               "image" if args.command == "images" else "audio")
     table = markdown(rows)
     print(table)
     if args.markdown:
