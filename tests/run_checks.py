@@ -41,10 +41,14 @@ def final_weights(run_dir: Path) -> dict:
 
 
 def assert_same_weights(a: dict, b: dict, **tolerance):
+    """Tensors equal within ``tolerance``; other state (e.g. class names) equal."""
     assert a["step"] == b["step"]
     for part in ("model", "ema"):
         for key in a[part]:
-            torch.testing.assert_close(a[part][key], b[part][key], **tolerance)
+            if isinstance(a[part][key], torch.Tensor):
+                torch.testing.assert_close(a[part][key], b[part][key], **tolerance)
+            else:
+                assert a[part][key] == b[part][key], key
 
 
 def differing_tensors(a, b, name: str = "") -> list[str]:

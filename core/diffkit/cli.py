@@ -156,6 +156,13 @@ def _training_overrides(steps, batch_size, seed, compile_model, parallel) -> dic
               help="Fine-tune: start from these weights (a run folder, a checkpoint file, an exported folder, or the "
                    "domain's name for its shipped weights) and their settings, which --config and --set then change "
                    "(train.init_from).")
+@click.option("--stage", type=click.Choice(["diffusion", "autoencoder"]), default=None,
+              help="What to train: a diffusion model (the default), or the autoencoder of the latent stage, on whose "
+                   "latents --autoencoder then trains a diffusion (train.stage).")
+@click.option("--autoencoder", default=None,
+              help="Train the diffusion on the latents of this autoencoder (a run folder, checkpoint file or exported "
+                   "folder of --stage autoencoder): its data settings are the run's, the data's latents are computed "
+                   "once and cached, and sampling decodes them (latent.autoencoder).")
 @click.option("--compile", "compile_model", is_flag=True, help="Compile the denoiser with torch.compile (train.compile).")
 @click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default=None,
               help="Under torchrun: ddp replicates the model on every process, fsdp shards its parameters, "
@@ -163,30 +170,43 @@ def _training_overrides(steps, batch_size, seed, compile_model, parallel) -> dic
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.pass_context
 def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed, device, out, resume, init_from,
-          compile_model, parallel, no_progress):
+          stage, autoencoder, compile_model, parallel, no_progress):
     """Train a diffusion model for a domain; works with no options on the bundled data.
 
     Checkpoints, metrics.jsonl, loss.png and sample previews go to the run folder. Run it
-    under `torchrun --nproc_per_node N -m diffkit train ...` to train on N processes.
+    under `torchrun --nproc_per_node N -m diffkit train ...` to train on N processes. With
+    --stage autoencoder it trains the autoencoder of the latent stage instead (its previews show
+    each original beside its reconstruction); --autoencoder AE then trains a diffusion on its
+    latents, which every sampling command decodes.
     """
     from . import checkpoint as ckpt
     from .config import resolve_config
+    from .latent import latent_config
     from .loading import finetune_config, weights_source
     from .runner import TrainingError, TrainingInterrupted
     from .runner import train as run_training
 
     plugin_domain = _domain(ctx, domain)
     overrides = _training_overrides(steps, batch_size, seed, compile_model, parallel)
+    if stage is not None:
+        overrides.setdefault("train", {})["stage"] = stage
     run_dir = Path(out) if out else _default_run_dir(domain, resume)
     try:
         check_writable(run_dir, "--out")
         if resume:
             _check_something_to_resume(ctx, run_dir)
+        if autoencoder is not None and stage == "autoencoder":
+            raise ValueError("--autoencoder does not go with --stage autoencoder: an autoencoder learns the data itself")
+        if autoencoder is not None and init_from is not None:
+            raise ValueError("--autoencoder does not go with --init-from: fine-tuning keeps the autoencoder of the "
+                             "weights it starts from")
         if init_from is not None:
             overrides.setdefault("train", {})["init_from"] = weights_source(plugin_domain, init_from, "--init-from")[0]
         if resume:
             config, data = _resume_settings(plugin_domain, run_dir, data, config_file, sets, overrides, preset)
             preset_line = f"preset: {preset}" if preset else "settings: the run's own"
+            if autoencoder is not None:
+                _check_same_autoencoder(plugin_domain, autoencoder, config)
         elif init_from is not None:
             if preset:
                 raise ValueError("--preset does not go with --init-from: the model's settings are those of the "
@@ -196,7 +216,13 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
         else:
             chosen, why = (preset, "as asked") if preset else _default_preset(plugin_domain, data, device)
             preset_line = f"preset: {chosen} ({why})" if chosen else "preset: none (the domain's defaults)"
-            config = resolve_config(plugin_domain, preset=chosen, file=config_file, sets=list(sets), overrides=overrides)
+            if autoencoder is not None:
+                config = latent_config(plugin_domain, autoencoder, preset=chosen, file=config_file, sets=list(sets),
+                                       overrides=overrides)
+                preset_line += f"; on the latents of {config['latent']['autoencoder']}"
+            else:
+                config = resolve_config(plugin_domain, preset=chosen, file=config_file, sets=list(sets),
+                                        overrides=overrides)
         announce = _plan_printer(domain, data, preset_line)
         result = run_training(plugin_domain, config, out=run_dir, data=data, resume=resume, device=device,
                               progress=not no_progress, plugin=_plugin_of(ctx, domain), registry=_registry(ctx),
@@ -208,7 +234,21 @@ def train(ctx, domain, data, config_file, sets, preset, steps, batch_size, seed,
         ctx.exit(130)  # the shell's code for a stop by Ctrl-C (128 + SIGINT)
     loss = f", final loss {result.loss:.4f}" if result.loss is not None else ""
     click.echo(f"trained {result.step} steps{loss}; run folder: {result.run_dir}")
-    click.echo(f"sample with: diffkit sample --domain {domain} --checkpoint {_quoted(result.run_dir)} --out samples/")
+    if config["train"]["stage"] == "autoencoder":
+        click.echo(f"train a diffusion on its latents with: diffkit train --domain {domain} --autoencoder "
+                   f"{_quoted(result.run_dir)} --out RUN")
+    else:
+        click.echo(f"sample with: diffkit sample --domain {domain} --checkpoint {_quoted(result.run_dir)} --out samples/")
+
+
+def _check_same_autoencoder(domain, autoencoder: str, config: dict) -> None:
+    """On --resume, --autoencoder may repeat the run's autoencoder but not name another."""
+    from .loading import weights_source
+
+    named, recorded = weights_source(domain, autoencoder, "--autoencoder")[0], config["latent"]["autoencoder"]
+    if named != recorded:
+        raise ValueError(f"cannot resume {'a diffusion on ' + repr(recorded) if recorded else 'this run'} with the "
+                         f"autoencoder {named!r}: a run keeps the autoencoder it started with")
 
 
 def _plan_printer(domain: str, data: str | None, preset_line: str):
@@ -551,7 +591,8 @@ def _evaluate(domain, samples: Path, reference: Path | None, config: dict, cond)
               help="A sampling setting the folder ships with, e.g. --set sample.steps=20 (repeatable; sample.* only).")
 def export(source, out, card_file, sets):
     """Write the weights of SOURCE as a portable folder: model.safetensors (the EMA weights),
-    config.json (config, provenance, SHA-256 of the weights) and README.md (the model card).
+    config.json (config, provenance, SHA-256 of the weights) and README.md (the model card); a
+    diffusion on an autoencoder's latents also autoencoder.safetensors, with its own SHA-256.
 
     SOURCE is a run folder (its latest checkpoint), a checkpoint file or an exported folder.
     `diffkit sample --checkpoint OUT` and `diffkit.load(OUT)` read the folder.
@@ -564,7 +605,7 @@ def export(source, out, card_file, sets):
         folder = pretrained.export(source, out, card, sets)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, *UNWRITABLE, ckpt.CheckpointError) as error:
         raise click.ClickException(_message(error)) from None
-    click.echo(f"wrote {folder}: {pretrained.WEIGHTS_FILE}, {pretrained.CONFIG_FILE}, {pretrained.CARD_FILE}")
+    click.echo(f"wrote {folder}: {', '.join(sorted(path.name for path in Path(folder).iterdir()))}")
 
 
 @cli.command()

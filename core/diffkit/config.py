@@ -60,6 +60,7 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "shard_data": False,        # under torchrun: each process draws its share from its own part of the data
         "init_from": "",            # fine-tuning: the weights to start from (a run folder, checkpoint, exported
                                     # folder, or a domain's name for its shipped weights); "" = fresh weights
+        "stage": "diffusion",       # diffusion | autoencoder (the latent stage's autoencoder: diffkit.autoencoder)
     },
     "sample": {
         "sampler": "dpmpp_2m",
@@ -71,6 +72,26 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "workers": 0,                # CPU: processes sharing the chunks; 0 = one per core, at most 4
         "resample": 1,               # inpainting (--mask, a domain's kept part): rounds per step (RePaint)
         "options": {},               # the sampler's keyword options, e.g. {eta = 0.5} for ddim
+    },
+    # The autoencoder of the latent stage (`diffkit train --stage autoencoder`, diffkit.autoencoder).
+    "autoencoder": {
+        "latent_channels": 4,
+        "base_channels": 32,
+        "channel_mults": [1, 2, 2],     # each level after the first halves the sides: latents 4x smaller per side
+        "blocks_per_level": 1,
+        "groups": 8,
+        "posterior": "gaussian",        # gaussian (KL-regularised) | deterministic
+        "kl_weight": 1e-5,              # weight of KL(q(z|x) || N(0, I)) per latent entry, beside the per-entry loss
+        "adversarial_weight": 0.0,      # a patch discriminator's hinge term; 0 = none
+        "adversarial_start": 0,         # the step from which the autoencoder takes the adversarial term
+        "state_shape": [],              # the shape of one state it encodes: filled in from the data
+    },
+    # Diffusion on an autoencoder's latents (`diffkit train --autoencoder AE`, diffkit.latent).
+    "latent": {
+        "autoencoder": "",          # the autoencoder (absolute path or shipped name); "" = diffusion on the data itself
+        "sha256": "",               # the digest of its weights, checked whenever they are read
+        "settings": {},             # its settings, filled in from it: they describe the data it encodes
+        "encode_batch": 64,         # states encoded at a time when the data's latents are computed
     },
     # A few-step student (`diffkit distill`, diffkit.distill): how the teacher's targets are made.
     "distill": {
@@ -141,6 +162,11 @@ LIMITS: dict[str, Limit] = {
     "sample.steps": at_least(1), "sample.guidance": FINITE, "sample.batch_size": at_least(1),
     "sample.workers": at_least(0), "sample.resample": at_least(1),
     "distill.teacher_substeps": at_least(1), "distill.guidance": FINITE,
+    "autoencoder.latent_channels": at_least(1), "autoencoder.base_channels": at_least(1),
+    "autoencoder.channel_mults": at_least(1), "autoencoder.blocks_per_level": at_least(0),
+    "autoencoder.groups": at_least(1), "autoencoder.kl_weight": at_least(0),
+    "autoencoder.adversarial_weight": at_least(0), "autoencoder.adversarial_start": at_least(0),
+    "autoencoder.state_shape": at_least(1), "latent.encode_batch": at_least(1),
 }
 
 
@@ -315,7 +341,7 @@ def preset_config(domain: Domain, preset: str) -> dict:
 
 
 # Sections that describe the weights: a checkpoint's values stay when sampling from it.
-WEIGHT_SECTIONS = ("data", "model", "diffusion")
+WEIGHT_SECTIONS = ("data", "model", "diffusion", "autoencoder", "latent")
 
 
 def sampling_config(domain: Domain, saved: Mapping[str, Any], *, file: str | Path | None = None,

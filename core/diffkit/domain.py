@@ -97,6 +97,53 @@ class Domain:
         with the checkpoint. Called once, before training, with the model :meth:`build_model` made
         and the dataset :meth:`build_dataset` made; the runner moves the model to its device after."""
 
+    def build_autoencoder(self, config: dict, state_shape: tuple[int, ...]) -> nn.Module:
+        """The autoencoder of the latent stage (``diffkit train --stage autoencoder``) for states of
+        ``state_shape`` (one state, without the batch dimension, as the dataset yields it): a module
+        with ``encode(x) -> Posterior``, ``decode(z) -> x`` and ``latent_shape``
+        (:mod:`diffkit.nets.autoencoder`). By default the core's convolutional KL autoencoder
+        (:class:`~diffkit.nets.autoencoder.ConvAutoencoder`) for states ``(C, L)`` or ``(C, H, W)``,
+        sized by the ``autoencoder`` section; override it for another architecture (e.g. a fixed
+        spectrogram front end and a learned vocoder)."""
+        from .nets.autoencoder import ConvAutoencoder
+
+        settings = config["autoencoder"]
+        return ConvAutoencoder(state_shape, latent_channels=int(settings["latent_channels"]),
+                               base_channels=int(settings["base_channels"]),
+                               channel_mults=tuple(settings["channel_mults"]),
+                               blocks_per_level=int(settings["blocks_per_level"]), groups=int(settings["groups"]),
+                               posterior=str(settings["posterior"]))
+
+    def reconstruction_loss(self, reconstruction: Tensor, x: Tensor, config: dict) -> Tensor:
+        """Each sample's reconstruction error ``(B,)`` for the autoencoder stage: how far the
+        decoded ``reconstruction`` is from the state ``x`` (both ``(B, *state_shape)``). By default
+        the mean absolute error (:func:`diffkit.kit.reconstruction.mean_absolute_error`); a domain
+        adds what its data needs (perceptual-like losses for pictures, spectral ones for sound:
+        :mod:`diffkit.kit.reconstruction`)."""
+        from .kit.reconstruction import mean_absolute_error
+
+        return mean_absolute_error(reconstruction, x)
+
+    def build_latent_model(self, config: dict, latent_shape: tuple[int, ...]) -> nn.Module:
+        """The denoiser of a diffusion on an autoencoder's latents (``diffkit train --autoencoder``),
+        ``model(z_t, t, cond=None) -> prediction`` for latents of ``latent_shape``; the domain's
+        :meth:`fit_data`, :meth:`prepare_sampling` and :meth:`load_known` get this model. By default
+        the core's U-Net (:class:`diffkit.nets.UNet`) for latents ``(C, H, W)``, sized by the keys of
+        the ``model`` section it shares with the U-Net where the domain has them (``base_channels``,
+        ``channel_mults``, ``blocks_per_level``, ``attention_resolutions``, ``attention_heads``,
+        ``groups``, ``dropout``) and conditioned on ``model.num_classes`` labels (none when absent)."""
+        from .nets.unet import UNet
+
+        if len(latent_shape) != 3:
+            raise ValueError(f"the {self.name} domain builds no denoiser for latents of shape {tuple(latent_shape)}: the "
+                             "default (Domain.build_latent_model) is a U-Net for latents (C, H, W)")
+        model = config["model"]
+        keys = ("base_channels", "channel_mults", "blocks_per_level", "attention_resolutions", "attention_heads",
+                "groups", "dropout")
+        settings = {key: tuple(model[key]) if isinstance(model[key], list) else model[key] for key in keys if key in model}
+        return UNet(image_size=tuple(latent_shape[1:]), channels=latent_shape[0],
+                    num_classes=int(model.get("num_classes", 0)), **settings)
+
     def leaf_weights(self, config: dict) -> dict[str, float] | None:
         """Relative loss weights of the leaves of a dict state (e.g. ``{"edges": 5.0}``)."""
         return None
@@ -215,7 +262,8 @@ def accepted_keywords(method: Callable, **keywords: Any) -> dict[str, Any]:
 
 
 # Tables whose keys are not known in advance: a sampler's keyword options, checked against it.
-FREE_TABLES = frozenset({"sample.options"})
+# The settings of a latent diffusion's autoencoder, copied whole from it.
+FREE_TABLES = frozenset({"sample.options", "latent.settings"})
 
 
 def merge_config(base: Mapping, override: Mapping, *, where: str = "") -> dict:

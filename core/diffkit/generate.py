@@ -182,8 +182,12 @@ def generate(domain: Domain, model: nn.Module, config: dict, request: SampleRequ
     ``(request.seed, i)``, so it is the same whatever the batch size and however many processes
     share the work. Under torchrun each rank draws every ``world.size``-th chunk and rank 0
     returns them all, in order (other ranks return ``None``). On the CPU a rank's chunks are
-    shared by ``sample.workers`` forked processes (:mod:`diffkit.workers`).
+    shared by ``sample.workers`` forked processes (:mod:`diffkit.workers`). A model on an
+    autoencoder's latents (``latent.autoencoder``) samples latents, which ``x`` holds decoded.
     """
+    from .latent import latent_stage
+
+    domain = latent_stage(domain, config)
     check_request(request, registry, sampler_kinds(config, domain))
     diffusion = build_diffusion(domain, config, registry, model)
     settings = sample_settings(config, request, registry.samplers if registry is not None else None, domain)

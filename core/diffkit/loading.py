@@ -33,8 +33,16 @@ def load_config(domain: Domain, path: str | Path) -> dict:
 
 
 def model_from_state(domain: Domain, state: dict, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a loaded state, read from ``path`` (named in errors), in eval mode on ``device``."""
-    model = domain.build_model(state["config"])
+    """The model of a loaded state, read from ``path`` (named in errors), in eval mode on ``device``:
+    the domain's denoiser, or a :class:`~diffkit.latent.LatentModel` when the state's config names
+    an autoencoder. An autoencoder's own state is refused: it does not sample."""
+    from .latent import latent_stage
+
+    if state["config"]["train"].get("stage", "diffusion") == "autoencoder":
+        raise ckpt.CheckpointError(f"{str(path)!r} holds an autoencoder (diffkit train --stage autoencoder), which does "
+                                   f"not sample; train a diffusion on its latents with: diffkit train --domain "
+                                   f"{domain.name} --autoencoder {path} --out RUN")
+    model = latent_stage(domain, state["config"]).build_model(state["config"])
     load_weights(model, state["ema"], f"the weights of {str(path)!r}")
     return model.to(device).eval()
 
@@ -106,7 +114,7 @@ def weights_source(domain: Domain, source: str | Path | None, option: str) -> tu
 
 
 # What must match between a fine-tuned model and the weights it starts from.
-SECTIONS_OF_THE_WEIGHTS = ("model", "diffusion")
+SECTIONS_OF_THE_WEIGHTS = ("model", "diffusion", "autoencoder", "latent")
 
 
 def start_from(domain: Domain, model: nn.Module, config: dict) -> None:

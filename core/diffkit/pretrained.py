@@ -2,12 +2,14 @@
 
     my-model/
       model.safetensors   the EMA weights (tensors only, safetensors format)
+      autoencoder.safetensors   a latent diffusion's autoencoder (:mod:`diffkit.latent`), apart
       config.json         the resolved config, domain, plugin, versions, step, non-tensor model
                           state, card facts, and the SHA-256 digests checked on load
       README.md           the model card: domain, data, training command, steps, hardware,
                           measured scores, licences
 
-The digests: ``sha256`` of ``model.safetensors``; ``settings_sha256`` of what describes the
+The digests: ``sha256`` of ``model.safetensors`` (and ``autoencoder_sha256`` of
+``autoencoder.safetensors``); ``settings_sha256`` of what describes the
 weights (the domain, the non-tensor model state, every setting but ``sample.*``);
 ``sample_sha256`` of the sampling settings. Changed weights or settings are refused (they
 must stay as the weights were trained); changed sampling settings are used, with a warning
@@ -38,6 +40,9 @@ from .kit.files import check_writable
 
 FORMAT = "diffkit-pretrained/1"
 WEIGHTS_FILE = "model.safetensors"
+AUTOENCODER_FILE = "autoencoder.safetensors"
+#: The names of a latent diffusion's autoencoder tensors (:class:`diffkit.latent.LatentModel`).
+AUTOENCODER_PREFIX = "autoencoder."
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 
@@ -87,6 +92,8 @@ def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str
                               "folder (nothing is overwritten)")
     check_writable(out.parent if out.is_dir() else out, "the weights folder")
     tensors, extra_state = _split_state(state["ema"])
+    on_latents = bool((state["config"].get("latent") or {}).get("autoencoder"))
+    autoencoder = {key: tensors.pop(key) for key in list(tensors) if on_latents and key.startswith(AUTOENCODER_PREFIX)}
     weights = _safetensors_bytes(tensors)
     facts = check_card({**(state.get("card") or {}), **(card or {})})
     config = {
@@ -99,6 +106,9 @@ def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str
         "weights": WEIGHTS_FILE,
         "sha256": hashlib.sha256(weights).hexdigest(),
         "values": sum(tensor.numel() for tensor in tensors.values()),
+        **({"autoencoder_weights": AUTOENCODER_FILE,
+            "autoencoder_sha256": hashlib.sha256(autoencoder_bytes := _safetensors_bytes(autoencoder)).hexdigest(),
+            "autoencoder_values": sum(tensor.numel() for tensor in autoencoder.values())} if autoencoder else {}),
         "extra_state": extra_state,
         "card": facts,
         "config": state["config"],
@@ -107,6 +117,7 @@ def save_pretrained(state: Mapping[str, Any], out: str | Path, card: Mapping[str
     config.update(settings_digests(config))
     files = {
         WEIGHTS_FILE: weights,
+        **({AUTOENCODER_FILE: autoencoder_bytes} if autoencoder else {}),
         CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
         CARD_FILE: model_card(config, tensors).encode(),
     }
@@ -126,21 +137,34 @@ def load_pretrained(folder: str | Path) -> dict:
         raise CheckpointError(f"{str(config_path)!r} is not readable JSON: {error}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{str(config_path)!r} is not a diffkit weights config (expected format {FORMAT!r})")
-    data = weights_path.read_bytes()
-    found, recorded = hashlib.sha256(data).hexdigest(), config.get("sha256")
-    if recorded is None:
-        warn_unchecked(f"{str(config_path)!r} records no SHA-256 of {WEIGHTS_FILE}, so damage or changes to the "
-                       "weights cannot be detected; they are used unchecked")
-    elif found != recorded:
-        raise ChecksumError(f"{str(weights_path)!r} has SHA-256 {found}, but {CONFIG_FILE} records "
-                            f"{recorded}: the file is damaged or was replaced; restore it or export again")
+    data = _checked_bytes(weights_path, config.get("sha256"), "sha256", config_path)
+    if config.get("autoencoder_weights"):
+        autoencoder = _checked_bytes(folder / config["autoencoder_weights"], config.get("autoencoder_sha256"),
+                                     "autoencoder_sha256", config_path)
     _check_settings(config, config_path)
     from safetensors.torch import load as load_safetensors
 
     weights: dict[str, Any] = load_safetensors(data)
+    if config.get("autoencoder_weights"):
+        weights.update(load_safetensors(autoencoder))
     weights.update(config.get("extra_state", {}))
     keys = ("domain", "plugin", "plugin_version", "diffkit_version", "step", "config")
     return {**{key: config.get(key) for key in keys}, "card": config.get("card") or {}, "ema": weights}
+
+
+def _checked_bytes(path: Path, recorded: str | None, key: str, config_path: Path) -> bytes:
+    """The content of a weights file, checked against the SHA-256 that ``config.json`` records under ``key``."""
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r}, which {CONFIG_FILE} names, is missing; restore it or export again")
+    data = path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if recorded is None:
+        warn_unchecked(f"{str(config_path)!r} records no SHA-256 of {path.name}, so damage or changes to the "
+                       "weights cannot be detected; they are used unchecked")
+    elif found != recorded:
+        raise ChecksumError(f"{str(path)!r} has SHA-256 {found}, but {CONFIG_FILE} records {key} "
+                            f"{recorded}: the file is damaged or was replaced; restore it or export again")
+    return data
 
 
 def settings_digests(config: Mapping[str, Any]) -> dict[str, str]:
@@ -280,6 +304,8 @@ def model_card(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -
         ("steps", steps),
         ("hardware", card.get("hardware", NOT_RECORDED)),
         ("weights", f"{config['values']:,} values ({', '.join(dtypes)}, {_size(size)}), the EMA of training"),
+        *([("autoencoder", f"`{config['autoencoder_weights']}`: {config['autoencoder_values']:,} values, trained "
+                           f"apart and frozen; the diffusion runs on its latents")] if config.get("autoencoder_weights") else []),
         ("weights licence", card.get("license", NOT_RECORDED)),
     ]
     lines = [f"# diffkit `{domain}` model", "",

@@ -103,10 +103,12 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
     ``(name, version)`` of the plugin providing the domain, recorded in checkpoints; ``registry``
     resolves schedule and sampler names registered by plugins. ``on_start`` receives the
     :class:`RunPlan` on the main process before the first step. ``objective`` is what the steps
-    minimise: the denoising loss by default, a distillation (:class:`diffkit.distill.Distillation`)
-    for a few-step student.
+    minimise: by default the one of the config's ``train.stage`` (:func:`stage_objective`: the
+    denoising loss, or an autoencoder's), a distillation (:class:`diffkit.distill.Distillation`)
+    for a few-step student. A config naming an autoencoder (``latent.autoencoder``) trains on its
+    latents (:mod:`diffkit.latent`).
     """
-    objective = objective or DenoisingObjective()
+    objective = objective or stage_objective(config)
     world = distributed.world_from_env()
     device = distributed.pick_device(device, world)
     distributed.init(world, device)
@@ -132,23 +134,79 @@ def train(domain: Domain, config: dict, *, out: str | Path, data: str | None = N
     return result
 
 
+STAGES = ("diffusion", "autoencoder")
+
+
+def stage_objective(config: dict) -> DenoisingObjective:
+    """The objective of the config's ``train.stage``: the denoising loss (``"diffusion"``) or the
+    latent stage's autoencoder (``"autoencoder"``, :class:`diffkit.autoencoder.AutoencoderObjective`)."""
+    stage = config["train"].get("stage", "diffusion")
+    if stage == "diffusion":
+        return DenoisingObjective()
+    if stage == "autoencoder":
+        from .autoencoder import AutoencoderObjective
+
+        return AutoencoderObjective(config)
+    raise ValueError(f"train.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+
+
 class DenoisingObjective:
     """What ``diffkit train`` minimises: the process's loss (:meth:`Process.loss`) at the times it draws.
 
-    A training mode replaces it (:class:`diffkit.distill.Distillation`); the runner asks it for
-    the model's starting weights, the times of each step's samples, the loss and what to record
-    in ``run.json``, and names its ``command`` in messages about resuming."""
+    A training mode replaces it (:class:`diffkit.distill.Distillation`, the autoencoder of
+    :mod:`diffkit.autoencoder`); the runner asks it for the model, its starting weights, the
+    process it checks the data against, the times and noise of each step's samples, the loss
+    (and the terms it is made of, logged beside it), the previews and what to record in
+    ``run.json``, and names its ``command`` in messages about resuming."""
 
     command = "train"
+
+    def build_model(self, domain: Domain, config: dict, dataset: Dataset) -> nn.Module:
+        """The model the run trains (the domain's denoiser)."""
+        return domain.build_model(config)
+
+    def fit_data(self, domain: Domain, model: nn.Module, dataset: Dataset, config: dict) -> None:
+        """Record what sampling needs to know about the data in the model (:meth:`Domain.fit_data`)."""
+        domain.fit_data(model, dataset, config)
 
     def initialise(self, model: nn.Module, device: torch.device) -> None:
         """Set the starting weights of a new run (a resumed run then loads its checkpoint)."""
 
+    def process(self, domain: Domain, config: dict, registry: Registry | None, model: nn.Module,
+                example: State) -> Process | None:
+        """The process of the run, checked against an ``example`` batch of data states, and with
+        sampling settings that suit it (a sampler of another kind would fail at the first preview)."""
+        diffusion = build_diffusion(domain, config, registry, model)
+        problems = diffusion.check_state(example)
+        if problems:  # e.g. integer classes under a continuous process: the first step would fail obscurely
+            raise TrainingError(f"the data does not suit diffusion.kind = {config['diffusion']['kind']!r}: "
+                                f"{problems[0]}")
+        sample_settings(config, SampleRequest(), registry.samplers if registry is not None else None, domain)
+        return diffusion
+
     def training_times(self, diffusion: Process, size: int, generator: torch.Generator) -> torch.Tensor:
         return diffusion.training_times(size, generator=generator)
 
+    def training_noise(self, domain: Domain, like: State, generator: torch.Generator, **extra) -> State:
+        """The noise of a global batch shaped like ``like``: the domain's."""
+        return domain.noise(like, generator, **extra)
+
+    def start_step(self, step: int) -> None:
+        """Called before each step with its number (0 for the first)."""
+
     def loss(self, diffusion: Process, model: nn.Module, x0: State, **options) -> torch.Tensor:
         return diffusion.loss(model, x0, **options)
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The parts of the last :meth:`loss`, by name (detached means), logged beside the loss."""
+        return {}
+
+    def preview(self, domain: Domain, model: nn.Module, config: dict, device: torch.device,
+                registry: Registry | None, dataset: Dataset) -> dict:
+        """The batch a preview writes: samples of the EMA ``model``."""
+        request = SampleRequest(n=config["train"]["preview_count"], seed=config["train"]["seed"],
+                                cond=config["train"]["preview_cond"] or None)
+        return generate(domain, model, config, request, device=device, registry=registry)
 
     def run_info(self) -> dict:
         return {}
@@ -158,7 +216,10 @@ class Trainer:
     def __init__(self, domain: Domain, config: dict, run_dir: Path, data: str | None, device: torch.device,
                  world: distributed.World, plugin: tuple[str, str], progress: bool, registry: Registry | None = None,
                  objective: DenoisingObjective | None = None):
-        self.domain, self.config, self.run_dir, self.data, self.registry = domain, config, run_dir, data, registry
+        from .latent import latent_stage
+
+        self.domain = latent_stage(domain, config)  # the domain itself, or its latents under an autoencoder
+        self.config, self.run_dir, self.data, self.registry = config, run_dir, data, registry
         self.objective = objective or DenoisingObjective()
         self.device, self.world, self.plugin, self.show_progress = device, world, plugin, progress
         self.train_cfg = config["train"]
@@ -184,22 +245,17 @@ class Trainer:
         torch.manual_seed(self.train_cfg["seed"])
         self.dataset = self.domain.build_dataset(self.config, self.data)
         self._check_dataset_size()
-        self.model = self.domain.build_model(self.config).to(self.device)
-        self.parameter_count = sum(parameter.numel() for parameter in self.model.parameters())  # before sharding
-        self.domain.fit_data(self.model, self.dataset, self.config)
+        self.model = self.objective.build_model(self.domain, self.config, self.dataset).to(self.device)
+        # Trained parameters, before sharding (a latent diffusion's frozen autoencoder is not counted).
+        self.parameter_count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.objective.fit_data(self.domain, self.model, self.dataset, self.config)
         self.model.to(self.device)
         self.objective.initialise(self.model, self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.diffusion = build_diffusion(self.domain, self.config, self.registry, self.model)
         # One item of this process's, read as the loop reads items (its global generators seeded, then restored).
         first = data_part(len(self.dataset), self.world)[0] if self.train_cfg["shard_data"] else 0
-        problems = self.diffusion.check_state(default_collate([SeededItems(self.dataset)[first, 0]])["x"])
-        if problems:  # e.g. integer classes under a continuous process: the first step would fail obscurely
-            raise TrainingError(f"the data does not suit diffusion.kind = {self.config['diffusion']['kind']!r}: "
-                                f"{problems[0]}")
-        # A sampler of another kind would otherwise fail at the first preview, or when sampling.
-        sample_settings(self.config, SampleRequest(), self.registry.samplers if self.registry is not None else None,
-                        self.domain)
+        example = default_collate([SeededItems(self.dataset)[first, 0]])["x"]
+        self.diffusion = self.objective.process(self.domain, self.config, self.registry, self.model, example)
         saved = self._load_checkpoint(existing[-1]) if resume else None
         if saved is not None:  # weights before sharding, optimizer state after
             load_weights(self.model, saved["model"], f"the weights of {str(existing[-1])!r}")
@@ -306,6 +362,7 @@ class Trainer:
         bar = self._progress_bar(total)
         first_bad = torch.tensor(-1, device=self.device)
         window_loss = torch.zeros((), device=self.device)
+        self.window_terms: dict[str, torch.Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
         for global_batch in loader:
             loss = self._train_step(global_batch)
@@ -319,8 +376,11 @@ class Trainer:
                 self._check_finite(first_bad)
                 seconds = time.perf_counter() - window_start
                 mean_loss = float(distributed.all_mean(window_loss / window_steps, self.world))
-                self._log(mean_loss, window_steps, seconds, bar)
+                terms = {name: float(distributed.all_mean(total / window_steps, self.world))
+                         for name, total in sorted(self.window_terms.items())}
+                self._log(mean_loss, window_steps, seconds, bar, terms)
                 window_loss.zero_()
+                self.window_terms = {}
                 window_start, window_steps = time.perf_counter(), 0
             if self._due("checkpoint_every") or self.step == total:
                 self._check_finite(first_bad)
@@ -347,6 +407,7 @@ class Trainer:
         """One optimizer step on this rank's share of the global batch; returns the mean loss."""
         accum = len(micro_batches)
         pieces = self.world.size * accum
+        self.objective.start_step(self.step)
         draws = self._draw_randomness(micro_batches[0], pieces)
         self.model.train()
         total_loss = torch.zeros((), device=self.device)
@@ -362,6 +423,8 @@ class Trainer:
                     loss = self._loss(batch, t, noise, drop)
                 (loss / accum).backward()
             total_loss += loss.detach() / accum
+            for name, value in self.objective.terms().items():
+                self.window_terms[name] = self.window_terms.get(name, 0.0) + value.detach().float() / accum
         if self.train_cfg["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg["grad_clip"])
         self.optimizer.step()
@@ -388,7 +451,7 @@ class Trainer:
         x_like = concat([example["x"]] * pieces)
         extra = {key: concat([value] * pieces) for key, value in example.get("extra", {}).items()}
         t = self.objective.training_times(self.diffusion, size, self.noise_generator)
-        noise = self.domain.noise(x_like, self.noise_generator, **extra)
+        noise = self.objective.training_noise(self.domain, x_like, self.noise_generator, **extra)
         drop = torch.rand(size, generator=self.noise_generator) < self.train_cfg["cond_drop"]
         parts = [torch.arange(k * size // pieces, (k + 1) * size // pieces) for k in range(pieces)]
         return [(t[index], tree_map(lambda leaf: leaf[index], noise), drop[index]) for index in parts]
@@ -433,11 +496,11 @@ class Trainer:
 
         return tqdm(total=total, initial=self.step, desc=f"{self.objective.command} {self.domain.name}", unit="step", dynamic_ncols=True)
 
-    def _log(self, loss: float, steps: int, seconds: float, bar) -> None:
+    def _log(self, loss: float, steps: int, seconds: float, bar, terms: dict[str, float] | None = None) -> None:
         self.last_loss = loss
         if not self.world.is_main:
             return
-        record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+        record = {"step": self.step, "loss": loss, **(terms or {}), "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": steps * self.train_cfg["batch_size"] / max(seconds, 1e-9),
                   "time": time.time()}
         with open(self.run_dir / "metrics.jsonl", "a") as file:
@@ -469,9 +532,7 @@ class Trainer:
     def _preview(self) -> None:
         ema = self._whole_ema()
         if self.world.is_main:
-            request = SampleRequest(n=self.train_cfg["preview_count"], seed=self.train_cfg["seed"],
-                                    cond=self.train_cfg["preview_cond"] or None)
-            batch = generate(self.domain, ema, self.config, request, device=self.device, registry=self.registry)
+            batch = self.objective.preview(self.domain, ema, self.config, self.device, self.registry, self.dataset)
             folder = self.run_dir / "previews" / f"step_{self.step:08d}"
             written = self.domain.write_samples(batch, folder, self.config)
             _tensorboard_previews(self.run_dir, written, self.step)
@@ -484,7 +545,7 @@ class Trainer:
         state = sharding.full_model_state(self.ema)
         if not self.world.is_main:
             return None
-        whole = self.domain.build_model(self.config)
+        whole = self.objective.build_model(self.domain, self.config, self.dataset)
         whole.load_state_dict(state)
         return whole.to(self.device).eval()
 
@@ -681,8 +742,9 @@ def _tensorboard_scalars(run_dir: Path, record: dict) -> None:
     """Mirror a metrics record to TensorBoard when it is installed."""
     writer = _tensorboard_writer(run_dir)
     if writer is not None:
-        for key in ("loss", "lr", "samples_per_s"):
-            writer.add_scalar(f"train/{key}", record[key], record["step"])
+        for key, value in record.items():
+            if key not in ("step", "time"):
+                writer.add_scalar(f"train/{key}", value, record["step"])
         writer.flush()
 
 

@@ -66,6 +66,8 @@ LIMITS = {
     "model.dropout": Limit(0, 1, high_open=True), "model.mel_patch": at_least(1),
     "model.residual_channels": at_least(1), "model.layers": at_least(1), "model.dilation_cycle": at_least(1),
     "model.embedding_dim": at_least(1), "model.hidden_dim": at_least(1), "model.patch": at_least(1),
+    "autoencoder.mel_bins": at_least(1), "autoencoder.mel_fft": at_least(0), "autoencoder.mel_hop": at_least(0),
+    "autoencoder.vocoder_width": at_least(1), "autoencoder.vocoder_layers": at_least(0),
     "evaluate.mels": at_least(1), "evaluate.classifier_steps": at_least(1),
     "evaluate.heldout_fraction": Limit(0, 1, low_open=True, high_open=True),
 }
@@ -125,6 +127,16 @@ class AudioDomain(diffkit.Domain):
             "diffusion": {"prediction": "v", "weighting": "min_snr"},
             "train": {},
             "sample": {},
+            # The latent stage's autoencoder of waveform states (--set model.representation=waveform):
+            # with front_end = mel, the fixed log-mel below and a learned decoder (diffkit_audio.vocoder).
+            "autoencoder": {
+                "front_end": "mel",         # mel (the latents are log-mel spectrograms) | learned (the core's 1-D autoencoder)
+                "mel_bins": 128,            # mel bands of the front end
+                "mel_fft": 0,               # its STFT window (samples); 0 = 64 ms at the sample rate
+                "mel_hop": 0,               # samples between its frames; 0 = 16 ms at the sample rate
+                "vocoder_width": 256,       # channels of the decoder's ConvNeXt stack
+                "vocoder_layers": 8,        # its blocks
+            },
             "evaluate": {
                 "mels": 64,                 # mel bands of the log-mel features
                 "classifier_steps": 2000,   # updates (batches of 32) training the reference classifier
@@ -182,6 +194,43 @@ class AudioDomain(diffkit.Domain):
 
     def describe_data(self, dataset, config: dict) -> list[str]:
         return [*getattr(dataset, "choices", []), representation_line(config)]
+
+    def build_autoencoder(self, config: dict, state_shape: tuple[int, ...]) -> nn.Module:
+        """For waveform states with ``autoencoder.front_end = "mel"``: the fixed log-mel front end
+        and a learned decoder to waveforms (:class:`~diffkit_audio.vocoder.MelVocoder`); otherwise
+        the core's convolutional autoencoder (of mel spectrograms, or of the samples themselves)."""
+        settings = config["autoencoder"]
+        front_ends = ("mel", "learned")
+        if settings["front_end"] not in front_ends:
+            raise ValueError(f"autoencoder.front_end must be one of {', '.join(front_ends)}, got {settings['front_end']!r}")
+        if representation(config) != "waveform" or settings["front_end"] != "mel":
+            return super().build_autoencoder(config, state_shape)
+        from .vocoder import MelVocoder
+
+        return MelVocoder(vocoder_codec(config), int(state_shape[0]), width=int(settings["vocoder_width"]),
+                          layers=int(settings["vocoder_layers"]))
+
+    def reconstruction_loss(self, reconstruction: Tensor, x: Tensor, config: dict) -> Tensor:
+        """Waveforms: the multi-resolution STFT loss (:func:`diffkit.kit.reconstruction.multi_resolution_stft`,
+        at the front end's window) plus the mean absolute difference of the normalised log-mel
+        spectrograms; spectrograms: the mean absolute difference."""
+        from diffkit.kit.reconstruction import mean_absolute_error, multi_resolution_stft
+
+        if representation(config) != "waveform":
+            return mean_absolute_error(reconstruction, x)
+        codec = vocoder_codec(config).to(x.device)
+        return (multi_resolution_stft(reconstruction, x, codec.n_fft)
+                + mean_absolute_error(codec.encode(reconstruction.float()), codec.encode(x.float())))
+
+    def build_latent_model(self, config: dict, latent_shape: tuple[int, ...]) -> nn.Module:
+        """Spectrogram-like latents ``(C, H, W)``: the mel U-Net of the ``model`` section; latents
+        ``(C, L)``: the DiffWave-style network on ``C`` channels."""
+        from .network import build_diffwave, build_mel_denoiser
+
+        if len(latent_shape) == 3:
+            channels, bins, frames = latent_shape
+            return build_mel_denoiser({**config["model"], "mel_bins": bins}, channels, frames)
+        return build_diffwave(config["model"], channels=int(latent_shape[0]))
 
     def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
         # The label names travel with the weights, so `--cond C4` works with any checkpoint.
@@ -301,23 +350,22 @@ def build_codec(config: dict):
     from .network import mel_frame_multiple
 
     model = config["model"]
-    n_fft, hop = mel_sizes(config)
+    n_fft, hop = mel_sizes(model, int(config["data"]["sample_rate"]))
     return MelCodec(int(config["data"]["sample_rate"]), clip_length(config["data"]), n_fft=n_fft, hop=hop,
                     n_mels=int(model["mel_bins"]),
                     frame_multiple=mel_frame_multiple(model), griffin_lim_iters=int(model["griffin_lim_iters"]))
 
 
-#: The STFT window and hop of ``model.mel_fft = 0`` and ``model.mel_hop = 0``, in seconds: a window
-#: that resolves the harmonics of a voice, frames that follow its syllables.
+#: The STFT window and hop where ``mel_fft`` and ``mel_hop`` are 0, in seconds: a window that
+#: resolves the harmonics of a voice, frames that follow its syllables.
 MEL_WINDOW_SECONDS, MEL_HOP_SECONDS = 0.064, 0.016
 
 
-def mel_sizes(config: dict) -> tuple[int, int]:
-    """``(n_fft, hop)`` in samples: ``model.mel_fft`` and ``model.mel_hop``, or, where 0, 64 ms
-    and 16 ms at ``data.sample_rate``."""
-    rate, model = int(config["data"]["sample_rate"]), config["model"]
-    n_fft = int(model["mel_fft"]) or round(MEL_WINDOW_SECONDS * rate)
-    hop = int(model["mel_hop"]) or round(MEL_HOP_SECONDS * rate)
+def mel_sizes(settings: dict, rate: int) -> tuple[int, int]:
+    """``(n_fft, hop)`` in samples: ``settings["mel_fft"]`` and ``settings["mel_hop"]`` (the
+    ``model`` section's, or the waveform autoencoder's), or, where 0, 64 ms and 16 ms at ``rate``."""
+    n_fft = int(settings["mel_fft"]) or round(MEL_WINDOW_SECONDS * rate)
+    hop = int(settings["mel_hop"]) or round(MEL_HOP_SECONDS * rate)
     return n_fft, hop
 
 
@@ -332,6 +380,22 @@ def representation_line(config: dict) -> str:
     return (f"representation: mel, {codec.n_mels} bands x {codec.frames} frames ({1000 * codec.n_fft / rate:.0f} ms "
             f"window, {1000 * codec.hop / rate:.0f} ms hop), decoded by {model['griffin_lim_iters']} Griffin-Lim "
             f"iterations (model.representation=waveform models the samples themselves)")
+
+
+#: The vocoder's frames are padded with silence to a multiple of this, which a denoiser of up to
+#: four levels with ``model.mel_patch = 2`` needs.
+VOCODER_FRAME_MULTIPLE = 16
+
+
+def vocoder_codec(config: dict):
+    """The mel front end of the waveform autoencoder (``autoencoder.mel_*``)."""
+    from .data import clip_length
+    from .mel import MelCodec
+
+    settings, rate = config["autoencoder"], int(config["data"]["sample_rate"])
+    n_fft, hop = mel_sizes(settings, rate)
+    return MelCodec(rate, clip_length(config["data"]), n_fft=n_fft, hop=hop, n_mels=int(settings["mel_bins"]),
+                    frame_multiple=VOCODER_FRAME_MULTIPLE)
 
 
 def encode_state(wave: Tensor, config: dict) -> Tensor:

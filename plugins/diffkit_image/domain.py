@@ -117,6 +117,22 @@ class ImageDomain(diffkit.Domain):
 
         return build_unet(config["data"], config["model"])
 
+    def build_latent_model(self, config: dict, latent_shape: tuple[int, ...]) -> nn.Module:
+        """The image U-Net of the ``model`` section on an autoencoder's square latents ``(C, S, S)``."""
+        from .unet import build_unet
+
+        channels, *sides = latent_shape
+        if len(sides) != 2 or sides[0] != sides[1]:
+            raise ValueError(f"the image domain's denoiser takes square latents (C, S, S), not {tuple(latent_shape)}")
+        return build_unet({"image_size": sides[0], "channels": channels}, config["model"])
+
+    def reconstruction_loss(self, reconstruction: Tensor, x: Tensor, config: dict) -> Tensor:
+        """Pixel L1 plus the L1 distance of Laplacian pyramids (a perceptual-like term in which
+        coarse structure counts as much as fine detail; :func:`diffkit.kit.reconstruction.laplacian_l1`)."""
+        from diffkit.kit.reconstruction import laplacian_l1, mean_absolute_error
+
+        return mean_absolute_error(reconstruction, x) + laplacian_l1(reconstruction, x)
+
     def fit_data(self, model: nn.Module, dataset, config: dict) -> None:
         counts = torch.bincount(dataset.labels, minlength=len(dataset.class_names))
         _unwrap(model).set_classes(dataset.class_names, counts)

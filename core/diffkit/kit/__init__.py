@@ -13,6 +13,8 @@ metrics, written once in the core.
   through memory maps, so that every process of a machine shares one copy in the page cache.
 * :mod:`~diffkit.kit.conditions`: class labels and continuous values as conditions, their null
   values and per-sample lists, parsed the same way for every domain.
+* :mod:`~diffkit.kit.reconstruction`: reconstruction losses for autoencoders (pixel, Laplacian
+  pyramid, multi-resolution STFT), one value per sample.
 """
 
 from .cache import cache_dir
