@@ -119,14 +119,7 @@ def ceiling(args) -> None:
     if work.exists():
         raise SystemExit(f"{work} exists; choose a new --work folder")
     config = resolve_config(AudioDomain(), sets=args.sets)
-    files = find_audio_files(args.data)
-    _, heldout = split_files(files, args.data, config["evaluate"]["heldout_fraction"])
-    dataset = folder_dataset(args.data, config["data"], random_crop=False)  # settles the rate and length
-    clips = folder_dataset(args.data, config["data"], random_crop=False, files=heldout, label_names=dataset.label_names)
-    order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(0))[:args.clips].tolist()
-    waves = torch.stack([fit_length(clips.waveform(i), clips.length) for i in order])
-    labels = [clips.label_names[clips.labels[i]] for i in order]
-    rate = clips.sample_rate
+    waves, labels, rate = heldout_clips(args.data, config, args.clips)
     window, hop = round(0.064 * rate), round(0.016 * rate)
     variants = {
         "original clips": lambda w: w,
@@ -137,9 +130,29 @@ def ceiling(args) -> None:
         "mel 128 bands, 16 ms hop, 64 iterations (the default)": mel_round_trip(config),
         "linear, 64 ms window, 8 ms hop, 100 iterations": linear_round_trip(window, hop // 2, 100),
     }
-    print(f"{len(waves)} held-out clips of {args.data}, {rate} Hz, {clips.length / rate:g} s", file=sys.stderr)
+    print(f"{len(waves)} held-out clips of {args.data}, {rate} Hz, {waves.shape[-1] / rate:g} s", file=sys.stderr)
+    score_round_trips(variants, waves, labels, rate, args.data, config, work)
+    shutil.rmtree(work)
+
+
+def heldout_clips(data: Path, config: dict, count: int) -> tuple[torch.Tensor, list[str], int]:
+    """``count`` clips of the part of ``data`` that ``diffkit evaluate`` holds out (a fixed random
+    choice), at the rate and length the data settles: waves ``(count, C, T)``, labels, rate."""
+    _, heldout = split_files(find_audio_files(data), data, config["evaluate"]["heldout_fraction"])
+    dataset = folder_dataset(data, config["data"], random_crop=False)  # settles the rate and length
+    clips = folder_dataset(data, config["data"], random_crop=False, files=heldout, label_names=dataset.label_names)
+    order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    waves = torch.stack([fit_length(clips.waveform(i), clips.length) for i in order])
+    return waves, [clips.label_names[clips.labels[i]] for i in order], clips.sample_rate
+
+
+def score_round_trips(variants: dict, waves: torch.Tensor, labels: list[str], rate: int, data: Path, config: dict,
+                      work: Path) -> dict[str, dict]:
+    """Each variant's round trip of ``waves``, written under ``work`` and scored against ``data``
+    as ``diffkit evaluate`` scores samples; a table row is printed per variant as it is done."""
     print("| representation | label acc. (originals) | IS (originals) | fd_classifier (originals) |")
     print("|---|---|---|---|")
+    results = {}
     for k, (name, round_trip) in enumerate(variants.items()):
         folder = work / f"variant-{k}"
         folder.mkdir(parents=True)
@@ -147,10 +160,10 @@ def ceiling(args) -> None:
             rebuilt = round_trip(waves).clamp(-1, 1)
         for index, (wave, label) in enumerate(zip(rebuilt, labels)):
             (folder / f"sample-{index:05d}-{label}.wav").write_bytes(encode_audio(wave, rate))
-        scores = evaluate_audio(folder, args.data, config)
+        results[name] = scores = evaluate_audio(folder, data, config)
         print(f"| {name} | " + " | ".join(f"{scores[key]:.2f} ({scores[key + '_heldout']:.2f})"
                                            for key in ("label_accuracy", "is", "fd_classifier")) + " |", flush=True)
-    shutil.rmtree(work)
+    return results
 
 
 def main() -> None:
