@@ -3,6 +3,9 @@ stopping a run part-way, comparing the weights two runs end with, and exact resu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -79,3 +82,12 @@ def assert_resume_is_exact(domain, config: dict, folder: Path, monkeypatch, *, d
     differing = differing_tensors({key: straight[key] for key in parts}, {key: resumed[key] for key in parts})
     assert not differing, f"{len(differing)} tensors differ after resuming, e.g. {differing[:3]}"
     return straight
+
+
+def train_in_subprocesses(args: list[str], processes: int = 1, port: int = 29531, timeout: int = 300) -> None:
+    """``diffkit train ARGS`` in a fresh process, or under torchrun with ``processes`` of them."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
+    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "diffkit", "train", *args]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr

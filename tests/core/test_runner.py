@@ -14,7 +14,8 @@ from diffkit import checkpoint as ckpt
 from diffkit.config import resolve_config
 from diffkit.loading import load_for_sampling
 from diffkit.runner import TrainingError, train
-from run_checks import assert_resume_is_exact, assert_same_weights, differing_tensors, final_weights, stop_at_step
+from run_checks import (assert_resume_is_exact, assert_same_weights, differing_tensors, final_weights, stop_at_step,
+                        train_in_subprocesses)
 from toy_domain import PointDenoiser, ToyDomain
 
 DOMAIN = ToyDomain()
@@ -146,15 +147,6 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     train(DOMAIN, toy_config(steps=10, checkpoint_every=10), out=tmp_path / "full", progress=False)
     train(DOMAIN, toy_config(steps=10, checkpoint_every=10, grad_accum=4), out=tmp_path / "accum", progress=False)
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "accum"), rtol=1e-4, atol=1e-5)
-
-
-def train_in_subprocesses(args: list[str], processes: int = 1, port: int = 29531) -> None:
-    """``diffkit train ARGS`` in a fresh process, or under torchrun with ``processes`` of them."""
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
-    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "diffkit", "train", *args]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import torch.distributed as dist
 from diffkit import checkpoint as ckpt
 from diffkit import sharding
 from diffkit.runner import train
-from run_checks import assert_same_weights, final_weights
-from test_runner import DOMAIN, toy_config, train_in_subprocesses
+from run_checks import assert_same_weights, final_weights, train_in_subprocesses
+from test_runner import DOMAIN, toy_config
 from toy_domain import PointDenoiser
 
 

@@ -234,21 +234,9 @@ def test_inpainting_on_latents_keeps_the_kept_pixels_exactly(domain, config, aut
     assert not np.array_equal(pixels[0, :, 4:], values[:, 4:])
 
 
-def train_in_subprocesses(args: list[str], processes: int, port: int) -> None:
-    import os
-    import subprocess
-    import sys
-
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
-    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "diffkit", "train", *args]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.mark.slow
 def test_two_processes_train_the_autoencoder_and_its_latent_diffusion_as_one_does(tmp_path):
-    from run_checks import assert_same_weights, final_weights
+    from run_checks import assert_same_weights, final_weights, train_in_subprocesses
 
     small = ["--domain", "image", "--steps", "4", "--batch-size", "16", "--set", "train.checkpoint_every=4",
              "--set", "train.preview_every=0", "--no-progress", "--device", "cpu"]
@@ -257,9 +245,9 @@ def test_two_processes_train_the_autoencoder_and_its_latent_diffusion_as_one_doe
     denoiser = ["--set", "model.base_channels=16", "--set", "model.channel_mults=[1,2]", "--set", "model.groups=4",
                 "--set", "model.attention_resolutions=[]"]
     for processes, port in ((1, 0), (2, 29541)):
-        train_in_subprocesses([*stage, "--out", str(tmp_path / f"ae{processes}")], processes, port)
+        train_in_subprocesses([*stage, "--out", str(tmp_path / f"ae{processes}")], processes, port, timeout=600)
     assert_same_weights(final_weights(tmp_path / "ae1"), final_weights(tmp_path / "ae2"), rtol=1e-4, atol=1e-5)
     for processes, port in ((1, 0), (2, 29543)):
         train_in_subprocesses([*small, *denoiser, "--autoencoder", str(tmp_path / "ae1"),
-                               "--out", str(tmp_path / f"latent{processes}")], processes, port)
+                               "--out", str(tmp_path / f"latent{processes}")], processes, port, timeout=600)
     assert_same_weights(final_weights(tmp_path / "latent1"), final_weights(tmp_path / "latent2"), rtol=1e-4, atol=1e-5)
