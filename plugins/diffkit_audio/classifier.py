@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from diffkit.kit import cached_network, content_key
 
@@ -69,7 +70,8 @@ def train_classifier(waves: Tensor, labels: Tensor, num_classes: int, sample_rat
     model.band_std.copy_(mel.std(dim=(0, 2))[:, None].clamp(min=1e-3))
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     max_shift = max(1, mel.shape[2] // 10)
-    for _ in range(steps):
+    # A bar on a terminal only (disable=None): the default 2,000 steps take minutes on a CPU.
+    for _ in tqdm(range(steps), desc="evaluation classifier", unit="step", leave=False, disable=None):
         size = min(batch_size, mel.shape[0])
         index = torch.randint(0, mel.shape[0], (size,), generator=generator)
         noise_std = 10 ** torch.empty(size, 1, 1).uniform_(-4.0, -1.0, generator=generator)
