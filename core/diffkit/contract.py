@@ -22,7 +22,9 @@ Each process defines
 
 and shares from this class one loss (:meth:`~Process.loss`, reduced by :func:`reduce_loss`), one
 sampling loop (:meth:`~Process.sample`), one RePaint loop (:meth:`~Process.inpaint`,
-:func:`repaint`) and one SDEdit (:meth:`~Process.edit`).
+:func:`repaint`) and one SDEdit (:meth:`~Process.edit`). :class:`GaussianNoiseProcess` adds what
+the processes on real-valued states with a standard normal prior (Gaussian diffusion, flow
+matching) share: that prior, the example state, the known part and the conformance checks.
 
 Words keep one meaning here and in every process: ``mask`` is the padding (loss) mask, 1 on a real
 entry (it counts in the loss; a sampler may change it) and 0 on padding; ``keep`` is the part of an
@@ -248,6 +250,36 @@ class Process:
                            t_start=strength, **kwargs)
 
 
+
+class GaussianNoiseProcess(Process):
+    """A process on real-valued states whose prior is its noise, standard normal (the domain's:
+    zeros on padding): what Gaussian diffusion and flow matching share."""
+
+    noise_is_prior = True
+
+    def example(self, model: Callable, shape: tuple[int, ...] | State) -> State:
+        if isinstance(shape, (tuple, list, torch.Size)):
+            return torch.zeros(tuple(shape), device=model_device(model))
+        return shape
+
+    def prior_sample(self, like: State, generator=None, *, noise: State | None = None,
+                     model_kwargs: dict | None = None, mask: State | None = None) -> State:
+        """Standard noise shaped like ``like`` (the domain's: zeros on padding)."""
+        return draw_noise(self.noise_fn, like, generator, **(model_kwargs or {})) if noise is None else noise
+
+    def known_at(self, known: State, t: Tensor | float, *, generator=None, model_kwargs: dict | None = None) -> State:
+        """A fresh draw of ``q(x_t | known)``."""
+        return self.q_sample(known, t, generator=generator, model_kwargs=model_kwargs)
+
+    def check_state(self, x: State) -> list[str]:
+        return float_state_problems(x, self.kind)
+
+    def check_output(self, output: State, x: State) -> list[str]:
+        return same_structure_problems("model output", output, x)
+
+    def check_noise(self, noise: State) -> list[str]:
+        return normal_noise_problems(noise)
+
 def repaint(process: Process, sampler: Callable, denoiser, x: State, times: Tensor, known: State, keep: State, *,
             resample: int = 1, generator=None, callback: Callable | None = None, model_kwargs: dict | None = None,
             mask: State | None = None, **options) -> State:
@@ -389,4 +421,4 @@ class progress_callback:
             self.bar.close()
 
 
-__all__ = ["Process", "masked_mean", "reduce_loss", "repaint", "squared_errors"]
+__all__ = ["GaussianNoiseProcess", "Process", "masked_mean", "reduce_loss", "repaint", "squared_errors"]

@@ -7,8 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .contract import (Process, float_state_problems, masked_mean, model_device, normal_noise_problems,
-                       same_structure_problems, squared_errors)
+from .contract import GaussianNoiseProcess, masked_mean, squared_errors
 from .denoiser import Denoiser
 from .process import PREDICTIONS, q_sample, q_step, target, to_x0
 from .schedules import Schedule, make_schedule
@@ -17,7 +16,7 @@ from .tree import State, draw_noise, gaussian_like
 WEIGHTINGS = ("uniform", "min_snr")
 
 
-class Diffusion(Process):
+class Diffusion(GaussianNoiseProcess):
     """Gaussian diffusion with a given noise schedule and model parameterisation.
 
     Args:
@@ -46,7 +45,6 @@ class Diffusion(Process):
         "inpaint": {"sampler": "ddpm", "steps": 50, "spacing": "uniform", "options": {"ddpm": {"variance": "beta"}}},
     }
     stepwise_sampler = "ddim"
-    noise_is_prior = True
     distillable = True
 
     def __init__(self, schedule: str | Schedule | dict = "cosine", prediction: str = "eps", *,
@@ -82,16 +80,6 @@ class Diffusion(Process):
 
     # -- the forward process ----------------------------------------------------------------
 
-    def example(self, model: Callable, shape: tuple[int, ...] | State) -> State:
-        if isinstance(shape, (tuple, list, torch.Size)):
-            return torch.zeros(tuple(shape), device=model_device(model))
-        return shape
-
-    def prior_sample(self, like: State, generator=None, *, noise: State | None = None,
-                     model_kwargs: dict | None = None, mask: State | None = None) -> State:
-        """Standard noise shaped like ``like`` (the domain's: zeros on padding)."""
-        return draw_noise(self.noise_fn, like, generator, **(model_kwargs or {})) if noise is None else noise
-
     def q_sample(self, x0: State, t: Tensor, noise: State | None = None, *, generator=None,
                  model_kwargs: dict | None = None, mask: State | None = None) -> State:
         """A draw of ``x_t = alpha(t) x_0 + std(t) noise``; ``model_kwargs`` reach the domain's noise."""
@@ -103,10 +91,6 @@ class Diffusion(Process):
         """``q(x_t | x_s) = N(sqrt(r) x_s, (1 - r) I)`` with ``r = alpha_bar(t) / alpha_bar(s)``."""
         noise = draw_noise(self.noise_fn, x, generator, **(model_kwargs or {})) if noise is None else noise
         return q_step(x, self.schedule.alpha_bar(t) / self.schedule.alpha_bar(s), noise)
-
-    def known_at(self, known: State, t: Tensor | float, *, generator=None, model_kwargs: dict | None = None) -> State:
-        """A fresh draw of ``q(x_t | known)``."""
-        return self.q_sample(known, t, generator=generator, model_kwargs=model_kwargs)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -157,17 +141,6 @@ class Diffusion(Process):
     def clean_estimate(self, output: State, x_t: State, t: Tensor) -> State:
         """The clean-data estimate implied by a model output at ``(x_t, t)``."""
         return to_x0(self.prediction, output, x_t, self.schedule.alpha(t.double()), self.schedule.std(t.double()))
-
-    # -- the conformance kit ----------------------------------------------------------------
-
-    def check_state(self, x: State) -> list[str]:
-        return float_state_problems(x, self.kind)
-
-    def check_output(self, output: State, x: State) -> list[str]:
-        return same_structure_problems("model output", output, x)
-
-    def check_noise(self, noise: State) -> list[str]:
-        return normal_noise_problems(noise)
 
 
 __all__ = ["Diffusion", "masked_mean"]

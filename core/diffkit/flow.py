@@ -24,8 +24,7 @@ import torch
 from torch import Tensor
 
 from . import flow_samplers  # noqa: F401  (registers the flow samplers)
-from .contract import (Process, float_state_problems, model_device, normal_noise_problems, same_structure_problems,
-                       squared_errors)
+from .contract import GaussianNoiseProcess, squared_errors
 from .denoiser import GuidedModel
 from .samplers import sampler_kind
 from .schedules import Schedule
@@ -196,7 +195,7 @@ class VariancePreservingView:
         return self.velocity.calls
 
 
-class FlowMatching(Process):
+class FlowMatching(GaussianNoiseProcess):
     """Flow matching: a Gaussian path from data (``t = 0``) to noise (``t = 1``) whose velocity the
     model learns (module docstring).
 
@@ -227,7 +226,6 @@ class FlowMatching(Process):
         "inpaint": {"sampler": "ddpm", "steps": 50, "spacing": "uniform", "options": {"ddpm": {"variance": "beta"}}},
     }
     stepwise_sampler = "flow_euler"
-    noise_is_prior = True
     distillable = True
 
     def __init__(self, path: str | Path = "linear", *, training_times: str = "uniform", logit_mean: float = 0.0,
@@ -263,16 +261,6 @@ class FlowMatching(Process):
 
     # -- the forward process ----------------------------------------------------------------
 
-    def example(self, model: Callable, shape: tuple[int, ...] | State) -> State:
-        if isinstance(shape, (tuple, list, torch.Size)):
-            return torch.zeros(tuple(shape), device=model_device(model))
-        return shape
-
-    def prior_sample(self, like: State, generator=None, *, noise: State | None = None,
-                     model_kwargs: dict | None = None, mask: State | None = None) -> State:
-        """Standard noise shaped like ``like`` (the domain's: zeros on padding)."""
-        return draw_noise(self.noise_fn, like, generator, **(model_kwargs or {})) if noise is None else noise
-
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha(t), sigma(t))`` in float64."""
         t = _float64(t)
@@ -292,10 +280,6 @@ class FlowMatching(Process):
         (alpha_t, sigma_t), (alpha_s, sigma_s) = self.coefficients(t), self.coefficients(s)
         ratio = alpha_t / alpha_s
         return combine((ratio, x), ((sigma_t**2 - ratio**2 * sigma_s**2).clamp(min=0).sqrt(), noise))
-
-    def known_at(self, known: State, t: Tensor | float, *, generator=None, model_kwargs: dict | None = None) -> State:
-        """A fresh draw of ``q(x_t | known)``."""
-        return self.q_sample(known, t, generator=generator, model_kwargs=model_kwargs)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -351,17 +335,6 @@ class FlowMatching(Process):
     def clean_estimate(self, output: State, x_t: State, t: Tensor) -> State:
         """The clean-data estimate implied by a velocity at ``(x_t, t)``."""
         return self.path.split(x_t, output, t)[0]
-
-    # -- the conformance kit ----------------------------------------------------------------
-
-    def check_state(self, x: State) -> list[str]:
-        return float_state_problems(x, self.kind)
-
-    def check_output(self, output: State, x: State) -> list[str]:
-        return same_structure_problems("model output", output, x)
-
-    def check_noise(self, noise: State) -> list[str]:
-        return normal_noise_problems(noise)
 
 
 def _float64(t) -> Tensor:
