@@ -445,6 +445,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def folder_comparison(command: argparse.ArgumentParser) -> None:
+    """The arguments of the ``images`` and ``audio`` commands, which run :func:`compare_folders`."""
+    command.add_argument("small", type=Path)
+    command.add_argument("large", type=Path)
+    command.add_argument("--steps", type=int, default=60)
+    command.add_argument("--repeats", type=int, default=2)
+    command.add_argument("--torchrun", action="store_true", help="also two processes on the large set")
+    command.add_argument("--markdown", type=Path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -452,25 +462,13 @@ def main() -> None:
     pictures.add_argument("--count", type=int, required=True)
     pictures.add_argument("--out", type=Path, required=True)
     pictures.add_argument("--seed", type=int, default=0)
-    images = commands.add_parser("images", help="train on a small and a large folder, both data paths")
-    images.add_argument("small", type=Path)
-    images.add_argument("large", type=Path)
-    images.add_argument("--steps", type=int, default=60)
-    images.add_argument("--repeats", type=int, default=2)
-    images.add_argument("--torchrun", action="store_true", help="also two processes on the large set")
-    images.add_argument("--markdown", type=Path)
+    folder_comparison(commands.add_parser("images", help="train on a small and a large folder, both data paths"))
     clips = commands.add_parser("clips", help="make a folder of spoken digits with noise and gain")
     clips.add_argument("--source", type=Path, required=True, help="the free-spoken-digit recordings")
     clips.add_argument("--count", type=int, required=True)
     clips.add_argument("--out", type=Path, required=True)
     clips.add_argument("--seed", type=int, default=0)
-    audio = commands.add_parser("audio", help="train on a small and a large folder of clips, both data paths")
-    audio.add_argument("small", type=Path)
-    audio.add_argument("large", type=Path)
-    audio.add_argument("--steps", type=int, default=60)
-    audio.add_argument("--repeats", type=int, default=2)
-    audio.add_argument("--torchrun", action="store_true", help="also two processes on the large set")
-    audio.add_argument("--markdown", type=Path)
+    folder_comparison(commands.add_parser("audio", help="train on a small and a large folder of clips, both data paths"))
     formats = commands.add_parser("formats", help="random reads of items in three storage formats")
     formats.add_argument("--count", type=int, default=20_000)
     formats.add_argument("--reads", type=int, default=20_000)
