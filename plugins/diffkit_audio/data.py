@@ -319,7 +319,7 @@ def read_headers(files: Sequence[tuple[int, Path]], *, channels: int) -> Iterato
     :class:`~diffkit.kit.Skip` naming a file whose header does not read."""
     for number, path in files:
         try:
-            yield {"file": np.int64(number), "rate": np.int64(probe(path, channels)[1])}
+            yield {"file": np.int64(number), "rate": np.int64(probe(path, channels))}
         except UnreadableAudio as error:
             yield Skip(str(error))
 
@@ -410,8 +410,8 @@ def evenly_spaced(items: list, count: int) -> list:
     return [items[round(k * (len(items) - 1) / (count - 1))] for k in range(count)]
 
 
-def probe(path: Path, channels: int) -> tuple[Path, int]:
-    """Check a file's header without decoding it (for ``data.preload = false``): ``(path, its sample rate)``."""
+def probe(path: Path, channels: int) -> int:
+    """Check a file's header without decoding it: its sample rate."""
     import soundfile
 
     try:
@@ -422,7 +422,7 @@ def probe(path: Path, channels: int) -> tuple[Path, int]:
         raise UnreadableAudio(f"{path}: the file holds no samples")
     if 1 < info.channels < channels:
         raise UnreadableAudio(f"{path}: has {info.channels} channels, fewer than data.channels = {channels}")
-    return path, int(info.samplerate)
+    return int(info.samplerate)
 
 
 def warn_skipped(skipped: list[str], root: Path, shown: int = 10) -> None:
