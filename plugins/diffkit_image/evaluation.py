@@ -21,8 +21,11 @@ from diffkit.kit import cached_network, content_key, frechet_distance
 
 from .data import ImageSet, to_unit_range
 
-FEATURE_NET_VERSION = 1
+#: 2: a stem and group norms for pictures larger than 16x16 (16x16 and smaller unchanged).
+FEATURE_NET_VERSION = 2
 FEATURE_DIM = 64
+#: The side the feature network's stem brings larger pictures down to.
+STEM_SIDE = 16
 #: A sample closer to a reference picture than this fraction of the typical nearest-neighbour
 #: distance between reference pictures counts as a copy.
 COPY_FRACTION = 1 / 3
@@ -31,15 +34,25 @@ COPY_FRACTION = 1 / 3
 class FeatureNet(nn.Module):
     """Four 3x3 convolutions, pooled to 4x4, then a 64-wide feature layer and a class layer.
 
+    Pictures larger than 16x16 (``side``) first pass a stem of one 3x3 convolution and a 2x2
+    max-pool per halving that brings them down to 16, so that the features see a whole object,
+    and every convolution is then followed by a group norm, without which the deeper network does
+    not learn (on a 64x64 colour set of digits: held-out accuracy at chance with or without the
+    stem, 97 % with both). 16x16 pictures and smaller keep the plain network.
+
     ``features(x)``: ``(B, C, H, W)`` in [-1, 1] -> ``(B, 64)``; ``forward`` adds the logits.
     """
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, side: int = STEM_SIDE):
         super().__init__()
+        normalise = side > STEM_SIDE
+        stem, width = [], channels
+        while side > STEM_SIDE:
+            stem += [*_convolution(width, 32, normalise), nn.MaxPool2d(2, ceil_mode=True)]
+            width, side = 32, (side + 1) // 2
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            *stem, *_convolution(width, 32, normalise), *_convolution(32, 32, normalise),
+            nn.MaxPool2d(2, ceil_mode=True), *_convolution(32, 64, normalise), *_convolution(64, 64, normalise),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURE_DIM), nn.ReLU(),
         )
         self.classify = nn.Linear(FEATURE_DIM, max(num_classes, 1))
@@ -49,6 +62,11 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(self.body(x))
+
+
+def _convolution(inputs: int, outputs: int, normalise: bool) -> list[nn.Module]:
+    """A 3x3 convolution and a ReLU, with a group norm between them when ``normalise``."""
+    return [nn.Conv2d(inputs, outputs, 3, padding=1), *([nn.GroupNorm(8, outputs)] if normalise else []), nn.ReLU()]
 
 
 # -- the feature network, trained once per reference and cached --------------------------------
@@ -64,12 +82,12 @@ def feature_network(reference: ImageSet, *, epochs: int, cache: Path | None) -> 
     Trained with a fixed seed on 90% of the pictures (random shifts of up to 1/8 of the side as
     augmentation), checked on the other 10%, and kept in ``cache/classifiers/`` under a hash of
     the pictures, labels, epochs and network version."""
-    channels, num_classes = reference.pixels.shape[1], len(reference.class_names)
+    channels, num_classes, side = reference.pixels.shape[1], len(reference.class_names), max(reference.pixels.shape[-2:])
 
     def build() -> FeatureNet:
         with torch.random.fork_rng():
             torch.manual_seed(0)  # fixed initial (and, for unlabelled pictures, final) weights
-            return FeatureNet(channels, num_classes)
+            return FeatureNet(channels, num_classes, side)
 
     def train(net: FeatureNet) -> dict:
         return {"accuracy": _train(net, reference, epochs) if num_classes > 1 else float("nan")}

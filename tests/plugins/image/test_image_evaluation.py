@@ -67,6 +67,29 @@ def test_the_feature_network_learns_the_digits_and_is_cached(digits, cache):
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), cached.state_dict().values()))
 
 
+def squares_and_rings(count: int, side: int) -> ImageSet:
+    """Filled squares (label 0) and rings (1) of half the side, in random colours on random
+    paper at random places: the class is the shape alone."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(2, (count,), generator=generator)
+    size = side // 2
+    ink = torch.zeros(count, 1, side, side)
+    for index, (top, left) in enumerate(torch.randint(0, side - size + 1, (count, 2), generator=generator).tolist()):
+        ink[index, :, top:top + size, left:left + size] = 1
+        if labels[index]:
+            ink[index, :, top + 3:top + size - 3, left + 3:left + size - 3] = 0
+    paper, colour = torch.rand(2, count, 3, 1, 1, generator=generator)
+    colour = torch.where((colour - paper).abs() < 0.4, 1 - paper, colour)  # ink that stands out
+    pixels = ((paper * (1 - ink) + colour * ink) * 255).round().to(torch.uint8)
+    return ImageSet(pixels, labels, ["square", "ring"])
+
+
+def test_the_feature_network_learns_pictures_larger_than_16x16():
+    net, accuracy = feature_network(squares_and_rings(400, 32), epochs=10, cache=None)
+    assert accuracy > 0.7  # chance: 0.5; 0.85 measured
+    assert net.features(torch.zeros(2, 3, 32, 32)).shape == (2, 64)
+
+
 def test_unlabelled_references_use_fixed_random_features(digits, tmp_path):
     unlabelled = ImageSet(digits.pixels[:200], torch.zeros(200, dtype=torch.long), ["all"])
     first, accuracy = feature_network(unlabelled, epochs=EPOCHS, cache=None)
