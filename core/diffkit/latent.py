@@ -168,41 +168,57 @@ class LatentDataset(Dataset):
                 f"scale {self.scale:.4g}, shift {self.shift:.4g})")
 
 
-def latent_statistics(latents: Tensor) -> tuple[float, float]:
-    """``(scale, shift)``: the inverse standard deviation and the mean of all entries."""
-    values = latents.double()
-    std = float(values.std())
+def latent_statistics(latents: Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """``(scale, shift)``: the inverse standard deviation and the mean of all entries, summed in
+    float64 ``chunk`` latents at a time (a memory-mapped file is not copied whole)."""
+    count = latents.numel()
+    shift = sum(float(part.double().sum()) for part in latents.split(chunk)) / count
+    squares = sum(float((part.double() - shift).square().sum()) for part in latents.split(chunk))
+    std = math.sqrt(squares / (count - 1)) if count > 1 else float("nan")
     if not math.isfinite(std) or std <= 0:
         raise ValueError(f"the data's latents have standard deviation {std}: the autoencoder encodes every state alike")
-    return 1.0 / std, float(values.mean())
+    return 1.0 / std, shift
 
 
-def read_items(dataset: Dataset) -> tuple[list[Tensor], State | None, str]:
-    """Every item's state and the collated conditions, each item read with the global generators
-    seeded by its index (augmentation drawn once, the same every time), and a digest of them."""
-    from .runner import SeededItems
-
-    items = SeededItems(dataset)
-    states, conds, digest = [], [], hashlib.sha256()
-    for index in range(len(dataset)):
-        item = items[index, index]
+def read_items(dataset: Dataset) -> tuple[State | None, tuple[int, ...] | None, str]:
+    """The collated conditions of every item, the first item's state shape, and a digest of every
+    item's state and condition; each item is read with the global generators seeded by its index
+    (augmentation drawn once, the same every time). States are read and let go one at a time, so
+    that memory does not grow with the data."""
+    states, conds, digest, shape = _seeded_items(dataset), [], hashlib.sha256(), None
+    for item in states:
         extras = sorted(key for key in ("mask", "extra") if key in item)
         if extras:
             raise ValueError(f"the data's items carry {' and '.join(extras)}, which latents cannot keep")
-        states.append(item["x"])
+        shape = shape or tuple(item["x"].shape)
         digest.update(kit.content_key(item["x"]).encode())
         if "cond" in item:
             conds.append(item["cond"])
             digest.update(kit.content_key(item["cond"]).encode())
-    return states, default_collate(conds) if conds else None, digest.hexdigest()
+    return default_collate(conds) if conds else None, shape, digest.hexdigest()
+
+
+def _seeded_items(dataset: Dataset):
+    """Every item of ``dataset`` in order, each read with the global generators seeded by its index."""
+    from .runner import SeededItems
+
+    items = SeededItems(dataset)
+    return (items[index, index] for index in range(len(dataset)))
 
 
 @torch.no_grad()
-def encode_states(autoencoder: nn.Module, states: list[Tensor], batch: int, device: torch.device) -> Tensor:
-    """The posterior means of ``states``, ``batch`` at a time on ``device``, in float32 on the CPU."""
+def encode_states(autoencoder: nn.Module, dataset: Dataset, batch: int, device: torch.device) -> Tensor:
+    """The posterior means of the states of ``dataset``'s items (read as :func:`read_items` reads
+    them), ``batch`` at a time on ``device``, in float32 on the CPU."""
     autoencoder = autoencoder.to(device).eval()
-    means = [autoencoder.encode(torch.stack(states[start:start + batch]).to(device)).mean.float().cpu()
-             for start in range(0, len(states), batch)]
+    means, states = [], []
+    for item in _seeded_items(dataset):
+        states.append(item["x"])
+        if len(states) == batch:
+            means.append(autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu())
+            states = []
+    if states:
+        means.append(autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu())
     autoencoder.cpu()
     return torch.cat(means)
 
@@ -280,20 +296,22 @@ class LatentDomain(Domain):
 
     def build_dataset(self, config: dict, data: str | None = None) -> LatentDataset:
         """The data's latents: read from the cache (keyed by the autoencoder's weights and every
-        item's content), or encoded once and cached."""
+        item's content), or encoded once and cached; the items are read twice then (once for the
+        key, once to encode them), so that the data is never held in memory whole."""
         states_of = self.inner.build_dataset(self.settings, data)
-        states, cond, content = read_items(states_of)
-        if states and tuple(states[0].shape) != self.state_shape:
-            raise ValueError(f"the data's states have shape {tuple(states[0].shape)}, but the autoencoder encodes "
+        cond, shape, content = read_items(states_of)
+        if shape is not None and shape != self.state_shape:
+            raise ValueError(f"the data's states have shape {shape}, but the autoencoder encodes "
                              f"states of shape {self.state_shape}: give data of the kind it was trained on")
         key = kit.content_key("latents", LATENT_CACHE_VERSION, self.sha256, content)
         path = kit.cache_dir(self.name, config) / "latents" / f"{key}.pt"
-        if path.is_file():
-            latents = torch.load(path, weights_only=True)["latents"]
-        else:
-            latents = encode_states(self.trained_autoencoder(), states, int(config["latent"]["encode_batch"]),
+        if not path.is_file():
+            latents = encode_states(self.trained_autoencoder(), states_of, int(config["latent"]["encode_batch"]),
                                     encoding_device())
             kit.save_torch_atomic({"latents": latents}, path)
+            del latents
+        # Memory-mapped: the processes of a run share one copy, and memory does not grow with the data.
+        latents = torch.load(path, weights_only=True, mmap=True)["latents"]
         scale, shift = latent_statistics(latents)
         return LatentDataset(latents, cond, states_of, scale=scale, shift=shift)
 

@@ -111,6 +111,8 @@ def test_the_latent_model_maps_data_to_unit_scale_states_and_back():
     data = 3.0 + 0.5 * torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     model = LatentModel(nn.Identity(), IdentityAutoencoder((2, 4, 4)))
     scale, shift = latent_statistics(data)
+    assert (scale, shift) == pytest.approx((1 / float(data.double().std()), float(data.double().mean())), rel=1e-12)
+    assert latent_statistics(data, chunk=5) == pytest.approx((scale, shift), rel=1e-12)  # 64 latents, chunks of 5
     model.latent_scale.fill_(scale)
     model.latent_shift.fill_(shift)
     states = model.encode(data)

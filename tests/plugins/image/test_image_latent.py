@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,23 @@ def test_a_diffusion_on_latents_caches_them_and_records_their_scale_and_shift(do
     # A second run reads the latents from the cache: encoding them again would fail here.
     monkeypatch.setattr(latent_module, "encode_states", lambda *args: pytest.fail("encoded again"))
     train(domain, settings, out=tmp_path / "again", progress=False)
+
+
+def test_the_data_is_encoded_in_batches_and_its_latents_are_mapped_from_the_cache(domain, config, autoencoder_run,
+                                                                                   tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    settings = on_latents(domain, config, autoencoder_run)
+    settings["latent"]["encode_batch"] = 500  # 1,797 digits: the last batch is short
+    stage = latent_stage(domain, settings)
+    dataset = stage.build_dataset(settings)
+    autoencoder, digits = stage.trained_autoencoder(), domain.build_dataset(config)
+    for index in (0, 499, 500, 1796):  # one at a time, against the batched encoding
+        alone = autoencoder.encode(digits[index]["x"][None]).mean[0]
+        torch.testing.assert_close(dataset.latents[index], alone, rtol=1e-5, atol=1e-5)
+    (path,) = (tmp_path / "cache" / "image" / "latents").glob("*.pt")
+    maps = Path("/proc/self/maps")
+    if maps.is_file():  # Linux: the latents are read through a mapping of the cache file, not copied
+        assert str(path) in maps.read_text()
 
 
 def test_a_diffusion_on_latents_resumes_exactly(domain, config, autoencoder_run, tmp_path, monkeypatch):
