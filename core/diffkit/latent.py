@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from . import checkpoint as ckpt
-from . import kit
+from . import distributed, kit
 from .config import apply_user_layers, default_config, differing_keys, fill_defaults, limits_of, lookup, preset_config
 from .domain import Batch, Domain, accepted_keywords, merge_config
 from .loading import load_checkpoint, load_weights, weights_source
@@ -198,21 +198,23 @@ def read_items(dataset: Dataset) -> tuple[State | None, tuple[int, ...] | None, 
     return default_collate(conds) if conds else None, shape, digest.hexdigest()
 
 
-def _seeded_items(dataset: Dataset):
-    """Every item of ``dataset`` in order, each read with the global generators seeded by its index."""
+def _seeded_items(dataset: Dataset, indices: range | None = None):
+    """The items of ``dataset`` (all, or those of ``indices``) in order, each read with the global
+    generators seeded by its index."""
     from .runner import SeededItems
 
     items = SeededItems(dataset)
-    return (items[index, index] for index in range(len(dataset)))
+    return (items[index, index] for index in (indices if indices is not None else range(len(dataset))))
 
 
 @torch.no_grad()
-def encode_states(autoencoder: nn.Module, dataset: Dataset, batch: int, device: torch.device) -> Tensor:
-    """The posterior means of the states of ``dataset``'s items (read as :func:`read_items` reads
-    them), ``batch`` at a time on ``device``, in float32 on the CPU."""
+def encode_states(autoencoder: nn.Module, dataset: Dataset, batch: int, device: torch.device,
+                  indices: range | None = None) -> Tensor:
+    """The posterior means of the states of ``dataset``'s items (all, or those of ``indices``;
+    read as :func:`read_items` reads them), ``batch`` at a time on ``device``, in float32 on the CPU."""
     autoencoder = autoencoder.to(device).eval()
     means, states = [], []
-    for item in _seeded_items(dataset):
+    for item in _seeded_items(dataset, indices):
         states.append(item["x"])
         if len(states) == batch:
             means.append(autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu())
@@ -221,6 +223,30 @@ def encode_states(autoencoder: nn.Module, dataset: Dataset, batch: int, device: 
         means.append(autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu())
     autoencoder.cpu()
     return torch.cat(means)
+
+
+def encode_into_cache(autoencoder: nn.Module, dataset: Dataset, path: Path, batch: int,
+                      world: distributed.World) -> None:
+    """The latents of ``dataset`` (:func:`encode_states`) saved to ``path``. Under torchrun each
+    process encodes its contiguous part into a file of its own and the main process joins them,
+    so that encoding is shared instead of repeated; every process calls this together."""
+    from .runner import data_part
+
+    device = encoding_device()
+    if not world.distributed:
+        kit.save_torch_atomic({"latents": encode_states(autoencoder, dataset, batch, device)}, path)
+        return
+    parts = [path.with_name(f"{path.stem}.part-{rank}-of-{world.size}.pt") for rank in range(world.size)]
+    first, count = data_part(len(dataset), world)
+    latents = encode_states(autoencoder, dataset, batch, device, range(first, first + count))
+    kit.save_torch_atomic({"latents": latents}, parts[world.rank])
+    distributed.barrier(world)
+    if world.is_main:
+        joined = torch.cat([torch.load(part, weights_only=True, mmap=True)["latents"] for part in parts])
+        kit.save_torch_atomic({"latents": joined}, path)
+        for part in parts:
+            part.unlink()
+    distributed.barrier(world)
 
 
 def encoding_device() -> torch.device:
@@ -305,11 +331,9 @@ class LatentDomain(Domain):
                              f"states of shape {self.state_shape}: give data of the kind it was trained on")
         key = kit.content_key("latents", LATENT_CACHE_VERSION, self.sha256, content)
         path = kit.cache_dir(self.name, config) / "latents" / f"{key}.pt"
-        if not path.is_file():
-            latents = encode_states(self.trained_autoencoder(), states_of, int(config["latent"]["encode_batch"]),
-                                    encoding_device())
-            kit.save_torch_atomic({"latents": latents}, path)
-            del latents
+        world = distributed.world_from_env()
+        if distributed.broadcast_object(not path.is_file(), world):  # one decision for every process
+            encode_into_cache(self.trained_autoencoder(), states_of, path, int(config["latent"]["encode_batch"]), world)
         # Memory-mapped: the processes of a run share one copy, and memory does not grow with the data.
         latents = torch.load(path, weights_only=True, mmap=True)["latents"]
         scale, shift = latent_statistics(latents)

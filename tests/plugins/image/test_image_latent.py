@@ -16,6 +16,7 @@ import diffkit
 from diffkit import checkpoint as ckpt
 from diffkit import latent as latent_module
 from diffkit import pretrained
+from diffkit.distributed import World
 from diffkit.generate import SampleRequest, generate
 from diffkit.latent import LatentModel, latent_config, latent_stage
 from diffkit.loading import load_for_sampling
@@ -124,6 +125,30 @@ def test_the_data_is_encoded_in_batches_and_its_latents_are_mapped_from_the_cach
     maps = Path("/proc/self/maps")
     if maps.is_file():  # Linux: the latents are read through a mapping of the cache file, not copied
         assert str(path) in maps.read_text()
+
+
+def test_each_process_encodes_its_own_part_and_the_main_process_joins_them(domain, config, autoencoder_run, tmp_path,
+                                                                           monkeypatch):
+    digits, read = domain.build_dataset(config), []
+
+    class Counted(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(digits)
+
+        def __getitem__(self, index):
+            read.append(index)
+            return digits[index]
+
+    autoencoder = latent_stage(domain, on_latents(domain, config, autoencoder_run)).trained_autoencoder()
+    monkeypatch.setattr(latent_module.distributed, "barrier", lambda world: None)  # the processes, one after another
+    path = tmp_path / "latents.pt"
+    for rank in (1, 0):  # the main process joins the parts once its own is written
+        read.clear()
+        latent_module.encode_into_cache(autoencoder, Counted(), path, 64, World(rank=rank, size=2))
+        assert read == list(range(rank * 898, 898 + rank * 899))  # 1,797 digits: 898 and 899
+    assert [file.name for file in tmp_path.iterdir()] == ["latents.pt"]
+    alone = latent_module.encode_states(autoencoder, digits, 64, torch.device("cpu"))
+    torch.testing.assert_close(torch.load(path, weights_only=True)["latents"], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_a_diffusion_on_latents_resumes_exactly(domain, config, autoencoder_run, tmp_path, monkeypatch):
@@ -265,7 +290,13 @@ def test_two_processes_train_the_autoencoder_and_its_latent_diffusion_as_one_doe
     for processes, port in ((1, 0), (2, 29541)):
         train_in_subprocesses([*stage, "--out", str(tmp_path / f"ae{processes}")], processes, port, timeout=600)
     assert_same_weights(final_weights(tmp_path / "ae1"), final_weights(tmp_path / "ae2"), rtol=1e-4, atol=1e-5)
-    for processes, port in ((1, 0), (2, 29543)):
-        train_in_subprocesses([*small, *denoiser, "--autoencoder", str(tmp_path / "ae1"),
-                               "--out", str(tmp_path / f"latent{processes}")], processes, port, timeout=600)
+    for processes, port in ((1, 0), (2, 29543)):  # each encodes the data into a cache of its own
+        train_in_subprocesses([*small, *denoiser, "--autoencoder", str(tmp_path / "ae1"), "--set",
+                               f"data.cache_dir={tmp_path / f'cache{processes}'}", "--out",
+                               str(tmp_path / f"latent{processes}")], processes, port, timeout=600)
     assert_same_weights(final_weights(tmp_path / "latent1"), final_weights(tmp_path / "latent2"), rtol=1e-4, atol=1e-5)
+    # The two processes encoded a part each, and the main process joined them into one file.
+    (alone,), (shared,) = (list((tmp_path / f"cache{processes}" / "image" / "latents").iterdir()) for processes in (1, 2))
+    assert alone.name == shared.name
+    torch.testing.assert_close(torch.load(shared, weights_only=True)["latents"],
+                               torch.load(alone, weights_only=True)["latents"], rtol=1e-5, atol=1e-5)
