@@ -41,6 +41,7 @@ Timings depend on the machine's load; the report says what each number is.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -151,25 +152,29 @@ def sample_and_score(name: str, work: Path, data: Path, count: int) -> dict:
     run = diffkit("sample", "--checkpoint", str(work / name), "-n", str(count), "--seed", "1", "--out", str(samples),
                   "--no-progress")
     report = {"sampling_cpu_s_per_picture": run.cpu / count, "sampling_wall_s": run.wall,
-              "sampling_peak_bytes": run.peak, **score(samples, data, work / name)}
+              "sampling_peak_bytes": run.peak, **score(samples, data, work)}
     print(f"{name}: {json.dumps(report)}", file=sys.stderr, flush=True)
     return report
 
 
-def score(samples: Path, data: Path, checkpoint: Path) -> dict:
+def score(samples: Path, data: Path, work: Path) -> dict:
+    """``diffkit evaluate``'s scores of a folder of pictures against ``data`` (its classifier is
+    cached under ``work/cache``)."""
     run = diffkit("evaluate", "--domain", "image", "--samples", str(samples), "--reference", str(data),
-                  "--checkpoint", str(checkpoint), "--json")
+                  *sets([*COMMON, f"data.cache_dir={work / 'cache'}"]), "--json")
     return json.loads(run.out)
 
 
-def real_floor(work: Path, data: Path, count: int, checkpoint: Path) -> float:
-    """The Fréchet distance of ``count`` pictures of the folder itself (every n-th file)."""
+def real_floor(work: Path, data: Path, count: int) -> dict:
+    """The scores of ``count`` pictures of the folder itself (every n-th file): the floor of the
+    Fréchet distance, and the held-out accuracy of the classifier whose features it uses."""
     files = sorted(data.rglob("*.png"))
     folder = work / "real"
     folder.mkdir()
     for index, path in enumerate(files[::max(1, len(files) // count)][:count]):
         shutil.copy(path, folder / f"sample-{index:05d}.png")
-    return score(folder, data, checkpoint)["frechet_distance"]
+    scores = score(folder, data, work)
+    return {"frechet_distance": scores["frechet_distance"], "classifier_accuracy": scores["classifier_accuracy"]}
 
 
 def images(args) -> None:
@@ -180,15 +185,29 @@ def images(args) -> None:
     budget = args.minutes * 60
     unet, common = [*UNET, *args.sets], [*COMMON, f"data.cache_dir={work / 'cache'}"]
     report = {"minutes": args.minutes, "samples": args.samples, "settings": unet, "autoencoder": AUTOENCODER}
-    report["pixel"] = train("pixel", work, data, [*common, *unet], budget, [])
     share = args.autoencoder_share
-    report["autoencoder"] = train("autoencoder", work, data, [*common, *AUTOENCODER], share * budget,
-                                  ["--stage", "autoencoder"])
-    report["latent"] = train("latent", work, data, [*common, *unet], (1 - share) * budget,
-                             ["--autoencoder", str(work / "autoencoder")])
-    for name in ("pixel", "latent"):
-        report[name].update(sample_and_score(name, work, data, args.samples))
-    report["real_frechet_distance"] = real_floor(work, data, args.samples, work / "pixel")
+
+    def pixel_arm() -> dict:
+        return {"pixel": train("pixel", work, data, [*common, *unet], budget, [])}
+
+    def latent_arm() -> dict:
+        autoencoder = train("autoencoder", work, data, [*common, *AUTOENCODER], share * budget,
+                            ["--stage", "autoencoder"])
+        latent = train("latent", work, data, [*common, *unet], (1 - share) * budget,
+                       ["--autoencoder", str(work / "autoencoder")])
+        return {"autoencoder": autoencoder, "latent": latent}
+
+    # The classifier of the Fréchet distance is trained once, before either arm can ask for it.
+    report["real"] = real_floor(work, data, args.samples)
+    arms = (pixel_arm, latent_arm)
+    with concurrent.futures.ThreadPoolExecutor(len(arms) if args.parallel else 1) as pool:
+        for result in pool.map(lambda arm: arm(), arms):
+            report.update(result)
+    with concurrent.futures.ThreadPoolExecutor(2 if args.parallel else 1) as pool:
+        for name, scores in zip(("pixel", "latent"), pool.map(lambda name: sample_and_score(name, work, data,
+                                                                                           args.samples),
+                                                               ("pixel", "latent"))):
+            report[name].update(scores)
     (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
@@ -284,6 +303,8 @@ def main() -> None:
                          help="the share of the latent arm's time that trains its autoencoder")
     command.add_argument("--samples", type=int, default=500, help="pictures drawn and scored per model")
     command.add_argument("--set", dest="sets", action="append", default=[], help="a U-Net setting for both arms")
+    command.add_argument("--parallel", action="store_true",
+                         help="run the two arms at once, one process each (a machine with two free cores)")
     command = commands.add_parser("pictures", help="write a folder of 64x64 colour digits")
     command.add_argument("--count", type=int, default=5000, help="pictures to write")
     command.add_argument("--out", type=Path, required=True, help="a new folder")
