@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,8 +48,8 @@ from .loading import load_checkpoint, load_weights, weights_source
 from .nets.autoencoder import downsampling
 from .tree import State, standard_noise, tree_map, where
 
-#: Bumped when what the cache of a data set's latents holds changes.
-LATENT_CACHE_VERSION = 1
+#: Bumped when what the cache of a data set's latents holds changes. 2: a ``.npy`` file, written in batches.
+LATENT_CACHE_VERSION = 2
 #: The autoencoder's weights in the EMA of an autoencoder run (:class:`diffkit.autoencoder.AutoencoderTraining`)
 #: and in a :class:`LatentModel`.
 PREFIX = "autoencoder."
@@ -209,20 +211,47 @@ def _seeded_items(dataset: Dataset, indices: range | None = None):
 
 @torch.no_grad()
 def encode_states(autoencoder: nn.Module, dataset: Dataset, batch: int, device: torch.device,
-                  indices: range | None = None) -> Tensor:
+                  indices: range | None = None) -> Iterator[Tensor]:
     """The posterior means of the states of ``dataset``'s items (all, or those of ``indices``;
-    read as :func:`read_items` reads them), ``batch`` at a time on ``device``, in float32 on the CPU."""
+    read as :func:`read_items` reads them), ``batch`` at a time on ``device``: float32 batches on
+    the CPU, one after another."""
     autoencoder = autoencoder.to(device).eval()
-    means, states = [], []
+    states = []
     for item in _seeded_items(dataset, indices):
         states.append(item["x"])
         if len(states) == batch:
-            means.append(autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu())
+            yield autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu()
             states = []
     if states:
-        means.append(autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu())
+        yield autoencoder.encode(torch.stack(states).to(device)).mean.float().cpu()
     autoencoder.cpu()
-    return torch.cat(means)
+
+
+def save_latents(batches: Iterable, count: int, path: Path) -> None:
+    """``count`` latents arriving a batch at a time (tensors or arrays) as the float32 ``.npy``
+    file ``path``, written through a temporary file and never held in memory whole."""
+    batches = iter(batches)
+    first = np.asarray(next(batches), dtype=np.float32)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (count, *first.shape[1:])}
+
+    def write(file) -> None:
+        np.lib.format.write_array_header_2_0(file, header)
+        written = 0
+        for part in itertools.chain([first], batches):
+            part = np.ascontiguousarray(part, dtype=np.float32)
+            file.write(part.tobytes())
+            written += len(part)
+        if written != count:
+            raise RuntimeError(f"{written} latents were encoded where the data holds {count}")
+
+    kit.write_atomic(path, write)
+
+
+def load_latents(path: Path) -> Tensor:
+    """The cached latents of :func:`save_latents`, mapped from the file (copy on write), so the
+    processes of a run share one copy and memory does not grow with the data."""
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
 def encode_into_cache(autoencoder: nn.Module, dataset: Dataset, path: Path, batch: int,
@@ -234,16 +263,17 @@ def encode_into_cache(autoencoder: nn.Module, dataset: Dataset, path: Path, batc
 
     device = encoding_device()
     if not world.distributed:
-        kit.save_torch_atomic({"latents": encode_states(autoencoder, dataset, batch, device)}, path)
+        save_latents(encode_states(autoencoder, dataset, batch, device), len(dataset), path)
         return
-    parts = [path.with_name(f"{path.stem}.part-{rank}-of-{world.size}.pt") for rank in range(world.size)]
+    parts = [path.with_name(f"{path.stem}.part-{rank}-of-{world.size}.npy") for rank in range(world.size)]
     first, count = data_part(len(dataset), world)
-    latents = encode_states(autoencoder, dataset, batch, device, range(first, first + count))
-    kit.save_torch_atomic({"latents": latents}, parts[world.rank])
+    save_latents(encode_states(autoencoder, dataset, batch, device, range(first, first + count)), count,
+                 parts[world.rank])
     distributed.barrier(world)
     if world.is_main:
-        joined = torch.cat([torch.load(part, weights_only=True, mmap=True)["latents"] for part in parts])
-        kit.save_torch_atomic({"latents": joined}, path)
+        mapped = [np.load(part, mmap_mode="r") for part in parts]
+        save_latents((array[start:start + batch] for array in mapped for start in range(0, len(array), batch)),
+                     len(dataset), path)
         for part in parts:
             part.unlink()
     distributed.barrier(world)
@@ -330,12 +360,11 @@ class LatentDomain(Domain):
             raise ValueError(f"the data's states have shape {shape}, but the autoencoder encodes "
                              f"states of shape {self.state_shape}: give data of the kind it was trained on")
         key = kit.content_key("latents", LATENT_CACHE_VERSION, self.sha256, content)
-        path = kit.cache_dir(self.name, config) / "latents" / f"{key}.pt"
+        path = kit.cache_dir(self.name, config) / "latents" / f"{key}.npy"
         world = distributed.world_from_env()
         if distributed.broadcast_object(not path.is_file(), world):  # one decision for every process
             encode_into_cache(self.trained_autoencoder(), states_of, path, int(config["latent"]["encode_batch"]), world)
-        # Memory-mapped: the processes of a run share one copy, and memory does not grow with the data.
-        latents = torch.load(path, weights_only=True, mmap=True)["latents"]
+        latents = load_latents(path)
         scale, shift = latent_statistics(latents)
         return LatentDataset(latents, cond, states_of, scale=scale, shift=shift)
 

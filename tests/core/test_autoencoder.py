@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from diffkit.kit.reconstruction import laplacian_l1, laplacian_pyramid, mean_absolute_error, multi_resolution_stft
-from diffkit.latent import LatentModel, keep_on_latent_grid, latent_statistics
+from diffkit.latent import LatentModel, keep_on_latent_grid, latent_statistics, load_latents, save_latents
 from diffkit.nets.autoencoder import ConvAutoencoder, Posterior, downsampling
 from latent_helpers import IdentityAutoencoder
 
@@ -125,3 +125,13 @@ def test_the_latent_model_maps_data_to_unit_scale_states_and_back():
 def test_latents_that_are_all_alike_are_refused():
     with pytest.raises(ValueError, match="standard deviation 0"):
         latent_statistics(torch.ones(10, 4))
+
+
+def test_latents_are_saved_a_batch_at_a_time_and_read_back(tmp_path):
+    latents = torch.randn(10, 2, 3, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "latents.npy"
+    save_latents(latents.split(4), 10, path)  # batches of 4, 4 and 2
+    assert torch.equal(load_latents(path), latents)
+    with pytest.raises(RuntimeError, match="9 latents were encoded where the data holds 10"):
+        save_latents(latents[:9].split(4), 10, tmp_path / "short.npy")
+    assert list(tmp_path.iterdir()) == [path]  # nothing half-written is left

@@ -93,9 +93,9 @@ def test_a_diffusion_on_latents_caches_them_and_records_their_scale_and_shift(do
     monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
     settings = on_latents(domain, config, autoencoder_run)
     train(domain, settings, out=tmp_path / "run", progress=False)
-    cached = list((tmp_path / "cache" / "image" / "latents").glob("*.pt"))
+    cached = list((tmp_path / "cache" / "image" / "latents").glob("*.npy"))
     assert len(cached) == 1
-    latents = torch.load(cached[0], weights_only=True)["latents"]
+    latents = torch.from_numpy(np.load(cached[0]))
     assert latents.shape == (1797, 2, 4, 4)
     state = ckpt.load(ckpt.resolve(tmp_path / "run"))
     assert float(state["ema"]["latent_scale"]) == pytest.approx(1 / float(latents.double().std()), rel=1e-6)
@@ -121,7 +121,7 @@ def test_the_data_is_encoded_in_batches_and_its_latents_are_mapped_from_the_cach
     for index in (0, 499, 500, 1796):  # one at a time, against the batched encoding
         alone = autoencoder.encode(digits[index]["x"][None]).mean[0]
         torch.testing.assert_close(dataset.latents[index], alone, rtol=1e-5, atol=1e-5)
-    (path,) = (tmp_path / "cache" / "image" / "latents").glob("*.pt")
+    (path,) = (tmp_path / "cache" / "image" / "latents").glob("*.npy")
     maps = Path("/proc/self/maps")
     if maps.is_file():  # Linux: the latents are read through a mapping of the cache file, not copied
         assert str(path) in maps.read_text()
@@ -141,14 +141,14 @@ def test_each_process_encodes_its_own_part_and_the_main_process_joins_them(domai
 
     autoencoder = latent_stage(domain, on_latents(domain, config, autoencoder_run)).trained_autoencoder()
     monkeypatch.setattr(latent_module.distributed, "barrier", lambda world: None)  # the processes, one after another
-    path = tmp_path / "latents.pt"
+    path = tmp_path / "latents.npy"
     for rank in (1, 0):  # the main process joins the parts once its own is written
         read.clear()
         latent_module.encode_into_cache(autoencoder, Counted(), path, 64, World(rank=rank, size=2))
         assert read == list(range(rank * 898, 898 + rank * 899))  # 1,797 digits: 898 and 899
-    assert [file.name for file in tmp_path.iterdir()] == ["latents.pt"]
-    alone = latent_module.encode_states(autoencoder, digits, 64, torch.device("cpu"))
-    torch.testing.assert_close(torch.load(path, weights_only=True)["latents"], alone, rtol=1e-5, atol=1e-5)
+    assert [file.name for file in tmp_path.iterdir()] == ["latents.npy"]
+    alone = torch.cat(list(latent_module.encode_states(autoencoder, digits, 64, torch.device("cpu"))))
+    torch.testing.assert_close(torch.from_numpy(np.load(path)), alone, rtol=1e-5, atol=1e-5)
 
 
 def test_a_diffusion_on_latents_resumes_exactly(domain, config, autoencoder_run, tmp_path, monkeypatch):
@@ -298,5 +298,5 @@ def test_two_processes_train_the_autoencoder_and_its_latent_diffusion_as_one_doe
     # The two processes encoded a part each, and the main process joined them into one file.
     (alone,), (shared,) = (list((tmp_path / f"cache{processes}" / "image" / "latents").iterdir()) for processes in (1, 2))
     assert alone.name == shared.name
-    torch.testing.assert_close(torch.load(shared, weights_only=True)["latents"],
-                               torch.load(alone, weights_only=True)["latents"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(np.load(shared)), torch.from_numpy(np.load(alone)), rtol=1e-5,
+                               atol=1e-5)
