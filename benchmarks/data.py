@@ -139,15 +139,16 @@ def training_processes(root: int, processes: int) -> list[int]:
 
 
 def train_once(data: Path, cache: Path, *, stored: bool = True, steps: int, processes: int = 1, domain: str = "image",
-               settings: list[str] | None = None, source: Path | None = None) -> dict:
+               settings: list[str] | None = None, source: Path | None = None, arguments: tuple[str, ...] = ()) -> dict:
     """One ``diffkit train`` run; its peak anonymous memory, time to the first step, steps/s.
-    ``source`` is a checkout whose code runs instead of this one (e.g. before the store)."""
+    ``source`` is a checkout whose code runs instead of this one (e.g. before the store);
+    ``arguments`` are more of ``diffkit train``'s (e.g. ``--autoencoder AE``)."""
     with tempfile.TemporaryDirectory() as run:
         settings = [*(TRAIN_SETTINGS if settings is None else settings), f"data.cache_dir={cache}"]
         if domain in ("image", "audio"):
             settings.append(f"data.cache={str(stored).lower()}")
         command = ["diffkit", "train", "--domain", domain, "--data", str(data), "--out", run,
-                   "--steps", str(steps), "--no-progress", *[part for s in settings for part in ("--set", s)]]
+                   "--steps", str(steps), "--no-progress", *arguments, *[part for s in settings for part in ("--set", s)]]
         if processes > 1:
             command = ["torchrun", "--nproc_per_node", str(processes), "-m", "diffkit", *command[1:]]
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -202,6 +203,38 @@ def compare_folders(small: Path, large: Path, steps: int, torchrun: bool, repeat
                                     settings=settings)
                 rows.append({"data": f"{count:,}", "path": f"{name}, torchrun x2", **result})
         shutil.rmtree(cache)
+    return rows
+
+
+#: The latent benchmark's autoencoder: 64x64x3 pictures -> 4x16x16 latents (benchmarks/latent.py's).
+LATENT_AUTOENCODER = ["autoencoder.base_channels=16", "autoencoder.channel_mults=[1,2,2]",
+                      "autoencoder.latent_channels=4"]
+
+
+def compare_latents(small: Path, large: Path, steps: int, before: Path | None) -> list[dict]:
+    """A diffusion on an autoencoder's latents (``--autoencoder``) on a small and a large folder:
+    a first start (the latents are encoded and cached) and a second (they are read), with this
+    code and, with ``before``, another checkout's. The autoencoder is trained 20 steps on the
+    small folder: what it encodes does not change what a run holds in memory."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        autoencoder_settings = [*TRAIN_SETTINGS, *LATENT_AUTOENCODER, f"data.cache_dir={work / 'cache'}"]
+        subprocess.run(["diffkit", "train", "--domain", "image", "--stage", "autoencoder", "--data", str(small),
+                        "--out", str(work / "autoencoder"), "--steps", "20", "--no-progress",
+                        *[part for setting in autoencoder_settings for part in ("--set", setting)]],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
+        for data in (small, large):
+            count = sum(1 for path in data.rglob("*") if path.is_file())
+            for name, source in (("now", None), ("before", before)):
+                if name == "before" and source is None:
+                    continue
+                cache = work / f"cache-{name}"
+                for start in ("first start", "second start"):
+                    result = train_once(data, cache, steps=steps, source=source,
+                                        arguments=("--autoencoder", str(work / "autoencoder")))
+                    rows.append({"data": f"{count:,}", "path": f"latents, {name}, {start}", **result})
+                shutil.rmtree(cache)
     return rows
 
 
@@ -487,6 +520,12 @@ def main() -> None:
     check.add_argument("train", type=Path)
     check.add_argument("test", type=Path)
     molecules = commands.add_parser("molecules", help="train on molecule files of growing size")
+    latents = commands.add_parser("latents", help="a diffusion on latents on a small and a large folder of pictures")
+    latents.add_argument("small", type=Path)
+    latents.add_argument("large", type=Path)
+    latents.add_argument("--steps", type=int, default=30)
+    latents.add_argument("--before", type=Path, help="a checkout of the code before, for comparison")
+    latents.add_argument("--markdown", type=Path)
     molecules.add_argument("files", type=Path, nargs="+")
     molecules.add_argument("--steps", type=int, default=30)
     molecules.add_argument("--before", type=Path, help="a checkout of the code before the store, for comparison")
@@ -522,6 +561,8 @@ def main() -> None:
         return
     if args.command == "molecules":
         rows = compare_molecules(args.files, args.steps, args.before, args.cache, args.repeats)
+    elif args.command == "latents":
+        rows = compare_latents(args.small, args.large, args.steps, args.before)
     else:
         rows = compare_folders(args.small, args.large, args.steps, args.torchrun, args.repeats,
                                "image" if args.command == "images" else "audio")
