@@ -231,7 +231,10 @@ def save_latents(batches: Iterable, count: int, path: Path) -> None:
     """``count`` latents arriving a batch at a time (tensors or arrays) as the float32 ``.npy``
     file ``path``, written through a temporary file and never held in memory whole."""
     batches = iter(batches)
-    first = np.asarray(next(batches), dtype=np.float32)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(f"no latents to save in {str(path)!r}: the data holds no items")
+    first = np.asarray(first, dtype=np.float32)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
               "shape": (count, *first.shape[1:])}
 

@@ -89,18 +89,19 @@ def qed_descriptors(mol):
     the molecule is copied without hydrogens only when it has hydrogen atoms, and the 116
     structural alerts are counted by one filter catalogue in C++ rather than one call each."""
     from rdkit import Chem
-    from rdkit.Chem import Crippen, MolSurf, QED
-    from rdkit.Chem import rdMolDescriptors as descriptors
+    from rdkit.Chem import Crippen, MolSurf, QED, rdMolDescriptors
 
     if mol.GetNumAtoms() != mol.GetNumHeavyAtoms():
         mol = Chem.RemoveHs(mol)
     acceptors = sum(len(mol.GetSubstructMatches(pattern)) for pattern in QED.Acceptors
                     if mol.HasSubstructMatch(pattern))
     aromatic_rings = len(Chem.GetSSSR(Chem.DeleteSubstructs(Chem.Mol(mol), QED.AliphaticRings)))
+    strict = rdMolDescriptors.NumRotatableBondsOptions.Strict
     return QED.QEDproperties(
-        MW=descriptors._CalcMolWt(mol), ALOGP=Crippen.MolLogP(mol), HBA=acceptors, HBD=descriptors.CalcNumHBD(mol),
-        PSA=MolSurf.TPSA(mol), ROTB=descriptors.CalcNumRotatableBonds(mol, descriptors.NumRotatableBondsOptions.Strict),
-        AROM=aromatic_rings, ALERTS=len(_alert_catalogue().GetMatches(mol)))
+        MW=rdMolDescriptors._CalcMolWt(mol), ALOGP=Crippen.MolLogP(mol), HBA=acceptors,
+        HBD=rdMolDescriptors.CalcNumHBD(mol), PSA=MolSurf.TPSA(mol),
+        ROTB=rdMolDescriptors.CalcNumRotatableBonds(mol, strict), AROM=aromatic_rings,
+        ALERTS=len(_alert_catalogue().GetMatches(mol)))
 
 
 @functools.lru_cache(maxsize=1)
