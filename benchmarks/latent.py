@@ -4,7 +4,8 @@ Griffin-Lim on real recordings, and pixel-space against latent diffusion at equa
     python benchmarks/latent.py audio --data ../shared/data/fsdd/recordings --set data.labels=pattern \
         --work /tmp/latent-audio --steps 4000
     python benchmarks/latent.py pictures --count 5000 --out /tmp/colour5k
-    python benchmarks/latent.py images --data /tmp/colour5k --work /tmp/latent-bench --minutes 5 --samples 300
+    python benchmarks/latent.py images --data /tmp/colour5k --work /tmp/latent-bench --minutes 15 --samples 500 \
+        --parallel
 
 ``audio`` trains the waveform autoencoder (``diffkit train --domain audio --stage autoencoder
 --set model.representation=waveform``: the fixed 128-band log-mel front end and the learned
@@ -27,13 +28,18 @@ its load does not change):
 * ``latent``: ``diffkit train --domain image --stage autoencoder`` for ``--autoencoder-share`` of
   the time, then ``diffkit train --domain image --autoencoder AE`` for the rest.
 
-Each run's step count is the budget divided by its CPU time per step, measured first in a short
-run of the same command (from the fifth logged step to the last). For every run it reports the
-CPU time per step, the peak resident memory of the process (``VmHWM``), the CPU and wall time; then
+With ``--parallel`` the two arms run at once, a process each (on a machine with two free cores).
+Each run trains 1.25 times the steps its budget should take at its CPU time per step, measured
+first in a short run of the same command (from the fifth logged step to the last), with 25
+checkpoints on the way, and keeps the last checkpoint the process reached within its budget (the
+CPU time of a step moves with the machine's load). The latent arm's diffusion gets the budget
+less what its kept autoencoder took. For every run it reports the kept step and the CPU time it
+had taken, the CPU time per step, the peak resident memory of the process (``VmHWM``); then
 each model draws ``--samples`` pictures (``diffkit sample``, the config's sampler and steps; CPU
 time a picture), and ``diffkit evaluate`` scores them against the folder: the Fréchet distance in the
-features of the image domain's classifier (trained once on the folder, cached). ``--samples``
-pictures of the folder itself, scored the same way, give the floor of that distance.
+features of the image domain's classifier (trained once on the folder before either arm starts,
+cached; its held-out accuracy is reported). ``--samples`` pictures of the folder itself, scored
+the same way, give the floor of that distance.
 
 Timings depend on the machine's load; the report says what each number is.
 """
@@ -62,6 +68,9 @@ AUTOENCODER = ["autoencoder.base_channels=16", "autoencoder.channel_mults=[1,2,2
 COMMON = ["data.image_size=64", "data.channels=3", "train.batch_size=32", "train.warmup_steps=50",
           "train.preview_every=0", "train.log_every=1"]
 CALIBRATION_STEPS = 15
+#: A run trains this many times the steps its calibration says fit the budget, checkpointing this
+#: many times, and the last checkpoint within the budget is kept.
+OVERSHOOT, CHECKPOINTS = 1.25, 25
 
 
 @dataclass
@@ -131,25 +140,33 @@ def sets(settings: list[str]) -> list[str]:
 
 
 def train(name: str, work: Path, data: Path, settings: list[str], seconds: float, extra: list[str]) -> dict:
-    """Calibrate, then train for about ``seconds`` of CPU time; what the run took."""
+    """Calibrate, train for :data:`OVERSHOOT` times the steps that ``seconds`` of CPU time should
+    take, checkpointing :data:`CHECKPOINTS` times, and keep the last checkpoint the process reached
+    within ``seconds`` (a step's CPU time moves with the machine's load, so a step count alone
+    misses the budget); what that checkpoint took."""
     probe = work / f"{name}-probe"
     command = ["train", "--domain", "image", "--data", str(data), *extra, *sets(settings), "--no-progress"]
     calibration = diffkit(*command, "--steps", str(CALIBRATION_STEPS), "--set", "train.checkpoint_every=0",
                           "--out", str(probe), metrics=probe / "metrics.jsonl")
     shutil.rmtree(probe)
-    steps = max(CALIBRATION_STEPS, round(seconds / calibration.cpu_per_step()))
-    run = diffkit(*command, "--steps", str(steps), "--set", f"train.checkpoint_every={steps}", "--out",
-                  str(work / name), metrics=work / name / "metrics.jsonl")
-    report = {"steps": steps, "cpu_s_per_step": run.cpu_per_step(), "calibration_cpu_s_per_step":
-              calibration.cpu_per_step(), "calibration_cpu_s": calibration.cpu, "cpu_s": run.cpu, "wall_s": run.wall,
-              "peak_bytes": run.peak}
+    steps = max(CALIBRATION_STEPS, round(OVERSHOOT * seconds / calibration.cpu_per_step()))
+    every = max(1, steps // CHECKPOINTS)
+    run = diffkit(*command, "--steps", str(steps), "--set", f"train.checkpoint_every={every}", "--set",
+                  "train.keep_checkpoints=0", "--out", str(work / name), metrics=work / name / "metrics.jsonl")
+    saved = [step for step in run.steps if step % every == 0 or step == steps]
+    within = [step for step in saved if run.steps[step] <= seconds]
+    kept = max(within) if within else min(saved)
+    report = {"steps": kept, "checkpoint": str(work / name / "checkpoints" / f"step_{kept:08d}.pt"),
+              "cpu_s": run.steps[kept], "cpu_s_per_step": run.cpu_per_step(),
+              "calibration_cpu_s_per_step": calibration.cpu_per_step(), "trained_steps": steps,
+              "trained_cpu_s": run.cpu, "wall_s": run.wall, "peak_bytes": run.peak}
     print(f"{name}: {json.dumps(report)}", file=sys.stderr, flush=True)
     return report
 
 
-def sample_and_score(name: str, work: Path, data: Path, count: int) -> dict:
+def sample_and_score(name: str, checkpoint: str, work: Path, data: Path, count: int) -> dict:
     samples = work / f"{name}-samples"
-    run = diffkit("sample", "--checkpoint", str(work / name), "-n", str(count), "--seed", "1", "--out", str(samples),
+    run = diffkit("sample", "--checkpoint", checkpoint, "-n", str(count), "--seed", "1", "--out", str(samples),
                   "--no-progress")
     report = {"sampling_cpu_s_per_picture": run.cpu / count, "sampling_wall_s": run.wall,
               "sampling_peak_bytes": run.peak, **score(samples, data, work)}
@@ -193,8 +210,8 @@ def images(args) -> None:
     def latent_arm() -> dict:
         autoencoder = train("autoencoder", work, data, [*common, *AUTOENCODER], share * budget,
                             ["--stage", "autoencoder"])
-        latent = train("latent", work, data, [*common, *unet], (1 - share) * budget,
-                       ["--autoencoder", str(work / "autoencoder")])
+        latent = train("latent", work, data, [*common, *unet], budget - autoencoder["cpu_s"],
+                       ["--autoencoder", autoencoder["checkpoint"]])
         return {"autoencoder": autoencoder, "latent": latent}
 
     # The classifier of the Fréchet distance is trained once, before either arm can ask for it.
@@ -204,12 +221,29 @@ def images(args) -> None:
         for result in pool.map(lambda arm: arm(), arms):
             report.update(result)
     with concurrent.futures.ThreadPoolExecutor(2 if args.parallel else 1) as pool:
-        for name, scores in zip(("pixel", "latent"), pool.map(lambda name: sample_and_score(name, work, data,
-                                                                                           args.samples),
-                                                               ("pixel", "latent"))):
-            report[name].update(scores)
+        names = ("pixel", "latent")
+        scores = pool.map(lambda name: sample_and_score(name, report[name]["checkpoint"], work, data, args.samples),
+                          names)
+        for name, result in zip(names, scores):
+            report[name].update(result)
     (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    side_by_side([work / "pixel-samples", work / "latent-samples"], work / "pixel-vs-latent.png")
     print(json.dumps(report, indent=2))
+
+
+def side_by_side(folders: list[Path], out: Path, count: int = 24, columns: int = 12) -> None:
+    """The first ``count`` samples of each folder as one picture: each folder's in ``count /
+    columns`` rows, one folder under the other, 2 pixels apart."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for folder in folders:
+        pictures = [np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("sample-*.png"))[:count]]
+        height, width, _ = pictures[0].shape
+        padded = [np.pad(picture, ((1, 1), (1, 1), (0, 0)), constant_values=255) for picture in pictures]
+        rows += [np.concatenate(padded[start:start + columns], axis=1) for start in range(0, count, columns)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
 
 
 def audio(args) -> None:
