@@ -10,7 +10,7 @@ import pytest
 from diffkit_molecule import chem, properties
 from diffkit_molecule.sources import bundled_path
 
-# Drug-like molecules with structural alerts (nitro, azo, Michael acceptor, aldehyde, thiol,
+# Drug-like molecules, most with structural alerts (nitro, azo, Michael acceptor, aldehyde, thiol,
 # halogenated alkyl).
 ALERTING_SMILES = [
     "O=[N+]([O-])c1ccc(N=Nc2ccccc2)cc1", "C=CC(=O)Nc1ccc(C=O)cc1", "SCCc1ccncc1", "ClCCN(CCCl)c1ccccc1",
