@@ -101,18 +101,25 @@ def diffkit(*arguments: str, metrics: Path | None = None) -> Run:
     while process.poll() is None:
         run.peak, cpu = max(run.peak, resident_peak(process.pid)), cpu_seconds(process.pid) or run.cpu
         run.cpu = max(run.cpu, cpu)
-        lines = metrics.read_text().splitlines() if metrics is not None and metrics.is_file() else []
-        for line in lines[logged:]:
-            step = json.loads(line)["step"]
-            if step >= 5:
-                run.steps[step] = run.cpu
-        logged = len(lines)
+        logged = record_steps(run, metrics, logged)
         time.sleep(0.2)
+    record_steps(run, metrics, logged)  # steps logged after the last look, at the final CPU time
     run.out, err = process.communicate()
     if process.returncode:
         raise SystemExit(f"diffkit {' '.join(arguments)} failed:\n{err[-3000:]}")
     run.wall = time.time() - began
     return run
+
+
+def record_steps(run: Run, metrics: Path | None, logged: int) -> int:
+    """Note the run's CPU time against each step logged in ``metrics`` after its first ``logged``
+    lines (from the fifth step on); how many lines it holds now."""
+    lines = metrics.read_text().splitlines() if metrics is not None and metrics.is_file() else []
+    for line in lines[logged:]:
+        step = json.loads(line)["step"]
+        if step >= 5:
+            run.steps[step] = run.cpu
+    return len(lines)
 
 
 def resident_peak(pid: int) -> int:

@@ -93,6 +93,15 @@ def all_mean(value: torch.Tensor, world: World) -> torch.Tensor:
     return value
 
 
+def all_true(flag: bool, world: World) -> bool:
+    """Whether ``flag`` holds on every rank (the same answer on each)."""
+    if not world.distributed:
+        return flag
+    flags = [None] * world.size
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
 def broadcast_object(value, world: World):
     """Rank 0's ``value`` on every rank (e.g. a seed drawn on one process for all)."""
     if not world.distributed:

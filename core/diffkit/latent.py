@@ -31,6 +31,7 @@ import copy
 import hashlib
 import itertools
 import math
+import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -150,11 +151,21 @@ class LatentModel(nn.Module):
 # -- the data's latents ---------------------------------------------------------------------------
 
 class LatentDataset(Dataset):
-    """Items ``{"x": (z - shift) * scale, "cond": ...}`` of cached latents ``z``; ``data`` is the
-    data set they were encoded from (for :meth:`Domain.fit_data`)."""
+    """Items ``{"x": (z - shift) * scale, "cond": ...}`` of the latents ``z`` cached in ``path``
+    (:func:`save_latents`), mapped from the file; ``data`` is the data set they were encoded from
+    (for :meth:`Domain.fit_data`). Pickled (for a DataLoader worker that is spawned rather than
+    forked) it carries the path, and the worker maps the file again instead of receiving a copy."""
 
-    def __init__(self, latents: Tensor, cond: State | None, data: Dataset, *, scale: float, shift: float):
-        self.latents, self.cond, self.data, self.scale, self.shift = latents, cond, data, scale, shift
+    def __init__(self, path: Path, cond: State | None, data: Dataset, *, scale: float, shift: float):
+        self.path, self.cond, self.data, self.scale, self.shift = path, cond, data, scale, shift
+        self.latents = load_latents(path)
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "latents"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.latents = load_latents(self.path)
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -243,6 +254,9 @@ def save_latents(batches: Iterable, count: int, path: Path) -> None:
         written = 0
         for part in itertools.chain([first], batches):
             part = np.ascontiguousarray(part, dtype=np.float32)
+            if part.shape[1:] != first.shape[1:]:
+                raise ValueError(f"latents of shape {part.shape[1:]} after latents of shape {first.shape[1:]}: "
+                                 "the data's items differ in shape")
             file.write(part.tobytes())
             written += len(part)
         if written != count:
@@ -259,27 +273,39 @@ def load_latents(path: Path) -> Tensor:
 
 def encode_into_cache(autoencoder: nn.Module, dataset: Dataset, path: Path, batch: int,
                       world: distributed.World) -> None:
-    """The latents of ``dataset`` (:func:`encode_states`) saved to ``path``. Under torchrun each
-    process encodes its contiguous part into a file of its own and the main process joins them,
-    so that encoding is shared instead of repeated; every process calls this together."""
+    """The latents of ``dataset`` (:func:`encode_states`) saved to ``path``; every process calls
+    this together. Under torchrun each process encodes its contiguous part into a file of its own
+    and, where every process sees every part (one machine, or a cache on shared storage), the main
+    process joins them; otherwise (each machine with a cache of its own) every process encodes the
+    whole data set, as a single process does."""
     from .runner import data_part
 
     device = encoding_device()
-    if not world.distributed:
-        save_latents(encode_states(autoencoder, dataset, batch, device), len(dataset), path)
-        return
-    parts = [path.with_name(f"{path.stem}.part-{rank}-of-{world.size}.npy") for rank in range(world.size)]
-    first, count = data_part(len(dataset), world)
-    save_latents(encode_states(autoencoder, dataset, batch, device, range(first, first + count)), count,
-                 parts[world.rank])
-    distributed.barrier(world)
-    if world.is_main:
-        mapped = [np.load(part, mmap_mode="r") for part in parts]
-        save_latents((array[start:start + batch] for array in mapped for start in range(0, len(array), batch)),
-                     len(dataset), path)
-        for part in parts:
-            part.unlink()
-    distributed.barrier(world)
+    if world.distributed and len(dataset) >= world.size:
+        token = distributed.broadcast_object(secrets.token_hex(4), world)  # this run's parts, no other's
+        parts = [path.with_name(f"{path.stem}.{token}.part-{rank}-of-{world.size}.npy") for rank in range(world.size)]
+        first, count = data_part(len(dataset), world)
+        try:
+            save_latents(encode_states(autoencoder, dataset, batch, device, range(first, first + count)), count,
+                         parts[world.rank])
+            distributed.barrier(world)
+            shared = distributed.all_true(all(part.is_file() for part in parts), world)
+            if shared and world.is_main:
+                _join_parts(parts, path, batch)
+            distributed.barrier(world)
+        finally:
+            parts[world.rank].unlink(missing_ok=True)
+        if shared:
+            return
+    save_latents(encode_states(autoencoder, dataset, batch, device), len(dataset), path)
+
+
+def _join_parts(parts: list[Path], path: Path, batch: int) -> None:
+    """The latents of ``parts`` (in order) as one file ``path``, ``batch`` at a time. Returning
+    releases the parts' mappings, so that they can be removed (Windows refuses a mapped file)."""
+    mapped = [np.load(part, mmap_mode="r") for part in parts]
+    save_latents((array[start:start + batch] for array in mapped for start in range(0, len(array), batch)),
+                 sum(len(array) for array in mapped), path)
 
 
 def encoding_device() -> torch.device:
@@ -365,11 +391,10 @@ class LatentDomain(Domain):
         key = kit.content_key("latents", LATENT_CACHE_VERSION, self.sha256, content)
         path = kit.cache_dir(self.name, config) / "latents" / f"{key}.npy"
         world = distributed.world_from_env()
-        if distributed.broadcast_object(not path.is_file(), world):  # one decision for every process
+        if not distributed.all_true(path.is_file(), world):  # one decision for every process
             encode_into_cache(self.trained_autoencoder(), states_of, path, int(config["latent"]["encode_batch"]), world)
-        latents = load_latents(path)
-        scale, shift = latent_statistics(latents)
-        return LatentDataset(latents, cond, states_of, scale=scale, shift=shift)
+        scale, shift = latent_statistics(load_latents(path))
+        return LatentDataset(path, cond, states_of, scale=scale, shift=shift)
 
     def build_model(self, config: dict) -> LatentModel:
         denoiser = self.inner.build_latent_model(config, self.latent_shape)

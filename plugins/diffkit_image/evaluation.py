@@ -21,7 +21,8 @@ from diffkit.kit import cached_network, content_key, frechet_distance
 
 from .data import ImageSet, to_unit_range
 
-#: 2: a stem and group norms for pictures larger than 16x16 (16x16 and smaller unchanged).
+#: 2: a stem and group norms for pictures larger than 16x16 (16x16 and smaller: the same network,
+#: trained again once under the new key).
 FEATURE_NET_VERSION = 2
 FEATURE_DIM = 64
 #: The side the feature network's stem brings larger pictures down to.
@@ -35,7 +36,7 @@ class FeatureNet(nn.Module):
     """Four 3x3 convolutions, pooled to 4x4, then a 64-wide feature layer and a class layer.
 
     Pictures larger than 16x16 (``side``) first pass a stem of one 3x3 convolution and a 2x2
-    max-pool per halving that brings them down to 16, so that the features see a whole object,
+    max-pool per halving that brings them to 16 or less, so that the features see a whole object,
     and every convolution is then followed by a group norm, without which the deeper network does
     not learn (held-out accuracy on benchmarks/latent.py's 64x64 colour digits, 15 epochs: 22 %
     with the plain network, near chance with the stem alone, 98.6 % with both). 16x16 pictures

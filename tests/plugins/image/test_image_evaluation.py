@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffkit_image.data import ImageSet, load_digits, to_unit_range
-from diffkit_image.evaluation import feature_network, memorisation, nearest_distances, score
+from diffkit_image.evaluation import FeatureNet, feature_network, memorisation, nearest_distances, score
 
 
 def gaussian(n: int, mean, std, seed: int) -> torch.Tensor:
@@ -88,6 +88,23 @@ def test_the_feature_network_learns_pictures_larger_than_16x16():
     net, accuracy = feature_network(squares_and_rings(400, 32), epochs=10, cache=None)
     assert accuracy > 0.7  # chance: 0.5; 0.85 measured
     assert net.features(torch.zeros(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_larger_pictures_get_a_stem_of_pools_and_group_norms_and_small_ones_the_plain_network():
+    def count(net, kind):
+        return sum(isinstance(module, kind) for module in net.modules())
+
+    for side, pools, norms in ((8, 1, 0), (16, 1, 0), (17, 2, 5), (32, 2, 5), (64, 3, 6)):
+        net = FeatureNet(3, 10, side)
+        assert (count(net, torch.nn.MaxPool2d), count(net, torch.nn.GroupNorm)) == (pools, norms), side
+        features = net.features(torch.zeros(2, 3, side, side))
+        assert features.shape == (2, 64)
+    # 16x16: the network of the scores measured before the stem, parameter for parameter.
+    plain = {name: tuple(value.shape) for name, value in FeatureNet(1, 10, 16).state_dict().items()}
+    assert plain == {"body.0.weight": (32, 1, 3, 3), "body.0.bias": (32,), "body.2.weight": (32, 32, 3, 3),
+                     "body.2.bias": (32,), "body.5.weight": (64, 32, 3, 3), "body.5.bias": (64,),
+                     "body.7.weight": (64, 64, 3, 3), "body.7.bias": (64,), "body.11.weight": (64, 1024),
+                     "body.11.bias": (64,), "classify.weight": (10, 64), "classify.bias": (10,)}
 
 
 def test_unlabelled_references_use_fixed_random_features(digits, tmp_path):

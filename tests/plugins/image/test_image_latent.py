@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -127,28 +129,80 @@ def test_the_data_is_encoded_in_batches_and_its_latents_are_mapped_from_the_cach
         assert str(path) in maps.read_text()
 
 
+def encode_as_two_processes(monkeypatch, encode, *, shared: bool) -> dict[int, list[int]]:
+    """``encode(world)`` run by two threads standing in for two torchrun processes (a barrier
+    that waits for both, one token, and ``all_true`` over both ranks' flags, or False as where
+    each machine keeps its own cache when not ``shared``); the indices each rank's dataset read."""
+    gate, flags, read = threading.Barrier(2), {}, {0: [], 1: []}
+
+    def all_true(flag, world):
+        flags[world.rank] = flag
+        gate.wait()
+        answer = shared and all(flags.values())
+        gate.wait()
+        return answer
+
+    monkeypatch.setattr(latent_module.distributed, "barrier", lambda world: gate.wait())
+    monkeypatch.setattr(latent_module.distributed, "broadcast_object", lambda value, world: "token")
+    monkeypatch.setattr(latent_module.distributed, "all_true", all_true)
+    failures = []
+
+    def rank(number):
+        try:
+            encode(World(rank=number, size=2), read[number])
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+            gate.abort()
+
+    threads = [threading.Thread(target=rank, args=(number,)) for number in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    return read
+
+
+@pytest.mark.parametrize("shared", [True, False])
 def test_each_process_encodes_its_own_part_and_the_main_process_joins_them(domain, config, autoencoder_run, tmp_path,
-                                                                           monkeypatch):
-    digits, read = domain.build_dataset(config), []
+                                                                           monkeypatch, shared):
+    digits = domain.build_dataset(config)
 
     class Counted(torch.utils.data.Dataset):
+        def __init__(self, read):
+            self.read = read
+
         def __len__(self):
             return len(digits)
 
         def __getitem__(self, index):
-            read.append(index)
+            self.read.append(index)
             return digits[index]
 
     autoencoder = latent_stage(domain, on_latents(domain, config, autoencoder_run)).trained_autoencoder()
-    monkeypatch.setattr(latent_module.distributed, "barrier", lambda world: None)  # the processes, one after another
     path = tmp_path / "latents.npy"
-    for rank in (1, 0):  # the main process joins the parts once its own is written
-        read.clear()
-        latent_module.encode_into_cache(autoencoder, Counted(), path, 64, World(rank=rank, size=2))
-        assert read == list(range(rank * 898, 898 + rank * 899))  # 1,797 digits: 898 and 899
-    assert [file.name for file in tmp_path.iterdir()] == ["latents.npy"]
+    read = encode_as_two_processes(
+        monkeypatch, lambda world, read: latent_module.encode_into_cache(autoencoder, Counted(read), path, 64, world),
+        shared=shared)
+    halves = [list(range(0, 898)), list(range(898, 1797))]  # 1,797 digits: 898 and 899
+    if shared:
+        assert read == {0: halves[0], 1: halves[1]}
+    else:  # the parts are not seen by every process: each encodes the whole set after its part
+        assert read == {rank: halves[rank] + halves[0] + halves[1] for rank in (0, 1)}
+    assert [file.name for file in tmp_path.iterdir()] == ["latents.npy"]  # the parts are removed
     alone = torch.cat(list(latent_module.encode_states(autoencoder, digits, 64, torch.device("cpu"))))
     torch.testing.assert_close(torch.from_numpy(np.load(path)), alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_latent_dataset_sent_to_a_spawned_worker_maps_the_file_again(domain, config, autoencoder_run, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    settings = on_latents(domain, config, autoencoder_run)
+    dataset = latent_stage(domain, settings).build_dataset(settings)
+    assert "latents" not in dataset.__getstate__()  # the path travels, not the tensor
+    copy_of = pickle.loads(pickle.dumps(dataset))
+    assert copy_of.path == dataset.path and torch.equal(copy_of.latents, dataset.latents)
+    assert copy_of[5]["x"].equal(dataset[5]["x"])
 
 
 def test_a_diffusion_on_latents_resumes_exactly(domain, config, autoencoder_run, tmp_path, monkeypatch):
