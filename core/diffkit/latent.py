@@ -152,13 +152,15 @@ class LatentModel(nn.Module):
 
 class LatentDataset(Dataset):
     """Items ``{"x": (z - shift) * scale, "cond": ...}`` of the latents ``z`` cached in ``path``
-    (:func:`save_latents`), mapped from the file; ``data`` is the data set they were encoded from
-    (for :meth:`Domain.fit_data`). Pickled (for a DataLoader worker that is spawned rather than
-    forked) it carries the path, and the worker maps the file again instead of receiving a copy."""
+    (:func:`save_latents`), mapped from the file, with their ``scale`` and ``shift``
+    (:func:`latent_statistics`); ``data`` is the data set they were encoded from (for
+    :meth:`Domain.fit_data`). Pickled (for a DataLoader worker that is spawned rather than forked)
+    it carries the path, and the worker maps the file again instead of receiving a copy."""
 
-    def __init__(self, path: Path, cond: State | None, data: Dataset, *, scale: float, shift: float):
-        self.path, self.cond, self.data, self.scale, self.shift = path, cond, data, scale, shift
+    def __init__(self, path: Path, cond: State | None, data: Dataset):
+        self.path, self.cond, self.data = path, cond, data
         self.latents = load_latents(path)
+        self.scale, self.shift = latent_statistics(self.latents)
 
     def __getstate__(self) -> dict:
         return {key: value for key, value in self.__dict__.items() if key != "latents"}
@@ -266,9 +268,9 @@ def save_latents(batches: Iterable, count: int, path: Path) -> None:
 
 
 def load_latents(path: Path) -> Tensor:
-    """The cached latents of :func:`save_latents`, mapped from the file (copy on write), so the
-    processes of a run share one copy and memory does not grow with the data."""
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    """The cached latents of :func:`save_latents`, mapped from the file (:func:`diffkit.kit.map_array`),
+    so the processes of a run share one copy and memory does not grow with the data."""
+    return torch.from_numpy(kit.map_array(path))
 
 
 def encode_into_cache(autoencoder: nn.Module, dataset: Dataset, path: Path, batch: int,
@@ -303,7 +305,7 @@ def encode_into_cache(autoencoder: nn.Module, dataset: Dataset, path: Path, batc
 def _join_parts(parts: list[Path], path: Path, batch: int) -> None:
     """The latents of ``parts`` (in order) as one file ``path``, ``batch`` at a time. Returning
     releases the parts' mappings, so that they can be removed (Windows refuses a mapped file)."""
-    mapped = [np.load(part, mmap_mode="r") for part in parts]
+    mapped = [kit.map_array(part) for part in parts]
     save_latents((array[start:start + batch] for array in mapped for start in range(0, len(array), batch)),
                  sum(len(array) for array in mapped), path)
 
@@ -393,8 +395,7 @@ class LatentDomain(Domain):
         world = distributed.world_from_env()
         if not distributed.all_true(path.is_file(), world):  # one decision for every process
             encode_into_cache(self.trained_autoencoder(), states_of, path, int(config["latent"]["encode_batch"]), world)
-        scale, shift = latent_statistics(load_latents(path))
-        return LatentDataset(path, cond, states_of, scale=scale, shift=shift)
+        return LatentDataset(path, cond, states_of)
 
     def build_model(self, config: dict) -> LatentModel:
         denoiser = self.inner.build_latent_model(config, self.latent_shape)

@@ -97,7 +97,7 @@ class ItemStore:
 
     def _opened(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {path.name[:-len(".npy")]: _map(path) for path in self.folder.glob("*.npy")}
+            self._arrays = {path.name[:-len(".npy")]: map_array(path) for path in self.folder.glob("*.npy")}
         return self._arrays
 
 
@@ -248,7 +248,7 @@ def _join(partial: Path, shards: int, variable: set[str], meta: dict) -> None:
     filled = [number for number, summary in enumerate(summaries) if summary["count"]]
     fields = summaries[filled[0]]["fields"] if filled else {}
     for name in fields:
-        parts = [_map(partial / f"{number:06d}.{name}.npy") for number in filled]
+        parts = [map_array(partial / f"{number:06d}.{name}.npy") for number in filled]
         _concatenate(parts, partial / f"{name}.npy")
         if name in variable:
             lengths = np.concatenate([np.load(partial / f"{number:06d}.{name}.lengths.npy") for number in filled])
@@ -277,7 +277,7 @@ def _concatenate(parts: list[np.ndarray], path: Path) -> None:
     del out
 
 
-def _map(path: Path) -> np.ndarray:
+def map_array(path: str | Path) -> np.ndarray:
     """A ``.npy`` file mapped copy-on-write: read from the page cache, never written back (an
     empty array cannot be mapped and is read)."""
     try:
