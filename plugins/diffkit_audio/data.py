@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffkit.kit import ItemStore, Skip, cache_dir, open_store
+from diffkit.kit import ItemStore, Skip, cache_dir, in_shards, open_store
 
 from .audio_io import AUDIO_SUFFIXES, UnreadableAudio, check_level, fit_length, load_clip
 
@@ -291,8 +291,7 @@ def _store(kind: str, key: str, numbered: list[tuple[int, Path]], decode, data_c
     """The store ``<cache>/audio/<kind>/<key>`` of what ``decode`` makes of the ``(number, file)``
     pairs, filled by worker processes when it is not there; without ``data.cache`` one in a
     temporary folder, removed on leaving."""
-    tasks = (numbered[start:start + SHARD_RECORDINGS] for start in range(0, len(numbered), SHARD_RECORDINGS))
-    options.update(total=-(-len(numbered) // SHARD_RECORDINGS))
+    tasks = in_shards(numbered, SHARD_RECORDINGS)
     if data_config["cache"]:
         yield open_store(cache_dir("audio", {"data": data_config}) / kind / key, tasks, decode, **options)
         return

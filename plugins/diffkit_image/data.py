@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffkit.kit import ItemStore, Skip, open_store
+from diffkit.kit import ItemStore, Skip, in_shards, open_store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CACHE_VERSION = 3  # 2: the cache records the files it skipped; 3: a memory-mapped store
@@ -143,10 +143,8 @@ def load_folder(root: str | Path, image_size: int, channels: int, *, cache: Path
 
 def _decoded(folder: Path, root: Path, files: Sequence[tuple[Path, int]], image_size: int, channels: int) -> ItemStore:
     """The store of the folder's pictures, decoded by worker processes when it is not there yet."""
-    tasks = (files[start:start + SHARD_PICTURES] for start in range(0, len(files), SHARD_PICTURES))
     decode = functools.partial(decode_pictures, root=root, image_size=image_size, channels=channels)
-    return open_store(folder, tasks, decode, total=-(-len(files) // SHARD_PICTURES),
-                      description=f"decoding {len(files):,} pictures")
+    return open_store(folder, in_shards(files, SHARD_PICTURES), decode, description=f"decoding {len(files):,} pictures")
 
 
 def _image_set(store: ItemStore, root: Path, class_names: list[str]) -> ImageSet:

@@ -63,6 +63,13 @@ def test_a_store_holds_the_decoded_items_in_order_with_the_skipped_entries(tmp_p
     assert same_items(read_all(kit.ItemStore(tmp_path / "numbers")), expected_items(95))
 
 
+def test_a_list_cut_into_shards_fills_the_store_its_tasks_would(tmp_path):
+    assert kit.in_shards(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    store = kit.open_store(tmp_path / "numbers", kit.in_shards(list(range(95)), 10), numbers,
+                           variable=["digits", "pairs"], workers=1)
+    assert same_items(read_all(store), expected_items(95))
+
+
 def test_a_filled_store_is_read_without_decoding_and_pickles_as_its_folder(tmp_path):
     log = tmp_path / "log"
     decode = functools.partial(numbers, log=log)

@@ -23,11 +23,11 @@ from .files import (Output, OutputExistsError, check_new, numbered_names, output
                     write_new)
 from .frechet import FewSamplesWarning, frechet_distance, gaussian_frechet_distance
 from .reference import cached_network, content_key
-from .store import ItemStore, Skip, map_array, open_store
+from .store import ItemStore, Skip, in_shards, map_array, open_store
 
 __all__ = [
     "FewSamplesWarning", "ItemStore", "NULL_LABEL", "Output", "OutputExistsError", "Skip", "cache_dir",
     "cached_network", "check_new", "content_key", "draw_labels", "frechet_distance", "gaussian_frechet_distance",
-    "is_unconditional", "label_texts", "map_array", "numbered_names", "open_store", "outputs_of", "parse_labels", "parse_values",
-    "save_torch_atomic", "write_atomic", "write_new",
+    "in_shards", "is_unconditional", "label_texts", "map_array", "numbered_names", "open_store", "outputs_of",
+    "parse_labels", "parse_values", "save_torch_atomic", "write_atomic", "write_new",
 ]

@@ -28,7 +28,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -110,18 +110,25 @@ def open_store(folder: str | Path, tasks: Iterable, decode: Callable[[Any], Iter
     are held at a time); ``decode(task)`` yields their items (dicts of NumPy arrays with the same
     keys and dtypes) or :class:`Skip` entries. ``variable`` names the fields whose items differ in
     their first dimension. ``workers`` processes decode (default: one per CPU this process may
-    use); ``total`` (the number of tasks) and ``description`` label the progress bar, shown on a
-    terminal. ``decode`` must be picklable (a module-level function or a ``functools.partial`` of
+    use); ``total`` (the number of tasks; by default ``len(tasks)`` where it has one) and
+    ``description`` label the progress bar, shown on a terminal. ``decode`` must be picklable (a module-level function or a ``functools.partial`` of
     one). An error ``decode`` raises stops the fill and is raised here; the shards finished by
     then are kept for the next try."""
     folder = Path(folder)
     if _complete(folder):
         return ItemStore(folder)
+    if total is None and hasattr(tasks, "__len__"):
+        total = len(tasks)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _locked(folder.parent / f".{folder.name}.lock"):
         if not _complete(folder):  # another process may have filled it while this one waited
             _fill(folder, tasks, decode, set(variable), meta or {}, workers or available_cpus(), total, description)
     return ItemStore(folder)
+
+
+def in_shards(items: Sequence, size: int) -> list[Sequence]:
+    """``items`` cut into tasks of ``size`` each (the last may hold fewer), for :func:`open_store`."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def available_cpus() -> int:
