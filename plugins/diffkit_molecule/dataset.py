@@ -236,11 +236,9 @@ def load_graphs(source: Path, spec: Featurisation, max_atoms: int, cache_dir: Pa
 def _codes_present(store: ItemStore) -> tuple[np.ndarray, np.ndarray]:
     """The atom codes found in the store ``(K,)``, and ``(M, K)``: whether each molecule holds each."""
     atoms, offsets = store.array("atoms"), store.offsets("atoms")
-    counts = np.zeros(CHARGE_CODES * 128, dtype=np.int64)
-    for _, atom_range in _chunks(offsets):
-        counts += np.bincount(atoms[atom_range], minlength=len(counts))
-    codes = np.flatnonzero(counts)
-    column = np.zeros(len(counts), dtype=np.int64)
+    possible = CHARGE_CODES * 128
+    codes = np.flatnonzero(_counts(atoms, offsets, np.ones(len(store), dtype=bool), possible))
+    column = np.zeros(possible, dtype=np.int64)
     column[codes] = np.arange(len(codes))
     found = np.zeros((len(store), len(codes)), dtype=bool)
     for molecules, atom_range in _chunks(offsets):
